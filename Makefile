@@ -1,0 +1,53 @@
+# voicepool — the two commands a new user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: install build lint test unit integration demo cluster-up cluster-down bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "voicepool needs Python >= 3.11 (found %s)" % sys.version.split()[0])'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "[make] installing voicepool with dev extras into $(VENV) ..."
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+## build: build (first run only, many minutes) and cache the pinned server binaries
+build: install
+	@$(BIN)/voicepool-devstack build
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## test: install everything the tests need, then run unit + integration tests on real servers
+test: build
+	$(BIN)/pytest -q -p no:cacheprovider
+
+unit: install
+	$(BIN)/pytest -q tests/unit
+
+integration: build
+	$(BIN)/pytest -q tests/integration
+
+## demo: the main job on the embedded local stack
+demo: build
+	@$(BIN)/python -m voicepool_devstack.demo
+
+cluster-up: build
+	@$(BIN)/voicepool-devstack up
+
+cluster-down: install
+	@$(BIN)/voicepool-devstack down
+
+bench: build
+	$(BIN)/python bench/simulate_calls.py
+
+clean: cluster-down
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

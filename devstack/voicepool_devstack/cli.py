@@ -1,0 +1,87 @@
+"""``voicepool-devstack``: build, start and stop the embedded local stack from a shell.
+
+``up`` leaves the servers running in the background (their process groups are recorded in
+``<dir>/state.json``) and prints how to use them; ``down`` stops them and removes ``<dir>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .build import ensure_built
+from .errors import DevstackError
+from .stack import STATE_FILE, LocalStack, StackConfig, StackState
+from .versions import ALL_COMPONENTS, REPO_ROOT
+
+
+def _default_dir() -> Path:
+    return REPO_ROOT / ".devstack"
+
+
+def _up(args: argparse.Namespace) -> int:
+    workdir = Path(args.dir).resolve()
+    if (workdir / STATE_FILE).exists():
+        raise DevstackError(
+            f"a stack is already recorded in {workdir}; run `make cluster-down` "
+            f"(voicepool-devstack down --dir {workdir}) first"
+        )
+    stack = LocalStack(StackConfig(workdir=workdir, nodes=args.nodes, livekit=not args.no_livekit))
+    state = stack.start()
+    print(f"\nLocal stack is up (state in {workdir / STATE_FILE}).")
+    if state.kubeconfig:
+        print(f"  export KUBECONFIG={state.kubeconfig}")
+        print("  kubectl get nodes")
+    if state.livekit:
+        print(f"  LiveKit: {state.livekit.url}  (key/secret in {workdir / 'livekit.env'})")
+    print("Stop it with: make cluster-down")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    workdir = Path(args.dir).resolve()
+    state_path = workdir / STATE_FILE
+    if not state_path.exists():
+        print(f"no stack recorded in {workdir}; nothing to stop")
+        return 0
+    stack = LocalStack(StackConfig(workdir=workdir))
+    stack.state = StackState.load(state_path)
+    stack.stop()
+    print(f"stopped the local stack and removed {workdir}")
+    return 0
+
+
+def _build(_: argparse.Namespace) -> int:
+    ensure_built(ALL_COMPONENTS)
+    for c in ALL_COMPONENTS:
+        print(f"{c.name} {c.version}: {c.directory}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="voicepool-devstack", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="build (once) and start the stack in the background")
+    up.add_argument("--dir", default=str(_default_dir()))
+    up.add_argument("--nodes", type=int, default=2)
+    up.add_argument("--no-livekit", action="store_true")
+    up.set_defaults(func=_up)
+    down = sub.add_parser("down", help="stop a stack started with `up` and remove its dir")
+    down.add_argument("--dir", default=str(_default_dir()))
+    down.set_defaults(func=_down)
+    build = sub.add_parser("build", help="only build/cached-check the pinned binaries")
+    build.set_defaults(func=_build)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except DevstackError as e:
+        print(f"voicepool-devstack: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("voicepool-devstack: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Entry point the tests, benchmarks and demo share: a stack from the environment.
+
+- ``VOICEPOOL_KUBECONFIG`` set: use that cluster (e.g. kind from ``kind-config.yaml``) instead
+  of starting the embedded control plane.
+- ``VOICEPOOL_LIVEKIT_URL`` + ``VOICEPOOL_LIVEKIT_API_KEY`` + ``VOICEPOOL_LIVEKIT_API_SECRET``
+  set: use that LiveKit server; otherwise a local livekit-server is started on loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from .stack import LiveKitInfo, LocalStack, StackConfig
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Environment:
+    kubeconfig: str
+    livekit: LiveKitInfo
+    embedded: bool  # True when the control plane is the devstack's own (kwok nodes)
+
+
+def _external_livekit() -> LiveKitInfo | None:
+    url = os.environ.get("VOICEPOOL_LIVEKIT_URL")
+    key = os.environ.get("VOICEPOOL_LIVEKIT_API_KEY")
+    secret = os.environ.get("VOICEPOOL_LIVEKIT_API_SECRET")
+    if not (url and key and secret):
+        return None
+    http = url.replace("wss://", "https://").replace("ws://", "http://")
+    return LiveKitInfo(url, http, key, secret)
+
+
+@contextlib.contextmanager
+def environment(nodes: int = 2, node_cpu: str = "8") -> Iterator[Environment]:
+    """Start what the environment does not already provide; always stop what we started."""
+    external_kube = os.environ.get("VOICEPOOL_KUBECONFIG")
+    external_lk = _external_livekit()
+    need_kube = not external_kube
+    need_lk = external_lk is None
+    if not (need_kube or need_lk):
+        yield Environment(str(external_kube), external_lk, embedded=False)  # type: ignore[arg-type]
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="voicepool-stack-"))
+    stack = LocalStack(
+        StackConfig(
+            workdir=workdir, nodes=nodes, node_cpu=node_cpu, kubernetes=need_kube, livekit=need_lk
+        )
+    )
+    try:
+        state = stack.start()
+        kubeconfig = external_kube or state.kubeconfig
+        livekit = external_lk or state.livekit
+        assert kubeconfig is not None and livekit is not None
+        yield Environment(kubeconfig, livekit, embedded=need_kube)
+    finally:
+        stack.stop()
+
+
+def wait_for(
+    probe: Callable[[], T | None],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> T:
+    """Poll ``probe`` until it returns a truthy value (bounded in time); return that value."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")

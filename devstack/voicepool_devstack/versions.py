@@ -1,0 +1,59 @@
+"""Pinned versions of every server binary in the local stack, and where their builds are cached.
+
+One place to bump a version: the Go wrapper modules under ``devstack/go`` pin the same numbers
+(their go.sum locks the whole dependency graph), and the cache path includes the version so an
+upgrade never reuses a stale binary.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+KUBERNETES_VERSION = "v1.34.4"
+ETCD_VERSION = "v3.6.16"
+KWOK_VERSION = "v0.7.0"
+LIVEKIT_VERSION = "v1.13.5"
+
+#: Repository root (devstack/voicepool_devstack/versions.py -> ../..).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GO_MODULES = REPO_ROOT / "devstack" / "go"
+
+
+def cache_root() -> Path:
+    """Where built binaries live; ``VOICEPOOL_CACHE`` overrides ``~/.cache/voicepool``."""
+    env = os.environ.get("VOICEPOOL_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "voicepool"
+
+
+@dataclass(frozen=True)
+class Component:
+    """A group of binaries built from one pinned Go source."""
+
+    name: str
+    version: str
+    binaries: tuple[str, ...]
+
+    @property
+    def directory(self) -> Path:
+        return cache_root() / "bin" / f"{self.name}-{self.version}"
+
+    def path(self, binary: str) -> Path:
+        return self.directory / binary
+
+
+KUBERNETES = Component(
+    "kubernetes",
+    KUBERNETES_VERSION,
+    ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
+)
+ETCD = Component("etcd", ETCD_VERSION, ("etcd",))
+KWOK = Component("kwok", KWOK_VERSION, ("kwok",))
+LIVEKIT = Component("livekit-server", LIVEKIT_VERSION, ("livekit-server",))
+
+ALL_COMPONENTS = (ETCD, KWOK, LIVEKIT, KUBERNETES)

@@ -1,0 +1,51 @@
+"""Fixtures that start the real servers (or adopt VOICEPOOL_KUBECONFIG) once per session."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client, config
+from voicepool_devstack.errors import DevstackError
+from voicepool_devstack.testing import Environment, environment, wait_for
+
+
+@pytest.fixture(scope="session")
+def stack_env() -> Iterator[Environment]:
+    try:
+        with environment() as env:
+            yield env
+    except DevstackError as e:  # a clear message, not a stack trace
+        pytest.exit(f"could not start the local stack: {e}", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def api_client(stack_env: Environment) -> Iterator[client.ApiClient]:
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=stack_env.kubeconfig, client_configuration=cfg)
+    with client.ApiClient(cfg) as api:
+        yield api
+
+
+@pytest.fixture(scope="session")
+def core(api_client: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api_client)
+
+
+@pytest.fixture()
+def namespace(core: client.CoreV1Api) -> Iterator[str]:
+    """A fresh namespace per test, ready for pods (its default ServiceAccount exists)."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+
+    def sa_ready() -> bool:
+        try:
+            core.read_namespaced_service_account("default", name)
+            return True
+        except client.ApiException:
+            return False
+
+    wait_for(sa_ready, timeout=30, what=f"default ServiceAccount in {name}")
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")

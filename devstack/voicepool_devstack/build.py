@@ -20,6 +20,7 @@ from .versions import (
     ALL_COMPONENTS,
     ETCD,
     GO_MODULES,
+    HELM,
     KUBERNETES,
     KUBERNETES_VERSION,
     KWOK,
@@ -160,11 +161,22 @@ def _build_livekit(progress: Progress) -> None:
         built.replace(LIVEKIT.path("livekit-server"))
 
 
+def _build_helm(progress: Progress) -> None:
+    _run_go(
+        ["install", f"helm.sh/helm/v3/cmd/helm@{HELM.version}"],
+        HELM.directory,
+        f"building helm {HELM.version}",
+        progress,
+        env={"GOBIN": str(HELM.directory), "GOFLAGS": ""},
+    )
+
+
 _BUILDERS: dict[str, Callable[[Progress], None]] = {
     ETCD.name: _build_etcd,
     KWOK.name: _build_kwok,
     LIVEKIT.name: _build_livekit,
     KUBERNETES.name: _build_kubernetes,
+    HELM.name: _build_helm,
 }
 
 

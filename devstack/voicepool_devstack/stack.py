@@ -31,7 +31,7 @@ import yaml
 from . import pki as pki_mod
 from .build import Progress, _stderr_progress, ensure_built
 from .errors import DevstackError
-from .versions import ALL_COMPONENTS, ETCD, KUBERNETES, KWOK, LIVEKIT
+from .versions import ETCD, KUBERNETES, KWOK, LIVEKIT, STACK_COMPONENTS
 
 KWOK_STAGES = Path(__file__).with_name("kwok") / "stages.yaml"
 STATE_FILE = "state.json"
@@ -86,6 +86,7 @@ class StackConfig:
     nodes: int = 2
     node_cpu: str = "8"
     node_memory: str = "32Gi"
+    node_pods: str = "110"
     kubernetes: bool = True
     livekit: bool = True
     startup_timeout: float = 90.0
@@ -115,7 +116,7 @@ class LocalStack:
     def start(self) -> StackState:
         components = tuple(
             c
-            for c in ALL_COMPONENTS
+            for c in STACK_COMPONENTS
             if (c is LIVEKIT and self.cfg.livekit) or (c is not LIVEKIT and self.cfg.kubernetes)
         )
         ensure_built(components, self.cfg.progress)
@@ -348,7 +349,11 @@ class LocalStack:
         )
 
     def _node_manifest(self, name: str) -> dict[str, Any]:
-        resources = {"cpu": self.cfg.node_cpu, "memory": self.cfg.node_memory, "pods": "110"}
+        resources = {
+            "cpu": self.cfg.node_cpu,
+            "memory": self.cfg.node_memory,
+            "pods": self.cfg.node_pods,
+        }
         return {
             "apiVersion": "v1",
             "kind": "Node",

@@ -40,7 +40,9 @@ def _external_livekit() -> LiveKitInfo | None:
 
 
 @contextlib.contextmanager
-def environment(nodes: int = 2, node_cpu: str = "8") -> Iterator[Environment]:
+def environment(
+    nodes: int = 2, node_cpu: str = "8", node_memory: str = "32Gi", node_pods: str = "110"
+) -> Iterator[Environment]:
     """Start what the environment does not already provide; always stop what we started."""
     external_kube = os.environ.get("VOICEPOOL_KUBECONFIG")
     external_lk = _external_livekit()

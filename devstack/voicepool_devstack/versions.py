@@ -15,6 +15,7 @@ KUBERNETES_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.7.0"
 LIVEKIT_VERSION = "v1.13.5"
+HELM_VERSION = "v3.22.0"
 
 #: Repository root (devstack/voicepool_devstack/versions.py -> ../..).
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -56,4 +57,9 @@ ETCD = Component("etcd", ETCD_VERSION, ("etcd",))
 KWOK = Component("kwok", KWOK_VERSION, ("kwok",))
 LIVEKIT = Component("livekit-server", LIVEKIT_VERSION, ("livekit-server",))
 
-ALL_COMPONENTS = (ETCD, KWOK, LIVEKIT, KUBERNETES)
+HELM = Component("helm", HELM_VERSION, ("helm",))
+
+#: Servers of the local stack.
+STACK_COMPONENTS = (ETCD, KWOK, LIVEKIT, KUBERNETES)
+#: Everything `voicepool-devstack build` prepares (servers + the helm CLI for chart tests).
+ALL_COMPONENTS = (*STACK_COMPONENTS, HELM)

@@ -1,0 +1,30 @@
+{{- define "voicepool.name" -}}voicepool{{- end -}}
+
+{{- define "voicepool.fullname" -}}
+{{- if contains "voicepool" .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-voicepool" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "voicepool.labels" -}}
+app.kubernetes.io/name: {{ include "voicepool.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: voicepool
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "voicepool.operatorSelector" -}}
+app.kubernetes.io/name: {{ include "voicepool.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "voicepool.workerNamespaces" -}}
+{{- $all := list .Release.Namespace -}}
+{{- range .Values.worker.namespaces }}{{- $all = append $all . -}}{{- end -}}
+{{- uniq $all | toJson -}}
+{{- end -}}

@@ -5,14 +5,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install build lint test unit integration demo cluster-up cluster-down bench clean
+.PHONY: install build lint test unit integration demo cluster-up cluster-down bench clean kind-test
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "voicepool needs Python >= 3.11 (found %s)" % sys.version.split()[0])'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "[make] installing voicepool with dev extras into $(VENV) ..."
 	@$(BIN)/pip install -q --upgrade pip
-	@$(BIN)/pip install -q -e '.[dev]'
+	@$(BIN)/pip install -q -e '.[dev,worker]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -48,6 +48,21 @@ cluster-down: install
 
 bench: build
 	$(BIN)/python bench/simulate_calls.py
+
+## kind-test: for users with Docker + kind: images, kind cluster (static CPU manager), chart,
+## then the same integration suite against it.
+KIND_KUBECONFIG ?= $(CURDIR)/.devstack/kind.kubeconfig
+kind-test: install
+	docker build -f operator/Dockerfile -t voicepool-operator:dev .
+	docker build -f worker/Dockerfile -t voicepool-worker:dev .
+	kind get clusters | grep -qx voicepool || kind create cluster --config kind-config.yaml
+	kind load docker-image voicepool-operator:dev voicepool-worker:dev --name voicepool
+	@mkdir -p $(dir $(KIND_KUBECONFIG)) && kind get kubeconfig --name voicepool > $(KIND_KUBECONFIG)
+	# The suite runs its own operator process, so the chart's operator is scaled to zero here.
+	helm upgrade --install voicepool charts/voicepool -n voicepool-system --create-namespace \
+	  --kubeconfig $(KIND_KUBECONFIG) --set image.repository=voicepool-operator \
+	  --set image.tag=dev --set operator.replicas=0
+	VOICEPOOL_KUBECONFIG=$(KIND_KUBECONFIG) $(BIN)/pytest -q tests/integration
 
 clean: cluster-down
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

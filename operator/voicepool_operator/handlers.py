@@ -1,0 +1,160 @@
+"""Thin kopf handlers: watch pools and their pods, wake the pool's reconcile loop.
+
+Pods are watched once, by label, into a kopf index keyed by (namespace, pool); a pod event only
+wakes its pool's daemon, which re-plans from the index. No pod is ever polled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from .constants import GROUP, LABEL_MANAGED_BY, LABEL_POOL, MANAGED_BY, PLURAL, VERSION
+from .kube import Kube, load_config
+from .reconcile import Reconciler
+
+#: Re-plan at least this often even without events (clock-driven transitions are also
+#: scheduled precisely through the planner's requeue_after).
+RESYNC_SECONDS = 30.0
+MANAGED_PODS: dict[str, Any] = {
+    LABEL_MANAGED_BY: MANAGED_BY,
+    LABEL_POOL: kopf.PRESENT,
+}
+
+_wakeups: dict[tuple[str, str], asyncio.Event] = {}
+
+
+def _wake(namespace: str | None, pool: str | None) -> None:
+    event = _wakeups.get((namespace or "", pool or ""))
+    if event is not None:
+        event.set()
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=f"kopf.{GROUP}")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=f"kopf.{GROUP}", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # our own Events describe actions; kopf: warnings
+    settings.watching.server_timeout = 300
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 30
+    identity = os.environ.get("POD_NAME") or socket.gethostname()
+    memo.kube = Kube(await load_config(), identity)
+    memo.reconciler = Reconciler(memo.kube)
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    kube = getattr(memo, "kube", None)
+    if kube is not None:
+        await kube.api.close()
+
+
+def _slim(body: kopf.Body) -> dict[str, Any]:
+    """A plain, immutable-enough copy of what the planner needs from a pod."""
+    meta = body.get("metadata", {})
+    status = body.get("status", {})
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+            "creationTimestamp": meta.get("creationTimestamp"),
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": dict(meta.get("annotations") or {}),
+        },
+        "status": {
+            "phase": status.get("phase"),
+            "conditions": [dict(c) for c in status.get("conditions") or []],
+        },
+    }
+
+
+@kopf.index("pods", labels=MANAGED_PODS)
+def pods_by_pool(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(namespace or "", labels[LABEL_POOL]): _slim(body)}
+
+
+@kopf.on.event("pods", labels=MANAGED_PODS)
+def pod_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    _wake(namespace, labels.get(LABEL_POOL))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def pool_changed(namespace: str | None, name: str, **_: Any) -> None:
+    _wake(namespace, name)
+
+
+def _pods(
+    index: kopf.Index[tuple[str, str], dict[str, Any]], key: tuple[str, str]
+) -> list[dict[str, Any]]:
+    return list(index.get(key, []))
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+async def run_pool(
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    stopped: kopf.DaemonStopped,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **kwargs: Any,
+) -> None:
+    """One loop per pool: reconcile, then sleep until an event or the planner's requeue."""
+    key = (namespace or "", name)
+    wake = _wakeups.setdefault(key, asyncio.Event())
+    backoff = 1.0
+    try:
+        while not stopped:
+            wake.clear()
+            try:
+                outcome = await memo.reconciler.reconcile(body, _pods(kwargs["pods_by_pool"], key))
+                delay = outcome.requeue_after
+                backoff = 1.0
+            except Exception as e:  # keep the loop alive; the error is logged and counted
+                from .metrics import RECONCILE_ERRORS
+
+                RECONCILE_ERRORS.labels(key[0], name).inc()
+                logger.error("reconcile failed (retrying in %.0fs): %s", backoff, e)
+                delay, backoff = backoff, min(backoff * 2, 30.0)
+            timeout = RESYNC_SECONDS if delay is None else max(0.0, min(delay, RESYNC_SECONDS))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=timeout)
+    finally:
+        if _wakeups.get(key) is wake:
+            del _wakeups[key]
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, backoff=1.0)
+async def drain_pool(
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    memo: kopf.Memo,
+    **kwargs: Any,
+) -> None:
+    """Hold the pool (finalizer) until every pod has finished its calls and is deleted."""
+    outcome = await memo.reconciler.reconcile(
+        body, _pods(kwargs["pods_by_pool"], (namespace or "", name)), deleting=True
+    )
+    if outcome.remaining_pods:
+        delay = min(outcome.requeue_after or 2.0, 2.0)
+        raise kopf.TemporaryError(
+            f"waiting for {outcome.remaining_pods} pod(s) to finish their calls", delay=delay
+        )
+    memo.reconciler.forget(namespace or "", name)

@@ -1,0 +1,52 @@
+"""Prometheus metrics of the operator (scraped from --metrics-port, default 9090)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import Counter, Gauge, Histogram
+
+POOL_PODS = Gauge(
+    "voicepool_pool_pods", "Worker pods of a pool by state", ["namespace", "pool", "state"]
+)
+POOL_SESSIONS = Gauge(
+    "voicepool_pool_active_sessions", "Active conversations in a pool", ["namespace", "pool"]
+)
+POOL_CAPACITY = Gauge(
+    "voicepool_pool_session_capacity",
+    "Session capacity of ready, non-draining pods",
+    ["namespace", "pool"],
+)
+POOL_DESIRED = Gauge(
+    "voicepool_pool_desired_replicas", "Pods the planner wants", ["namespace", "pool"]
+)
+RECONCILE_SECONDS = Histogram(
+    "voicepool_reconcile_seconds",
+    "Time to plan and apply one reconcile of a pool",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+ACTIONS = Counter(
+    "voicepool_actions_total",
+    "Actions the operator took",
+    ["namespace", "pool", "action", "reason"],
+)
+API_WRITES = Counter(
+    "voicepool_api_writes_total",
+    "Writes the operator sent to the Kubernetes API (creates, patches, deletes, events)",
+    ["verb"],
+)
+RECONCILE_ERRORS = Counter(
+    "voicepool_reconcile_errors_total", "Reconciles that failed", ["namespace", "pool"]
+)
+
+POD_STATES = ("starting", "idle", "busy", "draining", "unknown", "terminating")
+
+
+def forget_pool(namespace: str, pool: str) -> None:
+    """Drop a deleted pool's series so dashboards do not show ghosts."""
+    for state in POD_STATES:
+        with contextlib.suppress(KeyError):
+            POOL_PODS.remove(namespace, pool, state)
+    for gauge in (POOL_SESSIONS, POOL_CAPACITY, POOL_DESIRED):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, pool)

@@ -1,0 +1,193 @@
+"""The worker pod a pool asks for: pinned CPU, drain-length grace period, restricted security.
+
+Pure functions: the same spec always renders the same pod, and `template_hash` changes exactly
+when a pod built from the spec would differ (that is what starts a rolling update).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .constants import (
+    GROUP,
+    KIND,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_PART_OF,
+    LABEL_POOL,
+    LABEL_TEMPLATE_HASH,
+    MANAGED_BY,
+    PART_OF,
+    VERSION,
+    WORKER_HTTP_PORT,
+    WORKER_NAME,
+)
+from .spec import PoolSpec
+
+#: Seconds on top of the drain timeout before the kubelet may SIGKILL: time to hang up cleanly.
+GRACE_MARGIN_SECONDS = 30
+
+
+def _pod_inputs(spec: PoolSpec) -> dict[str, Any]:
+    raw = spec.raw
+    return {
+        "agentName": spec.agent_name,
+        "livekit": raw.get("livekit"),
+        "sessionsPerPod": spec.sessions_per_pod,
+        "cpuPinning": spec.cpu_pinning,
+        "template": raw.get("template"),
+        "conversation": raw.get("conversation"),
+        "drainTimeoutSeconds": spec.drain_timeout_seconds,
+        "cpu": spec.cpu,
+        "memory": spec.memory,
+    }
+
+
+def template_hash(spec: PoolSpec) -> str:
+    """Short, stable hash of everything that shapes a worker pod (not scaling knobs)."""
+    blob = json.dumps(_pod_inputs(spec), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def pod_labels(pool: str, thash: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    labels = dict(extra or {})
+    labels.update(
+        {
+            LABEL_NAME: WORKER_NAME,
+            LABEL_INSTANCE: pool,
+            LABEL_COMPONENT: "worker",
+            LABEL_MANAGED_BY: MANAGED_BY,
+            LABEL_PART_OF: PART_OF,
+            LABEL_POOL: pool,
+            LABEL_TEMPLATE_HASH: thash,
+        }
+    )
+    return labels
+
+
+def _env(pool: str, spec: PoolSpec) -> list[dict[str, Any]]:
+    def secret(key: str) -> dict[str, Any]:
+        return {"secretKeyRef": {"name": spec.credentials_secret, "key": key}}
+
+    def field(path: str) -> dict[str, Any]:
+        return {"fieldRef": {"fieldPath": path}}
+
+    ours: list[dict[str, Any]] = [
+        {"name": "POD_NAME", "valueFrom": field("metadata.name")},
+        {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
+        {"name": "LIVEKIT_URL", "value": spec.livekit_url},
+        {"name": "LIVEKIT_API_KEY", "valueFrom": secret(spec.api_key_key)},
+        {"name": "LIVEKIT_API_SECRET", "valueFrom": secret(spec.api_secret_key)},
+        {"name": "VOICEPOOL_AGENT_NAME", "value": spec.agent_name},
+        {"name": "VOICEPOOL_POOL", "value": pool},
+        {"name": "VOICEPOOL_SESSIONS_PER_POD", "value": str(spec.sessions_per_pod)},
+        {"name": "VOICEPOOL_DRAIN_TIMEOUT_SECONDS", "value": str(spec.drain_timeout_seconds)},
+        {"name": "VOICEPOOL_HTTP_PORT", "value": str(WORKER_HTTP_PORT)},
+        {"name": "VOICEPOOL_CPUS", "value": spec.cpu},
+    ]
+    conversation = spec.raw.get("conversation") or {}
+    if conversation.get("systemPrompt"):
+        ours.append({"name": "VOICEPOOL_SYSTEM_PROMPT", "value": conversation["systemPrompt"]})
+    if conversation.get("greeting") is not None:
+        ours.append({"name": "VOICEPOOL_GREETING", "value": conversation["greeting"]})
+    user = [dict(e) for e in spec.template.get("env") or []]
+    overridden = {e.get("name") for e in user}
+    return [e for e in ours if e["name"] not in overridden] + user
+
+
+def _resources(spec: PoolSpec) -> dict[str, Any]:
+    if spec.cpu_pinning:  # requests == limits, integer CPU: Guaranteed QoS, exclusive cores
+        both = {"cpu": spec.cpu, "memory": spec.memory}
+        return {"requests": dict(both), "limits": dict(both)}
+    return {"requests": {"cpu": spec.cpu, "memory": spec.memory}, "limits": {"memory": spec.memory}}
+
+
+def build_pod(
+    pool: str, namespace: str, pool_uid: str, spec: PoolSpec, thash: str
+) -> dict[str, Any]:
+    """The worker pod manifest for one replica of `pool` at template `thash`."""
+    t = spec.template
+    probe_port = {"port": "http"}
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": t["image"],
+        "imagePullPolicy": t.get("imagePullPolicy") or "IfNotPresent",
+        "env": _env(pool, spec),
+        "ports": [{"name": "http", "containerPort": WORKER_HTTP_PORT, "protocol": "TCP"}],
+        "resources": _resources(spec),
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", **probe_port},
+            "periodSeconds": 2,
+            "failureThreshold": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", **probe_port},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", **probe_port},
+            "periodSeconds": 2,
+            "failureThreshold": 90,
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if t.get("args"):
+        container["args"] = list(t["args"])
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Always",
+        "terminationGracePeriodSeconds": spec.drain_timeout_seconds + GRACE_MARGIN_SECONDS,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+    }
+    for src, dst in (
+        ("serviceAccountName", "serviceAccountName"),
+        ("nodeSelector", "nodeSelector"),
+        ("affinity", "affinity"),
+        ("tolerations", "tolerations"),
+        ("priorityClassName", "priorityClassName"),
+        ("imagePullSecrets", "imagePullSecrets"),
+    ):
+        if t.get(src):
+            pod_spec[dst] = t[src]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": f"{pool}-",
+            "namespace": namespace,
+            "labels": pod_labels(pool, thash, t.get("labels")),
+            "annotations": dict(t.get("annotations") or {}),
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": KIND,
+                    "name": pool,
+                    "uid": pool_uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": pod_spec,
+    }

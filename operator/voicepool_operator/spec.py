@@ -1,0 +1,230 @@
+"""The pool spec as typed, validated data.
+
+The CRD schema refuses bad pools at the apiserver; this module re-checks what the planner relies
+on, so a pool stored before a schema change (or applied with validation off) yields one clear
+`SpecError` instead of a crash deep in the planner.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+class SpecError(ValueError):
+    """A pool spec the operator cannot act on; the message names the field."""
+
+
+DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
+_SUFFIX = {
+    "": Decimal(1),
+    "m": Decimal("0.001"),
+    "k": Decimal(10**3),
+    "M": Decimal(10**6),
+    "G": Decimal(10**9),
+    "T": Decimal(10**12),
+    "Ki": Decimal(2**10),
+    "Mi": Decimal(2**20),
+    "Gi": Decimal(2**30),
+    "Ti": Decimal(2**40),
+}
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+
+
+def parse_quantity(value: Any, what: str) -> Decimal:
+    """A Kubernetes resource quantity (the subset people write for CPU and memory)."""
+    if isinstance(value, bool):
+        raise SpecError(f"{what}: {value!r} is not a quantity")
+    if isinstance(value, int | float):
+        return Decimal(str(value))
+    m = _QUANTITY.match(str(value).strip())
+    if not m:
+        raise SpecError(f"{what}: {value!r} is not a quantity (e.g. 2, 1500m, 512Mi)")
+    try:
+        return Decimal(m.group(1)) * _SUFFIX[m.group(2) or ""]
+    except InvalidOperation as e:  # pragma: no cover - the regex admits only numbers
+        raise SpecError(f"{what}: {value!r} is not a quantity") from e
+
+
+@dataclass(frozen=True)
+class WarmWindow:
+    """A daily time window with its own warm size (e.g. office hours)."""
+
+    start: dt.time
+    end: dt.time
+    days: tuple[str, ...]
+    idle_sessions: int
+
+    def contains(self, local: dt.datetime) -> bool:
+        t = local.time().replace(second=0, microsecond=0)
+        day = DAYS[local.weekday()]
+        if self.start <= self.end:
+            return day in self.days and self.start <= t < self.end
+        # Wraps past midnight: the part after midnight belongs to the previous day's window.
+        if t >= self.start:
+            return day in self.days
+        yesterday = DAYS[(local.weekday() - 1) % 7]
+        return t < self.end and yesterday in self.days
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    agent_name: str
+    livekit_url: str
+    credentials_secret: str
+    api_key_key: str
+    api_secret_key: str
+    sessions_per_pod: int
+    min_replicas: int
+    max_replicas: int
+    warm_idle_sessions: int
+    warm_windows: tuple[WarmWindow, ...]
+    time_zone: str
+    cpu_pinning: bool
+    template: Mapping[str, Any]
+    cpu: str
+    memory: str
+    drain_timeout_seconds: int
+    stabilization_window_seconds: int
+    max_surge: int
+    unready_grace_seconds: int
+    raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
+
+    def warm_sessions(self, now: dt.datetime) -> int:
+        """The idle capacity (in sessions) to keep ready at `now`."""
+        if not self.warm_windows:
+            return self.warm_idle_sessions
+        local = now.astimezone(ZoneInfo(self.time_zone))
+        for window in self.warm_windows:
+            if window.contains(local):
+                return window.idle_sessions
+        return self.warm_idle_sessions
+
+    def desired_for(self, active_sessions: int, now: dt.datetime) -> tuple[int, int]:
+        """(clamped, unclamped) pods for the active calls plus the warm capacity."""
+        need = active_sessions + self.warm_sessions(now)
+        raw = math.ceil(need / self.sessions_per_pod)
+        return max(self.min_replicas, min(self.max_replicas, raw)), raw
+
+
+def _int(obj: Mapping[str, Any], key: str, default: int, minimum: int, where: str) -> int:
+    value = obj.get(key, default)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{where}{key}: must be an integer, got {value!r}")
+    if value < minimum:
+        raise SpecError(f"{where}{key}: must be >= {minimum}, got {value}")
+    return value
+
+
+def _warm_size(obj: Mapping[str, Any], spp: int, where: str) -> int:
+    if obj.get("idleSessions") is not None and obj.get("idlePods") is not None:
+        raise SpecError(f"{where}: set idleSessions or idlePods, not both")
+    if obj.get("idlePods") is not None:
+        return _int(obj, "idlePods", 0, 0, f"{where}.") * spp
+    return _int(obj, "idleSessions", 0, 0, f"{where}.")
+
+
+def _hhmm(value: Any, where: str) -> dt.time:
+    m = _HHMM.match(str(value))
+    if not m:
+        raise SpecError(f"{where}: {value!r} is not a time of day HH:MM")
+    return dt.time(int(m.group(1)), int(m.group(2)))
+
+
+def _windows(items: Sequence[Mapping[str, Any]], spp: int) -> tuple[WarmWindow, ...]:
+    out = []
+    for i, item in enumerate(items):
+        where = f"spec.warmPool.schedule[{i}]"
+        days = tuple(item.get("days") or DAYS)
+        bad = [d for d in days if d not in DAYS]
+        if bad:
+            raise SpecError(f"{where}.days: unknown day(s) {bad}; use {', '.join(DAYS)}")
+        start, end = (
+            _hhmm(item.get("start"), f"{where}.start"),
+            _hhmm(item.get("end"), f"{where}.end"),
+        )
+        if start == end:
+            raise SpecError(f"{where}: start and end are equal; the window would be empty")
+        out.append(WarmWindow(start, end, days, _warm_size(item, spp, where)))
+    return tuple(out)
+
+
+def parse_spec(spec: Mapping[str, Any]) -> PoolSpec:
+    """Validate and type a pool's spec (CRD defaults applied where the apiserver did not)."""
+    agent = str(spec.get("agentName") or "").strip()
+    if not agent:
+        raise SpecError("spec.agentName: required (the LiveKit agent name workers register as)")
+    livekit = spec.get("livekit") or {}
+    url = str(livekit.get("url") or "")
+    if not url.startswith(("ws://", "wss://")):
+        raise SpecError(f"spec.livekit.url: {url!r} must start with ws:// or wss://")
+    secret = livekit.get("credentialsSecretRef") or {}
+    if not secret.get("name"):
+        raise SpecError("spec.livekit.credentialsSecretRef.name: required")
+
+    spp = _int(spec, "sessionsPerPod", 1, 1, "spec.")
+    lo = _int(spec, "minReplicas", 1, 0, "spec.")
+    hi = _int(spec, "maxReplicas", 10, 1, "spec.")
+    if hi < lo:
+        raise SpecError(f"spec.maxReplicas ({hi}) must be >= spec.minReplicas ({lo})")
+
+    warm = spec.get("warmPool") or {}
+    tz = str(warm.get("timeZone") or "UTC")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise SpecError(f"spec.warmPool.timeZone: unknown time zone {tz!r}") from e
+
+    template = spec.get("template") or {}
+    if not template.get("image"):
+        raise SpecError("spec.template.image: required")
+    resources = template.get("resources") or {}
+    pinning = bool((spec.get("cpuPinning") or {}).get("enabled", True))
+    cpu_raw = resources.get("cpu", 1)
+    cpu = parse_quantity(cpu_raw, "spec.template.resources.cpu")
+    if cpu <= 0:
+        raise SpecError("spec.template.resources.cpu: must be > 0")
+    if pinning and cpu != cpu.to_integral_value():
+        raise SpecError(
+            f"spec.template.resources.cpu: {cpu_raw!r} is not a whole number of CPUs; "
+            "cpuPinning needs integer CPUs (or set cpuPinning.enabled: false)"
+        )
+    memory = str(resources.get("memory") or "1Gi")
+    parse_quantity(memory, "spec.template.resources.memory")
+
+    drain = spec.get("drain") or {}
+    scale_down = spec.get("scaleDown") or {}
+    update = spec.get("updateStrategy") or {}
+    return PoolSpec(
+        agent_name=agent,
+        livekit_url=url,
+        credentials_secret=str(secret["name"]),
+        api_key_key=str(secret.get("apiKeyKey") or "apiKey"),
+        api_secret_key=str(secret.get("apiSecretKey") or "apiSecret"),
+        sessions_per_pod=spp,
+        min_replicas=lo,
+        max_replicas=hi,
+        warm_idle_sessions=_warm_size(warm, spp, "spec.warmPool"),
+        warm_windows=_windows(warm.get("schedule") or [], spp),
+        time_zone=tz,
+        cpu_pinning=pinning,
+        template=template,
+        cpu=str(int(cpu)) if cpu == cpu.to_integral_value() else f"{int(cpu * 1000)}m",
+        memory=memory,
+        drain_timeout_seconds=_int(drain, "timeoutSeconds", 3600, 1, "spec.drain."),
+        stabilization_window_seconds=_int(
+            scale_down, "stabilizationWindowSeconds", 300, 0, "spec.scaleDown."
+        ),
+        max_surge=_int(update, "maxSurge", 1, 1, "spec.updateStrategy."),
+        unready_grace_seconds=_int(spec, "unreadyGraceSeconds", 60, 0, "spec."),
+        raw=spec,
+    )

@@ -1,0 +1,254 @@
+"""The Helm chart, installed for real into the test cluster.
+
+- ``helm lint --strict`` and ``helm template`` are clean.
+- ``helm install`` works; the operator then runs *as the chart's ServiceAccount* (a token from
+  the TokenRequest API), which proves the least-privilege RBAC is enough to reconcile a pool.
+- The ValidatingAdmissionPolicy lets a worker's pod-bound token patch only its own pod's
+  reporting annotations.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+from voicepool_devstack.testing import Environment, wait_for
+from voicepool_devstack.versions import HELM
+
+from .operator_harness import REPO, Cluster, pool_manifest, running_operator
+
+pytestmark = pytest.mark.cluster
+
+CHART = REPO / "charts" / "voicepool"
+RELEASE, RELEASE_NS = "voicepool", "voicepool-system"
+WORKER_SA = "voicepool-worker"
+
+
+def helm(*args: str, kubeconfig: str | None = None) -> str:
+    cmd = [str(HELM.path("helm")), *args]
+    if kubeconfig:
+        cmd += ["--kubeconfig", kubeconfig]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, f"helm {' '.join(args)} failed:\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_chart_lints_and_renders() -> None:
+    helm("lint", str(CHART), "--strict")
+    docs = [
+        d
+        for d in yaml.safe_load_all(
+            helm(
+                "template",
+                RELEASE,
+                str(CHART),
+                "-n",
+                RELEASE_NS,
+                "--include-crds",
+                "--kube-version",
+                "1.34.4",
+            )
+        )
+        if d
+    ]
+    kinds = {d["kind"] for d in docs}
+    assert {
+        "CustomResourceDefinition",
+        "Deployment",
+        "ClusterRole",
+        "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        "Service",
+        "ConfigMap",
+        "ClusterKopfPeering",
+    } <= kinds
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    assert deploy["spec"]["replicas"] == 2
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    crd_names = {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"}
+    on_disk = {
+        d["metadata"]["name"]
+        for p in (REPO / "crds").glob("*.yaml")
+        for d in yaml.safe_load_all(p.read_text())
+        if d and d["kind"] == "CustomResourceDefinition"
+    }
+    assert crd_names == on_disk, "the chart ships crds/ itself: one source of truth"
+
+
+def test_bad_values_are_refused() -> None:
+    proc = subprocess.run(
+        [
+            str(HELM.path("helm")),
+            "template",
+            RELEASE,
+            str(CHART),
+            "--kube-version",
+            "1.34.4",
+            "--set",
+            "operator.logFormat=xml",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode != 0 and "logFormat" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def installed(stack_env: Environment, core: client.CoreV1Api) -> Iterator[None]:
+    helm(
+        "install",
+        RELEASE,
+        str(CHART),
+        "-n",
+        RELEASE_NS,
+        "--create-namespace",
+        "--wait=false",
+        kubeconfig=stack_env.kubeconfig,
+    )
+    try:
+        yield
+    finally:
+        helm("uninstall", RELEASE, "-n", RELEASE_NS, kubeconfig=stack_env.kubeconfig)
+
+
+def _token_kubeconfig(
+    api: client.ApiClient, tmp: Path, namespace: str, sa: str, bound_pod: client.V1Pod | None = None
+) -> str:
+    """A kubeconfig that authenticates as a ServiceAccount with a TokenRequest token."""
+    core = client.CoreV1Api(api)
+    spec = client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
+    if bound_pod is not None:
+        spec.bound_object_ref = client.V1BoundObjectReference(
+            kind="Pod", api_version="v1", name=bound_pod.metadata.name, uid=bound_pod.metadata.uid
+        )
+    wait_for(
+        lambda: core.read_namespaced_service_account(sa, namespace),
+        timeout=30,
+        what=f"ServiceAccount {sa}",
+    )
+    token = core.create_namespaced_service_account_token(
+        sa, namespace, client.AuthenticationV1TokenRequest(spec=spec)
+    ).status.token
+    cfg = api.configuration
+    ca = Path(cfg.ssl_ca_cert).read_bytes()
+    path = tmp / f"{sa}.kubeconfig"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "sa",
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {
+                            "server": cfg.host,
+                            "certificate-authority-data": base64.b64encode(ca).decode(),
+                        },
+                    }
+                ],
+                "users": [{"name": sa, "user": {"token": token}}],
+                "contexts": [{"name": "sa", "context": {"cluster": "c", "user": sa}}],
+            }
+        )
+    )
+    return str(path)
+
+
+def test_operator_reconciles_with_the_charts_rbac(
+    installed: None, api_client: client.ApiClient, core: client.CoreV1Api, tmp_path: Path
+) -> None:
+    kubeconfig = _token_kubeconfig(api_client, tmp_path, RELEASE_NS, f"{RELEASE}-operator")
+    ns = RELEASE_NS
+    cluster = Cluster(api_client, ns)
+    with running_operator(kubeconfig):
+        cluster.create_pool(pool_manifest("chart-pool", warmPool={"idleSessions": 2}))
+
+        def populated() -> dict | None:
+            st = cluster.pool("chart-pool").get("status", {})
+            return st if st.get("readyPods") == 1 and st.get("conditions") else None
+
+        status = wait_for(populated, timeout=60, what="pool status populated by the operator")
+        assert status["desiredReplicas"] == 1
+        cluster.delete_pool("chart-pool")
+        wait_for(
+            lambda: not cluster.pool_exists("chart-pool"),
+            timeout=60,
+            what="pool deleted through the finalizer",
+        )
+
+
+def test_worker_token_may_patch_only_its_own_pod(
+    installed: None, api_client: client.ApiClient, core: client.CoreV1Api, tmp_path: Path
+) -> None:
+    ns = RELEASE_NS
+
+    def pod(name: str) -> client.V1Pod:
+        return core.create_namespaced_pod(
+            ns,
+            client.V1Pod(
+                metadata=client.V1ObjectMeta(name=name, labels={"app": "w"}),
+                spec=client.V1PodSpec(
+                    service_account_name=WORKER_SA,
+                    containers=[client.V1Container(name="w", image="example.invalid/w")],
+                ),
+            ),
+        )
+
+    wait_for(
+        lambda: core.read_namespaced_service_account(WORKER_SA, ns),
+        timeout=30,
+        what="worker ServiceAccount",
+    )
+    mine, other = pod("worker-a"), pod("worker-b")
+    kubeconfig = _token_kubeconfig(api_client, tmp_path, ns, WORKER_SA, bound_pod=mine)
+    from kubernetes import config as kconfig
+
+    cfg = client.Configuration()
+    kconfig.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    with client.ApiClient(cfg) as worker_api:
+        as_worker = client.CoreV1Api(worker_api)
+
+        def patch(name: str, meta: dict) -> None:
+            as_worker.patch_namespaced_pod(name, ns, {"metadata": meta})
+
+        # Admission policies are loaded asynchronously: retry the allowed patch briefly.
+        patch("worker-a", {"annotations": {"voicepool.dev/sessions": "1"}})
+        assert (
+            core.read_namespaced_pod("worker-a", ns).metadata.annotations["voicepool.dev/sessions"]
+            == "1"
+        )
+
+        def denied(name: str, meta: dict) -> str:
+            with pytest.raises(client.ApiException) as err:
+                patch(name, meta)
+            assert err.value.status in (403, 422)
+            return str(err.value.body)
+
+        def policy_denies() -> bool:
+            try:
+                patch("worker-b", {"annotations": {"voicepool.dev/sessions": "1"}})
+                return False
+            except client.ApiException as e:
+                return e.status in (403, 422)
+
+        wait_for(policy_denies, timeout=30, what="admission policy active")
+        assert "only patch its own pod" in denied(
+            "worker-b", {"annotations": {"voicepool.dev/sessions": "2"}}
+        )
+        assert "reporting annotations" in denied(
+            "worker-a", {"annotations": {"voicepool.dev/drain": "false"}}
+        )
+        assert "labels" in denied("worker-a", {"labels": {"app": "x"}})
+    assert other.metadata.name == "worker-b"

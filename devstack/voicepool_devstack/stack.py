@@ -18,6 +18,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,6 +37,22 @@ from .versions import ETCD, KUBERNETES, KWOK, LIVEKIT, STACK_COMPONENTS
 KWOK_STAGES = Path(__file__).with_name("kwok") / "stages.yaml"
 STATE_FILE = "state.json"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+
+
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so `finally`/`with` blocks stop the servers (no orphans).
+
+    Python's default SIGTERM action kills the process without unwinding; `kill` from a CI
+    runner or a terminal would then leave etcd and the apiserver running.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+
+        def _raise(signum: int, _frame: object) -> None:
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, _raise)
 
 
 def free_port() -> int:
@@ -120,6 +137,7 @@ class LocalStack:
             if (c is LIVEKIT and self.cfg.livekit) or (c is not LIVEKIT and self.cfg.kubernetes)
         )
         ensure_built(components, self.cfg.progress)
+        _exit_on_sigterm()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         t0 = time.monotonic()

@@ -54,7 +54,13 @@ def environment(
     workdir = Path(tempfile.mkdtemp(prefix="voicepool-stack-"))
     stack = LocalStack(
         StackConfig(
-            workdir=workdir, nodes=nodes, node_cpu=node_cpu, kubernetes=need_kube, livekit=need_lk
+            workdir=workdir,
+            nodes=nodes,
+            node_cpu=node_cpu,
+            node_memory=node_memory,
+            node_pods=node_pods,
+            kubernetes=need_kube,
+            livekit=need_lk,
         )
     )
     try:

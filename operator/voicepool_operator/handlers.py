@@ -17,7 +17,7 @@ from typing import Any
 import kopf
 
 from .constants import GROUP, LABEL_MANAGED_BY, LABEL_POOL, MANAGED_BY, PLURAL, VERSION
-from .kube import Kube, load_config
+from .kube import Kube, login
 from .reconcile import Reconciler
 
 #: Re-plan at least this often even without events (clock-driven transitions are also
@@ -49,15 +49,21 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30
     identity = os.environ.get("POD_NAME") or socket.gethostname()
-    memo.kube = Kube(await load_config(), identity)
+    memo.kube = Kube(login(settings=settings), identity)
     memo.reconciler = Reconciler(memo.kube)
+
+
+@kopf.on.login()
+def authenticate(**kwargs: Any) -> kopf.ConnectionInfo:
+    """Our own login handler, so kopf does not import client libraries to piggyback on."""
+    return login(**kwargs)
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     kube = getattr(memo, "kube", None)
     if kube is not None:
-        await kube.api.close()
+        await kube.close()
 
 
 def _slim(body: kopf.Body) -> dict[str, Any]:
@@ -83,19 +89,19 @@ def _slim(body: kopf.Body) -> dict[str, Any]:
 
 
 @kopf.index("pods", labels=MANAGED_PODS)
-def pods_by_pool(
+async def pods_by_pool(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     return {(namespace or "", labels[LABEL_POOL]): _slim(body)}
 
 
 @kopf.on.event("pods", labels=MANAGED_PODS)
-def pod_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+async def pod_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
     _wake(namespace, labels.get(LABEL_POOL))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def pool_changed(namespace: str | None, name: str, **_: Any) -> None:
+async def pool_changed(namespace: str | None, name: str, **_: Any) -> None:
     _wake(namespace, name)
 
 

@@ -72,8 +72,12 @@ def install_crds(api: client.ApiClient) -> None:
 class OperatorProcess:
     """``voicepool-operator`` as a child process with its own log file."""
 
-    def __init__(self, kubeconfig: str) -> None:
+    def __init__(
+        self, kubeconfig: str, *, peering: str = "voicepool", python: str = sys.executable
+    ) -> None:
         self.kubeconfig = kubeconfig
+        self.peering = peering
+        self.python = python  # the bench runs the operator from an image-like minimal venv
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         self.log_path = Path(tempfile.mkstemp(prefix="voicepool-operator-", suffix=".log")[1])
@@ -83,9 +87,10 @@ class OperatorProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
-                sys.executable,
+                self.python,
                 "-m",
                 "voicepool_operator.main",
+                f"--peering={self.peering}",
                 f"--metrics-port={self.metrics_port}",
                 "--metrics-address=127.0.0.1",
                 f"--liveness-port={self.liveness_port}",
@@ -286,8 +291,8 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running_operator(kubeconfig: str) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(kubeconfig)
+def running_operator(kubeconfig: str, peering: str = "voicepool") -> Iterator[OperatorProcess]:
+    op = OperatorProcess(kubeconfig, peering=peering)
     op.start()
     try:
         yield op

@@ -85,6 +85,9 @@ def test_chart_lints_and_renders() -> None:
     assert crd_names == on_disk, "the chart ships crds/ itself: one source of truth"
 
 
+PEERING = "voicepool-chart-test"
+
+
 def test_bad_values_are_refused() -> None:
     proc = subprocess.run(
         [
@@ -114,6 +117,9 @@ def installed(stack_env: Environment, core: client.CoreV1Api) -> Iterator[None]:
         RELEASE_NS,
         "--create-namespace",
         "--wait=false",
+        # Its own peering object: the other suites' operators use "voicepool".
+        "--set",
+        f"peering.name={PEERING}",
         kubeconfig=stack_env.kubeconfig,
     )
     try:
@@ -172,7 +178,7 @@ def test_operator_reconciles_with_the_charts_rbac(
     kubeconfig = _token_kubeconfig(api_client, tmp_path, RELEASE_NS, f"{RELEASE}-operator")
     ns = RELEASE_NS
     cluster = Cluster(api_client, ns)
-    with running_operator(kubeconfig):
+    with running_operator(kubeconfig, peering=PEERING):
         cluster.create_pool(pool_manifest("chart-pool", warmPool={"idleSessions": 2}))
 
         def populated() -> dict | None:

@@ -1,20 +1,45 @@
-"""``make demo``: bring up the embedded stack, show it working, tear it down.
+"""``make demo``: the whole system on the embedded local stack, narrated, then torn down.
 
-It grows with the operator: once the operator is installed it applies ``examples/pool.yaml``
-and shows the pool's status while synthetic sessions come and go.
+Steps: start apiserver + controller-manager + scheduler + kwok + livekit-server; ``helm
+install`` the chart (CRDs, RBAC, admission policy; the operator Deployment is scaled to zero
+because kwok runs no containers, so the operator runs here as a process with the same code);
+apply ``examples/pool.yaml``; run real ``voicepool-worker`` processes for the pool's pods (the
+runner plays the kubelet); place synthetic calls through LiveKit and show the pool react:
+scale-up, a rolling update whose busy pod drains only after its call ends, scale-down.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, config
 
 from .errors import DevstackError
-from .stack import LocalStack, StackConfig
-from .versions import KUBERNETES
+from .runner import PodRunner
+from .stack import LiveKitInfo, LocalStack, StackConfig, free_port
+from .versions import HELM, KUBERNETES, REPO_ROOT
+
+NS = "voicepool-demo"
+POOL = "receptionist"
+GROUP, VERSION, PLURAL = "voicepool.dev", "v1alpha1", "voiceagentpools"
+T0 = time.monotonic()
+
+
+def say(msg: str) -> None:
+    print(f"[demo {time.monotonic() - T0:6.1f}s] {msg}", flush=True)
 
 
 def kubectl(kubeconfig: str, *args: str) -> None:
@@ -22,27 +47,309 @@ def kubectl(kubeconfig: str, *args: str) -> None:
     subprocess.run(
         [str(KUBERNETES.path("kubectl")), *args],
         env={**os.environ, "KUBECONFIG": kubeconfig},
-        check=True,
+        check=False,
     )
+    print(flush=True)
+
+
+def helm(kubeconfig: str, *args: str) -> None:
+    proc = subprocess.run(
+        [str(HELM.path("helm")), *args, "--kubeconfig", kubeconfig],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise DevstackError(f"helm {' '.join(args[:2])} failed: {proc.stderr.strip()}")
+
+
+#: Set when the demo is being torn down, so polling threads stop at once.
+STOPPING = threading.Event()
+
+
+def wait(probe: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not STOPPING.is_set():
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise DevstackError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class Demo:
+    def __init__(self, kubeconfig: str, livekit: LiveKitInfo, workdir: Path) -> None:
+        self.kc = kubeconfig
+        self.lk = livekit
+        self.workdir = workdir
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
+        self.api = client.ApiClient(cfg)
+        # Any: the generated models make every field Optional; these objects come from the API.
+        self.core: Any = client.CoreV1Api(self.api)
+        self.custom: Any = client.CustomObjectsApi(self.api)
+
+    # -- cluster verbs ----------------------------------------------------------------------
+
+    def pods(self) -> list[Any]:
+        sel = f"voicepool.dev/pool={POOL}"
+        return [
+            p
+            for p in self.core.list_namespaced_pod(NS, label_selector=sel).items
+            if not p.metadata.deletion_timestamp
+        ]
+
+    def pool(self) -> dict[str, Any]:
+        return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, POOL))
+
+    def idle_registered(self) -> list[str]:
+        """Pods whose worker reported itself idle (registered with LiveKit, no call)."""
+        return [
+            p.metadata.name
+            for p in self.pods()
+            if (p.metadata.annotations or {}).get("voicepool.dev/state") == "idle"
+            and (p.metadata.annotations or {}).get("voicepool.dev/drain") != "true"
+        ]
+
+    def show(self) -> None:
+        kubectl(self.kc, "get", "voiceagentpools", "-n", NS)
+
+    def show_pods(self) -> None:
+        kubectl(
+            self.kc,
+            "get",
+            "pods",
+            "-n",
+            NS,
+            "-o",
+            "custom-columns=POD:.metadata.name,PHASE:.status.phase,"
+            "STATE:.metadata.annotations.voicepool\\.dev/state,"
+            "SESSIONS:.metadata.annotations.voicepool\\.dev/sessions,"
+            "DRAIN:.metadata.annotations.voicepool\\.dev/drain-reason,"
+            "TEMPLATE:.metadata.labels.voicepool\\.dev/template-hash",
+        )
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def install(self) -> None:
+        self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
+        say("helm install voicepool (CRDs, RBAC, admission policy, dashboard) ...")
+        helm(
+            self.kc,
+            "install",
+            "voicepool",
+            str(REPO_ROOT / "charts" / "voicepool"),
+            "-n",
+            "voicepool-system",
+            "--create-namespace",
+            "--set",
+            "operator.replicas=0",
+            "--set",
+            f"worker.namespaces={{{NS}}}",
+            "--wait=false",
+        )
+        self.core.create_namespaced_secret(
+            NS,
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(name="livekit-credentials"),
+                string_data={"apiKey": self.lk.api_key, "apiSecret": self.lk.api_secret},
+            ),
+        )
+        kubectl(self.kc, "get", "crds")
+
+    @contextlib.contextmanager
+    def operator(self) -> Iterator[None]:
+        log = (self.workdir / "operator.log").open("ab")
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "voicepool_operator.main",
+                f"--metrics-port={free_port()}",
+                "--metrics-address=127.0.0.1",
+                f"--liveness-port={port}",
+            ],
+            env={**os.environ, "KUBECONFIG": self.kc},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        say(f"voicepool-operator started (pid {proc.pid}, log {self.workdir / 'operator.log'})")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+            say("operator stopped")
+
+    def apply_pool(self) -> None:
+        manifest = yaml.safe_load((REPO_ROOT / "examples" / "pool.yaml").read_text())
+        spec = manifest["spec"]
+        spec["livekit"]["url"] = self.lk.url
+        # Deterministic and short for a demo: no office-hours window, quick scale-down.
+        spec["warmPool"] = {"idlePods": 1}
+        spec["scaleDown"] = {"stabilizationWindowSeconds": 10}
+        spec["drain"] = {"timeoutSeconds": 300}
+        spec["template"]["resources"] = {"cpu": 1, "memory": "1Gi"}
+        say(
+            "kubectl apply -f examples/pool.yaml (local LiveKit URL, no schedule window, "
+            "10 s scale-down window)"
+        )
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, manifest)
+
+    def roll_template(self) -> None:
+        env = [
+            *self.pool()["spec"]["template"].get("env", []),
+            {"name": "VOICEPOOL_DEMO_REVISION", "value": "2"},
+        ]
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, NS, PLURAL, POOL, {"spec": {"template": {"env": env}}}
+        )
+
+    def delete_pool(self) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, POOL)
+
+
+async def _scenario(demo: Demo) -> list[tuple[str, float | None]]:
+    from voicepool_worker.caller import Call, CallerConfig
+
+    lk = demo.lk
+    cfg = CallerConfig(url=lk.url, api_key=lk.api_key, api_secret=lk.api_secret, agent_name=POOL)
+    ttfw: list[tuple[str, float | None]] = []
+
+    async def wait_async(probe: Callable[[], Any], within: float, what: str) -> Any:
+        try:
+            return await asyncio.to_thread(wait, probe, within, what)
+        except asyncio.CancelledError:
+            STOPPING.set()  # interrupted: let the polling thread end so teardown can run
+            raise
+
+    async def turn(call: Call, label: str, text: str) -> None:
+        say(f"{label}: caller says {text!r}")
+        r = await call.say(text)
+        ttfw.append((label, r.ttfw_ms))
+        if r.ttfw_ms is None:
+            say(f"{label}: the agent did not answer")
+        else:
+            say(f"{label}: agent answered, time to first word {r.ttfw_ms:.0f} ms")
+
+    async def dial(room: str) -> Call:
+        call = Call(cfg, room)
+        await call.start()
+        heard = await call.wait_greeting()
+        say(f"{room}: agent joined{' and greeted the caller' if heard else ''}")
+        return call
+
+    await wait_async(demo.idle_registered, 180, "the warm worker to register with LiveKit")
+    say("the warm pod's worker registered with LiveKit and reports idle")
+    demo.show()
+
+    say("call-1 dials in (explicit dispatch of agent 'receptionist')")
+    call1 = await dial("call-1")
+    await turn(call1, "call-1", "what are your opening hours")
+    busy1 = {
+        p.metadata.name
+        for p in demo.pods()
+        if (p.metadata.annotations or {}).get("voicepool.dev/sessions") == "1"
+    }
+    await wait_async(lambda: len(demo.pods()) >= 2, 60, "scale-up to 2 pods")
+    say("scale-up: 1 active call + 1 warm pod -> 2 pods")
+    demo.show()
+
+    await wait_async(demo.idle_registered, 180, "the new warm worker")
+    say("call-2 dials in while call-1 continues")
+    call2 = await dial("call-2")
+    await turn(call2, "call-2", "what are your opening hours")
+    await wait_async(lambda: len(demo.pods()) >= 3, 60, "scale-up to 3 pods")
+    say("scale-up: 2 active calls + 1 warm pod -> 3 pods")
+    demo.show()
+    demo.show_pods()
+
+    say("call-2 hangs up; after the 10 s stabilization window one idle pod is drained")
+    await call2.hangup()
+    await wait_async(lambda: len(demo.pods()) <= 2, 60, "scale-down to 2 pods")
+    still = {p.metadata.name for p in demo.pods()}
+    kept = sorted(busy1 & still)
+    say(f"scale-down done: pods {sorted(still)}; call-1's pod {kept} was never touched")
+    demo.show()
+
+    say("rolling update: the pool template changes while call-1 is still talking")
+    old_hash = demo.pods()[0].metadata.labels["voicepool.dev/template-hash"]
+    demo.roll_template()
+    await wait_async(
+        lambda: any(
+            (p.metadata.annotations or {}).get("voicepool.dev/drain-reason") == "Rollout"
+            and (p.metadata.annotations or {}).get("voicepool.dev/sessions") == "1"
+            for p in demo.pods()
+        ),
+        120,
+        "call-1's pod to be marked draining",
+    )
+    demo.show()
+    demo.show_pods()
+    say("call-1's pod is draining: it takes no new calls, but its caller keeps talking")
+    await turn(call1, "call-1 (draining pod)", "thank you goodbye")
+    say("call-1 hangs up -> its worker finishes, exits 0, and the pod goes")
+    await call1.hangup()
+    await wait_async(
+        lambda: all(
+            p.metadata.labels["voicepool.dev/template-hash"] != old_hash for p in demo.pods()
+        ),
+        120,
+        "the old-template pods to go",
+    )
+    say("rollout complete; no call was cut")
+    demo.show()
+    demo.show_pods()
+    return ttfw
 
 
 def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="voicepool-demo-"))
+    say(f"work dir {workdir}")
     try:
-        with LocalStack(StackConfig(workdir=workdir)) as stack:
-            kc = stack.state.kubeconfig
-            assert kc is not None
-            kubectl(kc, "version")
-            kubectl(kc, "get", "nodes", "-o", "wide")
-            kubectl(kc, "api-resources", "--api-group=")
-            lk = stack.state.livekit
-            if lk:
-                print(f"\nlivekit-server is serving on {lk.url}")
-        print("\ndemo finished; everything was stopped and cleaned up")
+        with LocalStack(StackConfig(workdir=workdir / "stack")) as stack:
+            kc, lk = stack.state.kubeconfig, stack.state.livekit
+            assert kc is not None and lk is not None
+            kubectl(kc, "get", "nodes")
+            demo = Demo(kc, lk, workdir)
+            demo.install()
+            runner = PodRunner(
+                demo.api,
+                NS,
+                kc,
+                workdir / "workers",
+                on_event=lambda m: say(f"runner: {m}"),
+            )
+            with demo.operator():
+                demo.apply_pool()
+                runner.start()
+                try:
+                    ttfw = asyncio.run(_scenario(demo))
+                    say("deleting the pool: the finalizer waits for calls, then pods go")
+                    demo.delete_pool()
+                    wait(lambda: not demo.pods(), 60, "pool pods to go")
+                finally:
+                    runner.stop()
+            print("\ntime to first word per turn:")
+            for name, ms in ttfw:
+                print(f"  {name:24s} {'no answer' if ms is None else f'{ms:.0f} ms'}")
+        shutil.rmtree(workdir, ignore_errors=True)
+        say("demo finished; every process was stopped and temp files removed")
         return 0
     except DevstackError as e:
-        print(f"demo: error: {e}", file=sys.stderr)
+        print(f"demo: error: {e} (logs kept in {workdir})", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("demo: interrupted; everything was stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -197,7 +197,7 @@ class Demo:
         spec["warmPool"] = {"idlePods": 1}
         spec["scaleDown"] = {"stabilizationWindowSeconds": 10}
         spec["drain"] = {"timeoutSeconds": 300}
-        spec["template"]["resources"] = {"cpu": 1, "memory": "1Gi"}
+        spec["template"]["resources"] = {"cpu": 1, "memory": "2Gi"}
         say(
             "kubectl apply -f examples/pool.yaml (local LiveKit URL, no schedule window, "
             "10 s scale-down window)"

@@ -198,7 +198,7 @@ def parse_spec(spec: Mapping[str, Any]) -> PoolSpec:
             f"spec.template.resources.cpu: {cpu_raw!r} is not a whole number of CPUs; "
             "cpuPinning needs integer CPUs (or set cpuPinning.enabled: false)"
         )
-    memory = str(resources.get("memory") or "1Gi")
+    memory = str(resources.get("memory") or "2Gi")
     parse_quantity(memory, "spec.template.resources.memory")
 
     drain = spec.get("drain") or {}

@@ -1,0 +1,187 @@
+"""Voice worker latency through the real livekit-server, with the embedded offline providers.
+
+One ``voicepool-worker`` (pocketsphinx STT, rule-based dialog, piper TTS, silero VAD) and a
+synthetic caller that speaks piper-synthesised questions, turn after turn. Printed:
+
+* time to first word as the caller hears it (end of its speech -> first loud agent frame,
+  network and jitter buffer included), p50/p95;
+* the agent-side stages the worker logged per turn (end of speech -> final transcript, end of
+  turn, LLM time to first token, TTS time to first byte, end of speech -> first agent frame
+  published), p50/p95;
+* worker RSS (main process + forkserver + call processes): idle, and with one call.
+
+    python bench/worker_latency.py [--turns 24]
+
+Uses ``VOICEPOOL_LIVEKIT_URL``/``_API_KEY``/``_API_SECRET`` when set, else starts the local
+livekit-server (no Kubernetes needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from voicepool_devstack.stack import LiveKitInfo, LocalStack, StackConfig
+from voicepool_worker.caller import Call, CallerConfig
+from voicepool_worker.latency import STAGES, percentile
+
+from tests.integration.worker_harness import WorkerProcess, agent_name, rss_mb, rss_tree
+
+PHRASES = (
+    "what are your opening hours",
+    "where are you located",
+    "how much does a cleaning cost",
+    "can i book an appointment",
+)
+
+
+def pct(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    return (
+        f"p50 {percentile(values, 50):7.0f} ms   p95 {percentile(values, 95):7.0f} ms   "
+        f"n={len(values)}"
+    )
+
+
+async def converse(lk: LiveKitInfo, agent: str, turns: int) -> tuple[list[float], list[str]]:
+    cfg = CallerConfig(lk.url, lk.api_key, lk.api_secret, agent, identity="bench-caller")
+    c = Call(cfg, f"bench-{uuid.uuid4().hex[:6]}")
+    ttfw: list[float] = []
+    misses: list[str] = []
+    try:
+        await c.start(join_within=30)
+        for _ in range(1000):  # the greeting: wait for it to start, then to end
+            if c.listener.loud_at:
+                break
+            await asyncio.sleep(0.02)
+        await c.wait_agent_quiet(quiet=1.0, within=20)
+        for i in range(turns):
+            phrase = PHRASES[i % len(PHRASES)]
+            turn = await c.say(phrase, answer_timeout=15)
+            if turn.ttfw_ms is None:
+                misses.append(phrase)
+            else:
+                ttfw.append(turn.ttfw_ms)
+            print(
+                f"  turn {i + 1:2d}: {phrase!r:35} ttfw "
+                + (f"{turn.ttfw_ms:6.0f} ms" if turn.ttfw_ms is not None else "  (no answer)"),
+                flush=True,
+            )
+        return ttfw, misses
+    finally:
+        await c.hangup()
+
+
+def run(lk: LiveKitInfo, turns: int, workdir: Path) -> int:
+    agent = agent_name()
+    w = WorkerProcess(lk, workdir, agent=agent, name="bench-worker")
+    try:
+        w.wait_ready(timeout=120)
+        time.sleep(3.0)  # let the warm process settle
+        idle_rss = rss_mb(w.proc.pid)
+        idle_pss = rss_mb(w.proc.pid, "Pss")
+        print(f"worker ready (pid {w.proc.pid}); {turns} turns with agent {agent!r}", flush=True)
+
+        peak = [0.0, 0.0]
+        per_pid: dict[int, float] = {}
+        per_pid_pss: dict[int, float] = {}
+
+        async def sample_rss() -> None:
+            while True:
+                tree = rss_tree(w.proc.pid)
+                pss = rss_tree(w.proc.pid, "Pss")
+                peak[0] = max(peak[0], sum(tree.values()))
+                peak[1] = max(peak[1], sum(pss.values()))
+                for pid, mib in tree.items():
+                    per_pid[pid] = max(per_pid.get(pid, 0.0), mib)
+                for pid, mib in pss.items():
+                    per_pid_pss[pid] = max(per_pid_pss.get(pid, 0.0), mib)
+                await asyncio.sleep(0.5)
+
+        async def main() -> tuple[list[float], list[str]]:
+            sampler = asyncio.create_task(sample_rss())
+            try:
+                return await converse(lk, agent, turns)
+            finally:
+                sampler.cancel()
+
+        ttfw, misses = asyncio.run(main())
+        time.sleep(2.0)
+        stages: dict[str, list[float]] = {name: [] for name in STAGES}
+        for line in w.msgs("agent turn"):
+            for name, seconds in (line.get("latency") or {}).items():
+                stages.setdefault(name, []).append(float(seconds) * 1000)
+        heard = [str(line.get("transcript", "")) for line in w.msgs("user turn")]
+        call_pids = {int(line["pid"]) for line in w.msgs("caller joined") if "pid" in line}
+        call_rss = max((per_pid.get(pid, 0.0) for pid in call_pids), default=0.0)
+        call_pss = max((per_pid_pss.get(pid, 0.0) for pid in call_pids), default=0.0)
+    finally:
+        w.signal()
+        with contextlib.suppress(AssertionError):
+            w.wait_exit(timeout=30)
+        w.stop()
+
+    exact = sum(1 for t in heard if t in PHRASES)
+    print()
+    print(f"turns answered: {len(ttfw)}/{turns}   transcripts exact: {exact}/{len(heard)}")
+    print(f"time to first word, caller side : {pct(ttfw)}")
+    labels = {
+        "transcript": "end of speech -> final transcript",
+        "end_of_turn": "end of speech -> turn committed",
+        "llm_ttft": "LLM time to first token",
+        "tts_ttfb": "TTS time to first byte",
+        "ttfw": "end of speech -> first frame sent",
+    }
+    for name in STAGES:
+        print(f"  {labels[name]:34}: {pct(stages.get(name, []))}")
+    if ttfw:
+        print(f"  mean caller-side ttfw           : {statistics.fmean(ttfw):7.0f} ms")
+    print("memory (RSS counts pages shared with the forkserver in every process; PSS splits them)")
+    print(
+        f"  worker idle, 1 warm call process  : RSS {idle_rss:6.0f} MiB   PSS {idle_pss:6.0f} MiB"
+    )
+    print(f"  peak during one call (+ new warm) : RSS {peak[0]:6.0f} MiB   PSS {peak[1]:6.0f} MiB")
+    print(
+        f"  per session: the call process     : RSS {call_rss:6.0f} MiB   PSS {call_pss:6.0f} MiB"
+    )
+    if misses:
+        print(f"unanswered turns: {misses}")
+    return 0 if len(ttfw) >= max(1, turns * 9 // 10) else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--turns", type=int, default=24)
+    args = parser.parse_args()
+    if args.turns < 1:
+        parser.error("--turns must be >= 1")
+    workdir = Path(tempfile.mkdtemp(prefix="voicepool-bench-"))
+    url = os.environ.get("VOICEPOOL_LIVEKIT_URL")
+    key = os.environ.get("VOICEPOOL_LIVEKIT_API_KEY")
+    secret = os.environ.get("VOICEPOOL_LIVEKIT_API_SECRET")
+    if url and key and secret:
+        http = url.replace("wss://", "https://").replace("ws://", "http://")
+        return run(LiveKitInfo(url, http, key, secret), args.turns, workdir)
+    stack = LocalStack(StackConfig(workdir=workdir / "stack", kubernetes=False, livekit=True))
+    try:
+        state = stack.start()
+        assert state.livekit is not None
+        return run(state.livekit, args.turns, workdir)
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Worker configuration from the pod environment: validated up front, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+from voicepool_worker import config
+from voicepool_worker.config import ConfigError
+from voicepool_worker.main import preload_modules
+
+BASE = {
+    "LIVEKIT_URL": "ws://127.0.0.1:7880",
+    "LIVEKIT_API_KEY": "key",
+    "LIVEKIT_API_SECRET": "secret",
+}
+
+
+def test_defaults_are_the_embedded_offline_providers() -> None:
+    cfg = config.load(BASE)
+    assert (cfg.stt, cfg.llm, cfg.tts) == ("pocketsphinx", "rules", "piper")
+    assert cfg.capacity == 1 and cfg.http_port == 8081 and cfg.log_level == "INFO"
+    assert not cfg.pod_reporting and cfg.greeting and cfg.system_prompt
+    assert "piper" in preload_modules(cfg) and "livekit.plugins.openai" not in preload_modules(cfg)
+
+
+def test_pod_env() -> None:
+    cfg = config.load(
+        {
+            **BASE,
+            "POD_NAME": "w-0",
+            "POD_NAMESPACE": "ns",
+            "VOICEPOOL_SESSIONS_PER_POD": "4",
+            "VOICEPOOL_DRAIN_TIMEOUT_SECONDS": "30",
+            "VOICEPOOL_AGENT_NAME": "receptionist",
+            "VOICEPOOL_LOG_LEVEL": "warning",
+        }
+    )
+    assert cfg.pod_reporting and cfg.pod_namespace == "ns"
+    assert (cfg.capacity, cfg.drain_timeout_s, cfg.agent_name) == (4, 30, "receptionist")
+    assert cfg.log_level == "WARN"
+
+
+def test_openai_endpoints_take_the_key_from_env() -> None:
+    cfg = config.load(
+        {
+            **BASE,
+            "VOICEPOOL_STT": "openai",
+            "VOICEPOOL_LLM": "openai",
+            "VOICEPOOL_TTS": "openai",
+            "VOICEPOOL_OPENAI_API_KEY": "sk-shared",
+            "VOICEPOOL_OPENAI_BASE_URL": "http://llm.internal/v1",
+            "VOICEPOOL_LLM_API_KEY": "sk-llm",
+            "VOICEPOOL_LLM_MODEL": "qwen2.5-7b-instruct",
+        }
+    )
+    assert cfg.llm_openai is not None and cfg.llm_openai.api_key == "sk-llm"
+    assert cfg.llm_openai.model == "qwen2.5-7b-instruct"
+    assert cfg.stt_openai is not None and cfg.stt_openai.api_key == "sk-shared"
+    assert cfg.tts_openai is not None and cfg.tts_openai.base_url == "http://llm.internal/v1"
+    assert "livekit.plugins.openai" in preload_modules(cfg)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LIVEKIT_URL": ""}, "missing required environment variable(s): LIVEKIT_URL"),
+        ({"LIVEKIT_URL": "localhost:7880"}, "must start with ws://"),
+        ({"VOICEPOOL_TTS": "polly"}, "VOICEPOOL_TTS='polly' is not one of"),
+        ({"VOICEPOOL_LLM": "openai"}, "needs an API key"),
+        ({"VOICEPOOL_SESSIONS_PER_POD": "0"}, "must be >= 1"),
+        ({"VOICEPOOL_DRAIN_TIMEOUT_SECONDS": "soon"}, "is not an integer"),
+        ({"VOICEPOOL_NOISE_SUPPRESSION": "maybe"}, "is not a boolean"),
+        ({"VOICEPOOL_LOG_LEVEL": "LOUD"}, "VOICEPOOL_LOG_LEVEL='LOUD'"),
+        (
+            {"VOICEPOOL_ENDPOINTING_MIN_DELAY": "2", "VOICEPOOL_ENDPOINTING_MAX_DELAY": "1"},
+            "MAX_DELAY must be >=",
+        ),
+    ],
+)
+def test_bad_values_are_one_line_errors(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.load({**BASE, **env})
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)

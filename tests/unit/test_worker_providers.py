@@ -1,0 +1,99 @@
+"""Pure parts of the embedded providers: STT speech gate, TTS clause split, dialog, framing."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from voicepool_worker.apm import TenMsFramer
+from voicepool_worker.providers.espeak_tts import pcm_from_wav
+from voicepool_worker.providers.piper_tts import MIN_CLAUSE_WORDS, clauses
+from voicepool_worker.providers.pocketsphinx_stt import SpeechGate
+from voicepool_worker.providers.rules_llm import Facts, intent_of, reply
+
+
+def tone(samples: int, amplitude: int) -> bytes:
+    return struct.pack(f"<{samples}h", *([amplitude, -amplitude] * (samples // 2)))
+
+
+def test_speech_gate_drops_leading_silence_but_keeps_a_preroll() -> None:
+    gate = SpeechGate(sample_rate=16000)
+    silence = b"\x00\x00" * 800  # 50 ms
+    for _ in range(40):  # 2 s of silence: nothing reaches the decoder
+        assert gate.push(silence) == b""
+    out = gate.push(tone(800, 3000))
+    preroll = int(SpeechGate.PREROLL_S * 16000) * 2
+    assert len(out) == preroll + 1600
+    assert gate.push(silence) == silence  # open until the next flush
+    gate.reset()
+    assert gate.push(silence) == b""
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "We are open Monday to Friday from 9 AM to 6 PM, and Saturday from 10 AM to 2 PM.",
+        "Hello, you have reached Voicepool Dental.",
+        "Yes, sure.",
+        "One, two, three, four, five, six, seven, eight, nine, ten, eleven, twelve.",
+    ],
+)
+def test_clauses_keep_all_words_in_order(text: str) -> None:
+    parts = clauses(text)
+    assert " ".join(parts).split() == text.split()
+    if len(parts) > 1:
+        assert all(len(p.split()) >= MIN_CLAUSE_WORDS for p in parts)
+
+
+@given(st.text(alphabet=st.sampled_from("ab ,;."), max_size=80))
+def test_clauses_never_lose_text(text: str) -> None:
+    assert " ".join(clauses(text)).split() == text.split()
+
+
+@pytest.mark.parametrize(
+    ("said", "intent"),
+    [
+        ("what are your opening hours", "hours"),
+        ("when do you close on saturday", "hours"),
+        ("where are you located", "address"),
+        ("how much does a cleaning cost", "prices"),
+        ("can i book an appointment", "booking"),
+        ("could you repeat that", "repeat"),
+        ("the weather is nice", None),
+    ],
+)
+def test_intents(said: str, intent: str | None) -> None:
+    assert intent_of(said) == intent
+
+
+def test_reply_uses_the_call_history() -> None:
+    facts = Facts()
+    history = [("user", "what are your opening hours")]
+    assert reply(history, facts) == facts.hours
+    history += [("assistant", facts.hours), ("user", "sorry can you repeat that")]
+    assert reply(history, facts) == facts.hours
+    assert "opening hours" in reply([("user", "blah")], facts)
+
+
+def test_ten_ms_framer_keeps_the_remainder() -> None:
+    framer = TenMsFramer(24000, 1)
+    assert framer.chunk_bytes == 480
+    out = framer.push(b"\x01" * 1000)
+    assert [len(c) for c in out] == [480, 480] and framer.pending == 40
+    assert [len(c) for c in framer.push(b"\x02" * 440)] == [480]
+    assert framer.pending == 0
+
+
+def test_pcm_from_streamed_wav() -> None:
+    pcm = b"\x01\x02" * 10
+    fmt = struct.pack("<HHIIHH", 1, 1, 22050, 44100, 2, 16)
+    wav = (
+        b"RIFF" + b"\xff\xff\xff\xff" + b"WAVE"
+        + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+        + b"data" + b"\xff\xff\xff\xff" + pcm
+    )  # fmt: skip
+    assert pcm_from_wav(wav) == pcm
+    with pytest.raises(ValueError):
+        pcm_from_wav(b"nope")

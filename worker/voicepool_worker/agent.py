@@ -1,0 +1,141 @@
+"""The call itself, run by livekit-agents in a job process: one caller, one AgentSession.
+
+livekit-agents does the hard parts (room I/O, VAD turn-taking, interruptions, the
+STT -> LLM -> TTS pipeline); this module only wires our providers and configuration in,
+tags logs with room/session/participant and turns per-turn metrics into Prometheus samples.
+Models load in ``prewarm`` (once per warm process), never while a caller waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+from livekit import rtc
+from livekit.agents import Agent, AgentSession, JobContext, JobProcess, ModelSettings, room_io
+
+from . import config, providers
+from .apm import CallerAudioProcessor
+from .latency import TurnTracker
+
+log = logging.getLogger("voicepool.worker.agent")
+
+
+def prewarm(proc: JobProcess) -> None:
+    """Load every model of this warm process before it is handed a call."""
+    from livekit.plugins import silero
+
+    cfg = config.load(os.environ)
+    proc.userdata["cfg"] = cfg
+    proc.userdata["vad"] = silero.VAD.load(min_silence_duration=cfg.vad_min_silence_s)
+    stt = providers.build_stt(cfg)
+    tts = providers.build_tts(cfg)
+    llm = providers.build_llm(cfg)
+    for model in (stt, tts):
+        warm = getattr(model, "prewarm", None)
+        if callable(warm):
+            warm()
+    proc.userdata.update(stt=stt, tts=tts, llm=llm)
+
+
+class VoiceAgent(Agent):
+    """The receptionist: instructions from config; its speech feeds the echo canceller."""
+
+    def __init__(self, *, instructions: str, echo: CallerAudioProcessor | None) -> None:
+        super().__init__(instructions=instructions)
+        self._echo = echo
+
+    async def tts_node(
+        self, text: AsyncIterable[str], model_settings: ModelSettings
+    ) -> AsyncIterator[rtc.AudioFrame]:
+        async for frame in Agent.default.tts_node(self, text, model_settings):
+            if self._echo is not None:
+                self._echo.far_end(frame)
+            yield frame
+
+
+def _turn_detection(cfg: config.WorkerConfig) -> Any:
+    if cfg.turn_detection == "model":
+        from livekit.agents import inference
+
+        return inference.TurnDetector(version="v1-mini")
+    return "vad"
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    """One call: join the dispatched room, greet, converse until the caller leaves."""
+    cfg: config.WorkerConfig = ctx.proc.userdata["cfg"]
+    fields: dict[str, Any] = {
+        "room": ctx.job.room.name,
+        "session": ctx.job.id,
+        "participant": None,
+    }
+    ctx.log_context_fields = fields
+
+    processor: CallerAudioProcessor | None = None
+    if cfg.noise_suppression or cfg.echo_cancellation:
+        processor = CallerAudioProcessor(
+            echo_cancellation=cfg.echo_cancellation, noise_suppression=cfg.noise_suppression
+        )
+
+    session: AgentSession[None] = AgentSession(
+        stt=ctx.proc.userdata["stt"],
+        llm=ctx.proc.userdata["llm"],
+        tts=ctx.proc.userdata["tts"],
+        vad=ctx.proc.userdata["vad"],
+        turn_handling={
+            "turn_detection": _turn_detection(cfg),
+            "endpointing": {
+                "min_delay": cfg.endpointing_min_delay_s,
+                "max_delay": cfg.endpointing_max_delay_s,
+            },
+            "interruption": {"enabled": True},
+        },
+        user_away_timeout=None,
+    )
+    turns = TurnTracker()
+
+    @session.on("conversation_item_added")
+    def _on_item(ev: Any) -> None:
+        msg = ev.item
+        role = getattr(msg, "role", None)
+        if role == "user":
+            text = msg.text_content or ""
+            turns.user_turn(dict(msg.metrics or {}))
+            log.info("user turn", extra={"transcript": text})
+        elif role == "assistant":
+            latency = turns.agent_reply(dict(msg.metrics or {}))
+            extra: dict[str, Any] = {
+                "reply": msg.text_content or "",
+                "interrupted": msg.interrupted,
+            }
+            if latency is not None:
+                from . import metrics  # job process: files land in PROMETHEUS_MULTIPROC_DIR
+
+                stages = latency.as_dict()
+                for name, seconds in stages.items():
+                    metrics.STAGE_HISTOGRAMS[name].observe(seconds)
+                metrics.TURNS.inc()
+                extra["latency"] = {k: round(v, 4) for k, v in stages.items()}
+            log.info("agent turn", extra=extra)
+
+    @session.on("close")
+    def _on_close(ev: Any) -> None:
+        log.info("session closed", extra={"reason": str(ev.reason), "error": str(ev.error or "")})
+        ctx.shutdown(reason=f"session closed: {ev.reason}")
+
+    await session.start(
+        agent=VoiceAgent(instructions=cfg.system_prompt, echo=processor),
+        room=ctx.room,
+        room_options=room_io.RoomOptions(
+            audio_input=room_io.AudioInputOptions(noise_cancellation=processor),
+        ),
+        record=False,
+    )
+    participant = await ctx.wait_for_participant()
+    fields["participant"] = participant.identity
+    log.info("caller joined", extra={"kind": int(participant.kind)})
+    if cfg.greeting:
+        session.say(cfg.greeting)

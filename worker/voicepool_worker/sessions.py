@@ -1,0 +1,175 @@
+"""Pure bookkeeping of one worker's calls: capacity, registration, draining -> pod annotations.
+
+Nothing here talks to LiveKit or Kubernetes, so every transition is unit-tested with plain
+data. The glue (``main.py``) feeds it events and writes the ``PodReport`` it returns -- exactly
+one merge-patch per session start/end, because the operator counts on that contract.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+ANN_SESSIONS = "voicepool.dev/sessions"
+ANN_CAPACITY = "voicepool.dev/capacity"
+ANN_STATE = "voicepool.dev/state"
+ANN_REPORTED_AT = "voicepool.dev/reported-at"
+ANN_SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
+ANN_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+ANN_DRAIN = "voicepool.dev/drain"
+ANN_DRAIN_REASON = "voicepool.dev/drain-reason"
+
+REPORTED_KEYS = (
+    ANN_SESSIONS,
+    ANN_CAPACITY,
+    ANN_STATE,
+    ANN_REPORTED_AT,
+    ANN_SAFE_TO_EVICT,
+    ANN_DELETION_COST,
+)
+
+BUSY_DELETION_COST = "10000"
+IDLE_DELETION_COST = "-10000"
+
+
+class State(enum.StrEnum):
+    """What the operator reads in ``voicepool.dev/state``."""
+
+    STARTING = "starting"  # not yet registered with LiveKit
+    IDLE = "idle"  # registered, no calls
+    BUSY = "busy"  # at least one call in progress
+    DRAINING = "draining"  # accepts nothing new; exits when its calls end
+
+
+def rfc3339(now: datetime) -> str:
+    """Second-resolution UTC timestamp, e.g. ``2026-11-25T10:00:00Z``."""
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def drain_requested(annotations: dict[str, str] | None) -> bool:
+    """The operator's drain request, read from the pod's annotations."""
+    return (annotations or {}).get(ANN_DRAIN, "").strip().lower() == "true"
+
+
+def load_threshold(capacity: int) -> float:
+    """Threshold for LiveKit's ``load_fnc`` so the worker is FULL exactly at ``capacity``.
+
+    Load is ``active / capacity``. Half a session below the next step keeps the comparison
+    robust against float rounding: ``load >= threshold`` iff ``active >= capacity``.
+    """
+    if capacity < 1:
+        raise ValueError("capacity must be >= 1")
+    return (capacity - 0.5) / capacity
+
+
+@dataclass(frozen=True)
+class PodReport:
+    """One merge-patch worth of annotations, and why it is being written."""
+
+    reason: str
+    annotations: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Sessions:
+    """Immutable snapshot of the worker's calls; every transition returns a new snapshot."""
+
+    capacity: int
+    active: frozenset[str] = field(default_factory=frozenset)
+    registered: bool = False
+    draining: bool = False
+    drain_reason: str = ""
+    started_total: int = 0
+    ended_total: int = 0
+    failed_total: int = 0
+
+    def __post_init__(self) -> None:
+        if self.capacity < 1:
+            raise ValueError("capacity must be >= 1")
+
+    # -- derived views -------------------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        return len(self.active)
+
+    @property
+    def state(self) -> State:
+        if self.draining:
+            return State.DRAINING
+        if not self.registered:
+            return State.STARTING
+        return State.BUSY if self.active else State.IDLE
+
+    @property
+    def ready(self) -> bool:
+        """Readiness: registered with LiveKit and still taking calls (full is still ready)."""
+        return self.registered and not self.draining
+
+    @property
+    def accepting(self) -> bool:
+        """Whether a new job may be accepted right now."""
+        return self.ready and self.count < self.capacity
+
+    @property
+    def load(self) -> float:
+        """Count-based load for LiveKit (not CPU): 0.0 idle .. 1.0 full."""
+        return min(1.0, self.count / self.capacity)
+
+    @property
+    def drained(self) -> bool:
+        """A draining worker with no calls left may exit."""
+        return self.draining and not self.active
+
+    def annotations(self, now: datetime) -> dict[str, str]:
+        """All reported annotations together, so a reader never sees a half-updated set."""
+        busy = self.count > 0
+        return {
+            ANN_SESSIONS: str(self.count),
+            ANN_CAPACITY: str(self.capacity),
+            ANN_STATE: self.state.value,
+            ANN_REPORTED_AT: rfc3339(now),
+            ANN_SAFE_TO_EVICT: "false" if busy else "true",
+            ANN_DELETION_COST: BUSY_DELETION_COST if busy else IDLE_DELETION_COST,
+        }
+
+    # -- transitions: (new snapshot, report to write or None) -----------------------------
+
+    def register(self, now: datetime) -> tuple[Sessions, PodReport | None]:
+        """First registration reports once (starting -> idle); re-registrations are silent."""
+        if self.registered:
+            return self, None
+        nxt = replace(self, registered=True)
+        return nxt, PodReport("registered", nxt.annotations(now))
+
+    def start(self, job_id: str, now: datetime) -> tuple[Sessions, PodReport | None]:
+        """A job was launched. Duplicate ids are ignored (no second patch)."""
+        if job_id in self.active:
+            return self, None
+        nxt = replace(self, active=self.active | {job_id}, started_total=self.started_total + 1)
+        return nxt, PodReport(f"session {job_id} started", nxt.annotations(now))
+
+    def end(
+        self, job_id: str, now: datetime, *, failed: bool = False
+    ) -> tuple[Sessions, PodReport | None]:
+        """A job's process closed. Unknown ids are ignored (no patch)."""
+        if job_id not in self.active:
+            return self, None
+        nxt = replace(
+            self,
+            active=self.active - {job_id},
+            ended_total=self.ended_total + 1,
+            failed_total=self.failed_total + (1 if failed else 0),
+        )
+        word = "failed" if failed else "ended"
+        return nxt, PodReport(f"session {job_id} {word}", nxt.annotations(now))
+
+    def drain(self, reason: str, now: datetime) -> tuple[Sessions, PodReport | None]:
+        """SIGTERM and the drain annotation land here alike; only the first one reports."""
+        if self.draining:
+            return self, None
+        nxt = replace(self, draining=True, drain_reason=reason)
+        return nxt, PodReport(f"draining ({reason})", nxt.annotations(now))

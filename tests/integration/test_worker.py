@@ -80,12 +80,7 @@ async def call(env: Environment, agent: str, room: str) -> AsyncIterator[Call]:
 
 
 async def greeting_heard(c: Call, within: float = 20.0) -> None:
-    for _ in range(int(within / 0.02)):
-        if c.listener.loud_at:
-            break
-        await asyncio.sleep(0.02)
-    assert c.listener.loud_at, "the agent never greeted the caller"
-    await c.wait_agent_quiet(quiet=1.0, within=within)
+    assert await c.wait_greeting(within), "the agent never greeted the caller"
 
 
 async def no_agent_joins(env: Environment, agent: str, room: str, within: float) -> Call:

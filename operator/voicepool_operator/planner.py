@@ -304,6 +304,8 @@ def plan(
     desired, history_out, stab_wake = stabilize(
         history, raw, now, spec.stabilization_window_seconds
     )
+    # The history may hold recommendations from before maxReplicas was lowered.
+    desired = min(desired, spec.max_replicas)
     if pool_deleting:
         desired = 0
     if stab_wake is not None:
@@ -368,7 +370,9 @@ def plan(
         # 7. Scale-down: only idle pods (or pods that never served), after the window.
         if not old:
             excess = len(serving) - desired
-            for p in sorted(starting, key=lambda q: q.created, reverse=True):
+            # Old-template starting pods were deleted in step 4 and are not in `serving`.
+            never_served = [p for p in serving if p.name in starting_names]
+            for p in sorted(never_served, key=lambda q: q.created, reverse=True):
                 if excess <= 0:
                     break
                 actions.append(DeletePod(p.name, "ScaleDown", "not needed; never served"))

@@ -63,7 +63,7 @@ class CreatePod:
 @dataclass(frozen=True)
 class MarkDraining:
     pod: str
-    reason: str  # event reason: ScaleDown | Rollout | PoolDeleted
+    reason: str  # event reason: ScaleDown | Rollout | PoolDeleted | DrainObserved
     message: str
 
     @property
@@ -168,6 +168,17 @@ def _sessions(pod: PodView) -> int:
     return pod.sessions or 0
 
 
+def _no_calls(pod: PodView) -> bool:
+    """Known to carry no call: 0 sessions, or no count and a state that holds none.
+
+    A pod that says busy/draining but whose session count is missing or unreadable may hold
+    calls, so it is never taken for empty.
+    """
+    if pod.sessions is not None:
+        return pod.sessions == 0
+    return pod.reported_state in (None, "starting", "idle")
+
+
 def _capacity(pod: PodView, spec: PoolSpec) -> int:
     return spec.sessions_per_pod
 
@@ -199,7 +210,7 @@ def stabilize(
         for i, rec in enumerate(kept):
             if rec.desired > raw and i + 1 < len(kept):
                 expires = (kept[i + 1].time + window - now).total_seconds()
-                wake = expires if wake is None else max(wake, expires)
+                wake = expires if wake is None else min(wake, expires)
     return effective, kept, wake
 
 
@@ -235,11 +246,22 @@ def plan(
 
     # 1. Draining pods: delete when their calls ended or the deadline passed.
     for p in by_state[PodState.DRAINING]:
-        started = p.drain_requested_at or now
-        deadline = started + dt.timedelta(seconds=spec.drain_timeout_seconds)
-        if _sessions(p) == 0:
+        timeout = dt.timedelta(seconds=spec.drain_timeout_seconds)
+        if _no_calls(p):
             actions.append(DeletePod(p.name, "DrainComplete", "all calls ended"))
-        elif now >= deadline:
+        elif p.drain_requested_at is None:
+            # Draining on its own (or a hand-set annotation): stamp the start so the drain
+            # timeout can run out, and survives an operator restart.
+            actions.append(
+                MarkDraining(
+                    p.name,
+                    "DrainObserved",
+                    f"pod drains with {_sessions(p)} call(s); the drain timeout of "
+                    f"{spec.drain_timeout_seconds}s starts now",
+                )
+            )
+            wake_in(timeout.total_seconds())
+        elif now >= p.drain_requested_at + timeout:
             actions.append(
                 DeletePod(
                     p.name,
@@ -250,7 +272,7 @@ def plan(
             )
             degraded.append(("DrainTimeout", f"pod {p.name} hit the drain timeout"))
         else:
-            wake_in((deadline - now).total_seconds())
+            wake_in((p.drain_requested_at + timeout - now).total_seconds())
 
     # 2. Failed pods never serve again: replace them.
     for p in by_state[PodState.FAILED]:
@@ -263,7 +285,7 @@ def plan(
     for p in by_state[PodState.UNKNOWN]:
         since = p.ready_since or p.created
         grace = dt.timedelta(seconds=spec.unready_grace_seconds)
-        limit = grace if _sessions(p) == 0 else dt.timedelta(seconds=spec.drain_timeout_seconds)
+        limit = grace if _no_calls(p) else dt.timedelta(seconds=spec.drain_timeout_seconds)
         if now - since >= limit:
             actions.append(
                 DeletePod(
@@ -396,7 +418,7 @@ def plan(
         st = states[p.name]
         if p.name in leaving or st not in (PodState.IDLE, PodState.BUSY, PodState.DRAINING):
             continue
-        busy = _sessions(p) > 0
+        busy = not _no_calls(p)
         want = ("false", BUSY_DELETION_COST) if busy else ("true", IDLE_DELETION_COST)
         if (p.safe_to_evict, p.deletion_cost) != want:
             actions.append(SetEvictionHints(p.name, want[0], want[1]))

@@ -120,7 +120,7 @@ def starting(name: str, *, age_s: float = 5, **kw: Any) -> PodView:
     return make_pod(name, **fields)
 
 
-def draining(name: str, sessions: int, *, since_s: float = 10, **kw: Any) -> PodView:
+def draining(name: str, sessions: int | None, *, since_s: float = 10, **kw: Any) -> PodView:
     fields: dict[str, Any] = {
         "ready": False,
         "sessions": sessions,
@@ -134,7 +134,7 @@ def draining(name: str, sessions: int, *, since_s: float = 10, **kw: Any) -> Pod
     return make_pod(name, **fields)
 
 
-def unknown(name: str, sessions: int, *, not_ready_s: float, **kw: Any) -> PodView:
+def unknown(name: str, sessions: int | None, *, not_ready_s: float, **kw: Any) -> PodView:
     """A pod that served (it reported) and then stopped being ready `not_ready_s` ago."""
     fields: dict[str, Any] = {
         "ready": False,
@@ -272,6 +272,15 @@ def test_stabilize_highest_within_window_wins() -> None:
     assert effective == 5
     assert [r.desired for r in kept] == [5, 4, 2]  # 9 stopped holding 400s ago: out of window
     assert wake is not None and 0 < wake <= 300
+
+
+def test_stabilize_wakes_at_the_first_partial_drop() -> None:
+    """5 leaves the window before 4 does: wake then to drop to 4, not when 4 expires too."""
+    history = [Recommendation(ago(400), 5), Recommendation(ago(100), 4)]
+    effective, kept, wake = stabilize(history, 2, NOW, 300)
+    assert effective == 5 and wake == pytest.approx(200)
+    effective, _, wake = stabilize(kept, 2, later(200), 300)
+    assert effective == 4 and wake == pytest.approx(100)
 
 
 def test_stabilize_zero_window_drops_at_once() -> None:
@@ -528,6 +537,32 @@ def test_draining_pod_past_its_deadline_is_deleted_and_degraded() -> None:
     assert "pod d hit the drain timeout" in degraded.message
 
 
+def test_draining_pod_without_a_start_time_gets_one_stamped() -> None:
+    """A drain the operator did not request (hand-set, or the worker's own) gets a start time,
+    so its drain timeout can run out instead of being pushed back at every reconcile."""
+    spec = make_spec(drain_timeout=600)
+    result = plan(spec, HASH, [draining("d", 2, drain_requested_at=None)], NOW)
+    assert deleted(result) == {}
+    assert drained(result) == {"d": "DrainObserved"}
+    assert result.requeue_after == pytest.approx(600)
+
+
+@pytest.mark.parametrize("state", ["busy", "draining"])
+def test_draining_pod_with_an_unreadable_count_keeps_its_calls(state: str) -> None:
+    """It says it has calls but the count is garbled: wait for the deadline, never delete."""
+    spec = make_spec(drain_timeout=600)
+    pod = draining("d", None, since_s=100, reported_state=state)
+    assert deleted(plan(spec, HASH, [pod], NOW)) == {}
+    late = draining("d", None, since_s=600, reported_state=state)
+    assert deleted(plan(spec, HASH, [late], NOW)) == {"d": "DrainTimeout"}
+
+
+def test_draining_pod_that_never_reported_is_deleted_at_once() -> None:
+    """Never reported anything: it never served a call, so there is nothing to wait for."""
+    pod = draining("d", None, reported_state=None)
+    assert deleted(plan(make_spec(), HASH, [pod], NOW)) == {"d": "DrainComplete"}
+
+
 def test_draining_pods_are_not_drained_again_nor_serving() -> None:
     """A draining pod takes no calls: replacement capacity is created, no second drain."""
     spec = make_spec(idle_sessions=1)
@@ -574,6 +609,14 @@ def test_unknown_busy_pod_keeps_its_calls_until_the_drain_timeout() -> None:
 
     timed_out = plan(spec, HASH, [unknown("u", 2, not_ready_s=600)], NOW)
     assert deleted(timed_out) == {"u": "Unresponsive"}
+
+
+def test_unknown_busy_pod_with_an_unreadable_count_gets_the_drain_timeout() -> None:
+    """It said busy, the count is unreadable: treat it as holding calls, not as idle."""
+    spec = make_spec(grace=60, drain_timeout=600)
+    pod = unknown("u", None, not_ready_s=120, reported_state="busy")
+    result = plan(spec, HASH, [pod], NOW)
+    assert deleted(result) == {} and result.requeue_after == pytest.approx(480)
 
 
 def test_unknown_pod_without_ready_since_counts_from_creation() -> None:

@@ -807,7 +807,7 @@ def parse_args(argv: list[str] | None = None) -> Params:
     a("--max-replicas", type=int, default=200)
     a("--dispatch", choices=("pack", "spread"), default="pack", help="see Cluster._pick")
     a("--warm-sessions", type=int, default=24, help="voicepool warmPool.idleSessions")
-    a("--window", type=int, default=300, help="voicepool scaleDown.stabilizationWindowSeconds")
+    a("--window", type=int, default=60, help="voicepool scaleDown.stabilizationWindowSeconds")
     a("--drain-timeout", type=int, default=3600, help="voicepool drain.timeoutSeconds")
     a("--resync", type=int, default=30, help="voicepool re-plan interval without events (s)")
     a("--hpa-target", type=float, default=0.7, help="HPA target utilisation of session slots")

@@ -222,7 +222,7 @@ def parse_spec(spec: Mapping[str, Any]) -> PoolSpec:
         memory=memory,
         drain_timeout_seconds=_int(drain, "timeoutSeconds", 3600, 1, "spec.drain."),
         stabilization_window_seconds=_int(
-            scale_down, "stabilizationWindowSeconds", 300, 0, "spec.scaleDown."
+            scale_down, "stabilizationWindowSeconds", 60, 0, "spec.scaleDown."
         ),
         max_surge=_int(update, "maxSurge", 1, 1, "spec.updateStrategy."),
         unready_grace_seconds=_int(spec, "unreadyGraceSeconds", 60, 0, "spec."),

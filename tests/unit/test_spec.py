@@ -79,7 +79,7 @@ def test_defaults_match_the_crd() -> None:
     assert (spec.warm_idle_sessions, spec.warm_windows, spec.time_zone) == (0, (), "UTC")
     assert (spec.cpu_pinning, spec.cpu, spec.memory) == (True, "1", "2Gi")
     assert spec.drain_timeout_seconds == 3600
-    assert spec.stabilization_window_seconds == 300
+    assert spec.stabilization_window_seconds == 60
     assert spec.max_surge == 1 and spec.unready_grace_seconds == 60
     assert spec.raw == MINIMAL
 

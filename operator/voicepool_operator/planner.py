@@ -156,6 +156,10 @@ def classify(pod: PodView, spec: PoolSpec, now: dt.datetime) -> PodState:
         return PodState.FAILED
     if pod.drain_requested or pod.reported_state == "draining":
         return PodState.DRAINING
+    if pod.ready and pod.reported_state == "starting" and not _sessions(pod):
+        # Ready by its probe (or by kwok, which runs none) but the worker itself says it is
+        # not registered with LiveKit yet: it cannot take a call, so it is not capacity.
+        return PodState.STARTING
     if pod.ready:
         return PodState.BUSY if (pod.sessions or 0) > 0 else PodState.IDLE
     # Not ready: never served yet (starting), or served and stopped answering (unknown).

@@ -195,6 +195,9 @@ def reasons(p: Plan) -> dict[str, tuple[str, str]]:
         (make_pod("a", sessions=None, reported_state=None), PodState.IDLE),
         (starting("a"), PodState.STARTING),
         (starting("a", reported_state="starting", sessions=0), PodState.STARTING),
+        # Ready (kwok runs no probes) but the worker says it has not registered yet.
+        (make_pod("a", reported_state="starting", sessions=0), PodState.STARTING),
+        (make_pod("a", reported_state="starting", sessions=None), PodState.STARTING),
         (starting("a", age_s=86400), PodState.STARTING),  # stuck, still never served
         (unknown("a", 0, not_ready_s=5), PodState.UNKNOWN),
         (unknown("a", 3, not_ready_s=5), PodState.UNKNOWN),

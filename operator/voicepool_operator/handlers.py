@@ -23,6 +23,8 @@ from .reconcile import Reconciler
 #: Re-plan at least this often even without events (clock-driven transitions are also
 #: scheduled precisely through the planner's requeue_after).
 RESYNC_SECONDS = 30.0
+#: How long a replica's peering record outlives its last keep-alive (set by main()).
+PEERING_LIFETIME = 15
 MANAGED_PODS: dict[str, Any] = {
     LABEL_MANAGED_BY: MANAGED_BY,
     LABEL_POOL: kopf.PRESENT,
@@ -46,6 +48,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
     settings.posting.level = logging.WARNING  # our own Events describe actions; kopf: warnings
     settings.watching.server_timeout = 300
+    settings.peering.lifetime = PEERING_LIFETIME
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30
     identity = os.environ.get("POD_NAME") or socket.gethostname()

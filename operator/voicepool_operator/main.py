@@ -5,9 +5,21 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 
 import kopf
 from prometheus_client import start_http_server
+
+
+def seniority_priority(start_ns: int | None = None) -> int:
+    """A kopf peering priority that makes the longest-running replica the active one.
+
+    kopf pauses every replica that sees a live peer of higher *or equal* priority, so replicas
+    with the same fixed priority would all stand still. Minus the start time in microseconds
+    is distinct per replica and higher for older ones: a restarted or newly scheduled replica
+    waits behind the one already working instead of taking over mid-reconcile.
+    """
+    return -((time.time_ns() if start_ns is None else start_ns) // 1000)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,15 +51,31 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="no peering: only for development with a single replica",
     )
-    parser.add_argument("--priority", type=int, default=0)
+    parser.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="kopf peering priority; default: by seniority (the oldest replica is active)",
+    )
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=15,
+        help="seconds until a silent (killed) replica's peering record expires and a standby "
+        "takes over; replicas refresh theirs every few seconds",
+    )
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--log-format", choices=["plain", "full", "json"], default="plain")
     args = parser.parse_args(argv)
+    if args.peering_lifetime < 10:
+        parser.error("--peering-lifetime must be >= 10 (kopf refreshes 5-10 s before expiry)")
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address)
-    from . import handlers  # noqa: F401  (registers the kopf handlers)
+    from . import handlers  # registers the kopf handlers
+
+    handlers.PEERING_LIFETIME = args.peering_lifetime
 
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     try:
@@ -56,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             namespaces=args.namespace,
             standalone=args.standalone,
             peering_name=None if args.standalone else args.peering,
-            priority=args.priority,
+            priority=seniority_priority() if args.priority is None else args.priority,
             liveness_endpoint=liveness,
         )
     except KeyboardInterrupt:

@@ -55,16 +55,20 @@ def install_crds(api: client.ApiClient) -> None:
         return False
 
     wait_for(established, timeout=30, what="VoiceAgentPool CRD established")
-    custom = client.CustomObjectsApi(api)
+    create_peering(api, "voicepool")
+
+
+def create_peering(api: client.ApiClient, name: str) -> None:
+    """The ClusterKopfPeering object replicas of one operator coordinate through (idempotent)."""
     with contextlib.suppress(client.ApiException):
-        custom.create_cluster_custom_object(
+        client.CustomObjectsApi(api).create_cluster_custom_object(
             "kopf.dev",
             "v1",
             "clusterkopfpeerings",
             {
                 "apiVersion": "kopf.dev/v1",
                 "kind": "ClusterKopfPeering",
-                "metadata": {"name": "voicepool"},
+                "metadata": {"name": name},
             },
         )
 
@@ -73,10 +77,16 @@ class OperatorProcess:
     """``voicepool-operator`` as a child process with its own log file."""
 
     def __init__(
-        self, kubeconfig: str, *, peering: str = "voicepool", python: str = sys.executable
+        self,
+        kubeconfig: str,
+        *,
+        peering: str = "voicepool",
+        python: str = sys.executable,
+        identity: str | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.peering = peering
+        self.identity = identity  # POD_NAME: the reportingInstance of its Events
         self.python = python  # the bench runs the operator from an image-like minimal venv
         self.metrics_port = free_port()
         self.liveness_port = free_port()
@@ -96,7 +106,11 @@ class OperatorProcess:
                 f"--liveness-port={self.liveness_port}",
                 "--verbose",
             ],
-            env={**os.environ, "KUBECONFIG": self.kubeconfig},
+            env={
+                **os.environ,
+                "KUBECONFIG": self.kubeconfig,
+                **({"POD_NAME": self.identity} if self.identity else {}),
+            },
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -136,7 +150,10 @@ class OperatorProcess:
             return str(r.read().decode())
 
     def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
 
 class DeletionAuditor:

@@ -383,3 +383,64 @@ def test_pod_reporting_without_api_access_refuses_to_start(
     errors = [line["msg"] for line in w.lines() if line.get("level") == "error"]
     assert len(errors) == 1 and "no Kubernetes API access" in errors[0], w.tail()
     assert "Traceback" not in w.stderr() + w.log_path.read_text()
+
+
+# -- telephony -------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(150)
+async def test_keypad_press_is_answered_like_the_question_it_stands_for(
+    stack_env: Environment, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """Key 1 of the default menu: the caller hears the opening hours, as if they had asked."""
+    agent = agent_name()
+    w = start_worker(stack_env, tmp_path, workers, agent=agent)
+    room = f"dtmf-{uuid.uuid4().hex[:6]}"
+    async with call(stack_env, agent, room) as c:
+        turn = await c.press("1")
+        assert turn.ttfw_ms is not None, f"no spoken answer to key 1\n{w.tail()}"
+        ignored = await c.press("9", answer_timeout=3)  # not in the menu: nothing happens
+        assert ignored.ttfw_ms is None
+
+    pressed = w.wait_log(lambda line: line.get("msg") == "dtmf received", 10, "dtmf")
+    assert (pressed["digit"], pressed["action"], pressed["room"]) == ("1", "say", room)
+    assert pressed["from"] == "caller"
+    assert any(line.get("digit") == "9" and line["action"] == "unused" for line in w.lines())
+    reply = w.wait_log(
+        lambda line: line.get("msg") == "agent turn" and "Monday" in line.get("reply", ""),
+        10,
+        "the opening hours as the answer to key 1",
+    )
+    assert reply["room"] == room
+    w.wait_log(lambda line: line.get("msg") == "session ended", 20, "session ended")
+    assert w.metric('voicepool_worker_dtmf_total{action="say"}') == 1.0
+    assert w.metric('voicepool_worker_dtmf_total{action="unused"}') == 1.0
+
+
+@pytest.mark.timeout(150)
+async def test_transfer_key_asks_livekit_and_reports_its_refusal(
+    stack_env: Environment, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """Key 0 asks the real livekit-server to REFER the caller. This caller joined over WebRTC,
+    not SIP (there is no SIP bridge here), so the server refuses: the worker logs why, counts
+    it, and tells the caller instead of leaving them in silence."""
+    agent = agent_name()
+    w = start_worker(
+        stack_env, tmp_path, workers, agent=agent, extra={"VOICEPOOL_TRANSFER_TO": "tel:+15550100"}
+    )
+    room = f"xfer-{uuid.uuid4().hex[:6]}"
+    async with call(stack_env, agent, room) as c:
+        turn = await c.press("0")
+        assert turn.ttfw_ms is not None, f"the caller heard nothing after key 0\n{w.tail()}"
+        failed = w.wait_log(lambda line: line.get("msg") == "transfer failed", 40, "transfer")
+        await c.wait_agent_quiet(quiet=1.0, within=20)
+
+    assert failed["to"] == "tel:+15550100" and failed["room"] == room and failed["error"]
+    said = [line.get("reply", "") for line in w.msgs("agent turn") if line.get("room") == room]
+    assert any("Please hold" in r for r in said), said
+    assert any("could not transfer" in r for r in said), said
+    assert not w.msgs("call transferred")
+    w.wait_log(lambda line: line.get("msg") == "session ended", 20, "session ended")
+    assert w.metric('voicepool_worker_transfers_total{result="failed"}') == 1.0
+    assert w.metric('voicepool_worker_dtmf_total{action="transfer"}') == 1.0
+    print(f"\nlivekit-server refused the transfer: {failed['error']} ({failed.get('code')})")

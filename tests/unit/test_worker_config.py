@@ -74,6 +74,8 @@ def test_openai_endpoints_take_the_key_from_env() -> None:
             {"VOICEPOOL_ENDPOINTING_MIN_DELAY": "2", "VOICEPOOL_ENDPOINTING_MAX_DELAY": "1"},
             "MAX_DELAY must be >=",
         ),
+        ({"VOICEPOOL_DTMF_MENU": "1 opening hours"}, "VOICEPOOL_DTMF_MENU: '1 opening hours'"),
+        ({"VOICEPOOL_TRANSFER_TO": "+15550100"}, "use tel:+<number> or sip:user@host"),
     ],
 )
 def test_bad_values_are_one_line_errors(env: dict[str, str], message: str) -> None:

@@ -8,15 +8,17 @@ Models load in ``prewarm`` (once per warm process), never while a caller waits.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
-from livekit import rtc
+import aiohttp
+from livekit import api, rtc
 from livekit.agents import Agent, AgentSession, JobContext, JobProcess, ModelSettings, room_io
 
-from . import config, providers
+from . import config, providers, telephony
 from .apm import CallerAudioProcessor
 from .latency import TurnTracker
 
@@ -54,6 +56,88 @@ class VoiceAgent(Agent):
             if self._echo is not None:
                 self._echo.far_end(frame)
             yield frame
+
+
+HOLD_TEXT = "Please hold, I am transferring your call."
+TRANSFER_FAILED_TEXT = "Sorry, I could not transfer your call right now. How else can I help?"
+TRANSFER_TIMEOUT_S = 30.0
+
+
+class CallControl:
+    """The caller's keypad and transfers for one call: thin glue over LiveKit's SIP API.
+
+    What a key means is decided in ``telephony`` (pure); this class speaks, asks the dialog,
+    or asks LiveKit to REFER the caller's SIP leg to ``VOICEPOOL_TRANSFER_TO``.
+    """
+
+    def __init__(
+        self, ctx: JobContext, session: AgentSession[None], cfg: config.WorkerConfig
+    ) -> None:
+        self._ctx, self._session, self._cfg = ctx, session, cfg
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._transferring = False
+
+    def on_dtmf(self, ev: rtc.SipDTMF) -> None:
+        from . import metrics
+
+        action = telephony.action_for(ev.digit, dict(self._cfg.dtmf_menu), self._cfg.transfer_to)
+        kind = "unused" if action is None else "transfer" if action.transfer else "say"
+        metrics.DTMF.labels(kind).inc()
+        who = ev.participant.identity if ev.participant is not None else None
+        log.info("dtmf received", extra={"digit": ev.digit, "action": kind, "from": who})
+        if action is None:
+            return
+        if action.transfer and who is not None:
+            task = asyncio.create_task(self._transfer_then_report(who))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif not action.transfer:
+            self._session.interrupt()
+            self._session.generate_reply(user_input=action.text)
+
+    async def _transfer_then_report(self, identity: str) -> None:
+        if await self.transfer(identity) is not None:
+            self._session.say(TRANSFER_FAILED_TEXT)
+
+    async def transfer(self, identity: str) -> str | None:
+        """Hand the caller to the transfer target; None when LiveKit took it, else why not."""
+        from . import metrics
+
+        if self._transferring:
+            return "a transfer is already under way"
+        target = self._cfg.transfer_to
+        if target is None:
+            return "no transfer target is configured"
+        self._transferring = True
+        try:
+            await self._session.say(HOLD_TEXT, allow_interruptions=False)
+            async with api.LiveKitAPI(
+                self._cfg.livekit_url,
+                self._cfg.livekit_api_key,
+                self._cfg.livekit_api_secret,
+                timeout=aiohttp.ClientTimeout(total=TRANSFER_TIMEOUT_S),
+            ) as lk:
+                await lk.sip.transfer_sip_participant(
+                    api.TransferSIPParticipantRequest(
+                        room_name=self._ctx.room.name,
+                        participant_identity=identity,
+                        transfer_to=target,
+                        play_dialtone=False,
+                    )
+                )
+        except (api.TwirpError, aiohttp.ClientError, TimeoutError) as e:
+            why = getattr(e, "message", None) or str(e) or type(e).__name__
+            metrics.TRANSFERS.labels("failed").inc()
+            log.warning(
+                "transfer failed",
+                extra={"to": target, "error": why, "code": getattr(e, "code", None)},
+            )
+            return why
+        finally:
+            self._transferring = False
+        metrics.TRANSFERS.labels("ok").inc()
+        log.info("call transferred", extra={"to": target})
+        return None
 
 
 def _turn_detection(cfg: config.WorkerConfig) -> Any:
@@ -134,6 +218,8 @@ async def entrypoint(ctx: JobContext) -> None:
         ),
         record=False,
     )
+    if cfg.dtmf_menu:
+        ctx.room.on("sip_dtmf_received", CallControl(ctx, session, cfg).on_dtmf)
     participant = await ctx.wait_for_participant()
     fields["participant"] = participant.identity
     log.info("caller joined", extra={"kind": int(participant.kind)})

@@ -192,7 +192,10 @@ class Call:
         for f in frames:
             self._speaking.put_nowait(f)
         await self._spoken.wait()
-        end = self.last_speech_sent or time.monotonic()
+        return await self._answer(text, self.last_speech_sent or time.monotonic(), answer_timeout)
+
+    async def _answer(self, what: str, end: float, answer_timeout: float) -> TurnResult:
+        """Wait for the agent's answer to what the caller did at ``end``."""
         deadline = end + answer_timeout
         first: float | None = None
         while time.monotonic() < deadline:
@@ -202,10 +205,20 @@ class Call:
                 break
             await asyncio.sleep(0.005)
         if first is None:
-            return TurnResult(text, None, 0.0)
+            return TurnResult(what, None, 0.0)
         await self.wait_agent_quiet(quiet=1.0, within=answer_timeout)
         last = self.listener.loud_at[-1]
-        return TurnResult(text, (first - end) * 1000.0, last - first)
+        return TurnResult(what, (first - end) * 1000.0, last - first)
+
+    async def press(self, digit: str, *, answer_timeout: float = 20.0) -> TurnResult:
+        """Press a phone key (DTMF, as LiveKit SIP forwards it); return when the agent answered."""
+        code = "0123456789*#".find(digit)  # the DTMF event code: 0-9, * = 10, # = 11
+        if code < 0 or len(digit) != 1:
+            raise ValueError(f"{digit!r} is not a phone key (0-9, * or #)")
+        await self.wait_agent_quiet()
+        pressed = time.monotonic()
+        await self.room.local_participant.publish_dtmf(code=code, digit=digit)
+        return await self._answer(f"key {digit}", pressed, answer_timeout)
 
     async def hangup(self) -> None:
         for t in self._tasks:

@@ -7,7 +7,9 @@ human-readable line, so a misconfigured pod fails fast instead of half-starting.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from . import telephony
 
 STT_PROVIDERS = ("pocketsphinx", "openai")
 LLM_PROVIDERS = ("rules", "llama", "openai")
@@ -69,6 +71,8 @@ class WorkerConfig:
     log_level: str
     stt_grammar: str | None
     llama_model_path: str | None
+    dtmf_menu: Mapping[str, str] = field(default_factory=dict)  # key -> what it "says"
+    transfer_to: str | None = None  # SIP REFER target for the keypad's transfer key
 
     @property
     def pod_reporting(self) -> bool:
@@ -163,6 +167,12 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
     tts = _choice(env, "VOICEPOOL_TTS", "piper", TTS_PROVIDERS)
     llama_path = (env.get("VOICEPOOL_LLAMA_MODEL_PATH") or "").strip() or None
 
+    try:
+        menu = telephony.parse_menu(env.get("VOICEPOOL_DTMF_MENU", telephony.DEFAULT_MENU))
+        transfer_to = telephony.parse_transfer_target(env.get("VOICEPOOL_TRANSFER_TO", ""))
+    except telephony.TelephonyError as e:
+        raise ConfigError(str(e)) from None
+
     min_delay = _float(env, "VOICEPOOL_ENDPOINTING_MIN_DELAY", 0.2)
     max_delay = _float(env, "VOICEPOOL_ENDPOINTING_MAX_DELAY", 3.0)
     if max_delay < min_delay:
@@ -201,4 +211,6 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         log_level=_log_level(env),
         stt_grammar=(env.get("VOICEPOOL_STT_GRAMMAR") or "").strip() or None,
         llama_model_path=llama_path,
+        dtmf_menu=menu,
+        transfer_to=transfer_to,
     )

@@ -62,6 +62,10 @@ POD_PATCHES = Counter(
     "voicepool_worker_pod_patches", "Merge-patches written to this worker's pod", ["result"]
 )
 TURNS = Counter("voicepool_worker_turns", "Answered user turns")
+DTMF = Counter(
+    "voicepool_worker_dtmf", "Keypad presses by what they did", ["action"]
+)  # action: say | transfer | unused
+TRANSFERS = Counter("voicepool_worker_transfers", "SIP transfers of a caller", ["result"])
 
 
 def render() -> bytes:

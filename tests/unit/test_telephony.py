@@ -1,0 +1,84 @@
+"""The keypad menu and transfer targets: what a key press means, decided without I/O."""
+
+from __future__ import annotations
+
+import pytest
+from voicepool_worker import config
+from voicepool_worker.telephony import (
+    DEFAULT_MENU,
+    NO_TRANSFER_TEXT,
+    KeyAction,
+    TelephonyError,
+    action_for,
+    parse_menu,
+    parse_transfer_target,
+)
+
+BASE = {"LIVEKIT_URL": "ws://127.0.0.1:7880", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}
+
+
+def test_default_menu_answers_the_receptionist_questions_and_transfers_on_zero() -> None:
+    menu = parse_menu(DEFAULT_MENU)
+    assert menu["1"] == "what are your opening hours"
+    assert menu["0"] == "transfer"
+    assert set(menu) == {"0", "1", "2", "3", "4"}
+
+
+def test_menu_text_keeps_commas_and_folds_spaces() -> None:
+    """Entries are split on ';' so a key may say a sentence with commas."""
+    assert parse_menu(" 1 =  hours,  please ; # = repeat that ;") == {
+        "1": "hours, please",
+        "#": "repeat that",
+    }
+
+
+def test_empty_menu_disables_the_keypad() -> None:
+    assert parse_menu("") == {}
+    assert config.load({**BASE, "VOICEPOOL_DTMF_MENU": ""}).dtmf_menu == {}
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ("1", "is not KEY=TEXT"),
+        ("12=hours", "is not KEY=TEXT"),
+        ("a=hours", "is not KEY=TEXT"),
+        ("1=", "is not KEY=TEXT"),
+        ("1=hours;1=address", "key '1' is defined twice"),
+    ],
+)
+def test_bad_menus_name_the_setting(spec: str, needle: str) -> None:
+    with pytest.raises(TelephonyError) as err:
+        parse_menu(spec)
+    assert needle in str(err.value) and "VOICEPOOL_DTMF_MENU" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "target", ["tel:+15550100", "tel:+1 (555) 010-0", "sip:desk@pbx.example.com", "sips:a@b"]
+)
+def test_transfer_targets(target: str) -> None:
+    assert parse_transfer_target(f"  {target} ") == target
+
+
+@pytest.mark.parametrize("target", ["+15550100", "tel:", "sip:desk", "http://pbx", "tel:abc"])
+def test_bad_transfer_targets(target: str) -> None:
+    with pytest.raises(TelephonyError, match="VOICEPOOL_TRANSFER_TO"):
+        parse_transfer_target(target)
+
+
+def test_unset_transfer_target_is_none() -> None:
+    assert parse_transfer_target("") is None
+    assert config.load(BASE).transfer_to is None
+
+
+def test_key_actions() -> None:
+    menu = parse_menu(DEFAULT_MENU)
+    assert action_for("1", menu, None) == KeyAction("1", text="what are your opening hours")
+    assert action_for("0", menu, "tel:+15550100") == KeyAction("0", transfer=True)
+    assert action_for("9", menu, "tel:+15550100") is None
+
+
+def test_transfer_key_without_a_target_asks_for_a_person_instead() -> None:
+    """Nowhere to send the call: the dialog answers the request rather than a dead key."""
+    menu = parse_menu(DEFAULT_MENU)
+    assert action_for("0", menu, None) == KeyAction("0", text=NO_TRANSFER_TEXT)

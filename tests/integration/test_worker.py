@@ -8,6 +8,7 @@ name in its join token and speaks piper-synthesised phrases. Nothing is mocked.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from livekit.api import CreateAgentDispatchRequest, LiveKitAPI
 from voicepool_devstack.testing import Environment, wait_for
 from voicepool_worker.caller import Call, CallerConfig
 from voicepool_worker.sessions import (
@@ -444,3 +446,32 @@ async def test_transfer_key_asks_livekit_and_reports_its_refusal(
     assert w.metric('voicepool_worker_transfers_total{result="failed"}') == 1.0
     assert w.metric('voicepool_worker_dtmf_total{action="transfer"}') == 1.0
     print(f"\nlivekit-server refused the transfer: {failed['error']} ({failed.get('code')})")
+
+
+@pytest.mark.timeout(120)
+async def test_outbound_dispatch_dials_through_livekit_and_ends_the_job_when_refused(
+    stack_env: Environment, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """A dispatch carrying a phone number makes the agent place the call through LiveKit's SIP
+    service. This livekit-server runs without SIP (that needs redis and a SIP bridge), so it
+    refuses: the job ends at once with LiveKit's reason instead of waiting for a callee."""
+    agent = agent_name()
+    w = start_worker(
+        stack_env, tmp_path, workers, agent=agent, extra={"VOICEPOOL_SIP_OUTBOUND_TRUNK": "ST_t"}
+    )
+    room = f"out-{uuid.uuid4().hex[:6]}"
+    lk = stack_env.livekit
+    async with LiveKitAPI(lk.url, lk.api_key, lk.api_secret) as lkapi:
+        await lkapi.agent_dispatch.create_dispatch(
+            CreateAgentDispatchRequest(
+                agent_name=agent, room=room, metadata=json.dumps({"phone_number": "+15550100"})
+            )
+        )
+    dialled = w.wait_log(lambda line: line.get("msg") == "dialling", 30, "dialling")
+    assert (dialled["to"], dialled["trunk"], dialled["room"]) == ("+15550100", "ST_t", room)
+    failed = w.wait_log(lambda line: line.get("msg") == "outbound call failed", 30, "refusal")
+    assert failed["to"] == "+15550100" and failed["error"], failed
+    w.wait_log(lambda line: line.get("msg") == "session ended", 30, "the job to end")
+    assert not w.msgs("caller joined")
+    assert w.metric('voicepool_worker_outbound_calls_total{result="failed"}') == 1.0
+    print(f"\nlivekit-server refused the outbound call: {failed['error']}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from voicepool_worker import config
 from voicepool_worker.telephony import (
@@ -10,6 +12,7 @@ from voicepool_worker.telephony import (
     KeyAction,
     TelephonyError,
     action_for,
+    dial_request,
     parse_menu,
     parse_transfer_target,
 )
@@ -82,3 +85,30 @@ def test_transfer_key_without_a_target_asks_for_a_person_instead() -> None:
     """Nowhere to send the call: the dialog answers the request rather than a dead key."""
     menu = parse_menu(DEFAULT_MENU)
     assert action_for("0", menu, None) == KeyAction("0", text=NO_TRANSFER_TEXT)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "number"),
+    [
+        ('{"phone_number": "+15550100"}', "+15550100"),
+        ('{"phone_number": "+1 (555) 010-0123", "campaign": "x"}', "+15550100123"),
+        ("", None),
+        ("not json: an inbound call's own metadata", None),
+        ('{"customer": 42}', None),
+        ('["+15550100"]', None),
+    ],
+)
+def test_dial_requests_come_from_dispatch_metadata(metadata: str, number: str | None) -> None:
+    assert dial_request(metadata) == number
+
+
+@pytest.mark.parametrize("bad", ["15550100", "+0555", "+1555010012345678", "call me"])
+def test_bad_numbers_to_dial_are_refused(bad: str) -> None:
+    with pytest.raises(TelephonyError, match=r"is not an E\.164 number"):
+        dial_request(json.dumps({"phone_number": bad}))
+
+
+def test_outbound_trunk_is_optional() -> None:
+    assert config.load(BASE).sip_outbound_trunk is None
+    cfg = config.load({**BASE, "VOICEPOOL_SIP_OUTBOUND_TRUNK": " ST_abc "})
+    assert cfg.sip_outbound_trunk == "ST_abc"

@@ -61,13 +61,15 @@ class VoiceAgent(Agent):
 HOLD_TEXT = "Please hold, I am transferring your call."
 TRANSFER_FAILED_TEXT = "Sorry, I could not transfer your call right now. How else can I help?"
 TRANSFER_TIMEOUT_S = 30.0
+DIAL_TIMEOUT_S = 90.0  # ringing included: the request returns when the callee answers
+_SIP_ERRORS = (api.TwirpError, aiohttp.ClientError, TimeoutError)
 
 
 class CallControl:
-    """The caller's keypad and transfers for one call: thin glue over LiveKit's SIP API.
+    """The phone side of one call -- keypad, transfer, dial-out: thin glue over LiveKit SIP.
 
-    What a key means is decided in ``telephony`` (pure); this class speaks, asks the dialog,
-    or asks LiveKit to REFER the caller's SIP leg to ``VOICEPOOL_TRANSFER_TO``.
+    What a key means and what a dispatch asks for is decided in ``telephony`` (pure); this class
+    speaks, asks the dialog, or asks LiveKit's SIP service to REFER or to place a call.
     """
 
     def __init__(
@@ -76,6 +78,22 @@ class CallControl:
         self._ctx, self._session, self._cfg = ctx, session, cfg
         self._tasks: set[asyncio.Task[None]] = set()
         self._transferring = False
+
+    def _api(self, timeout_s: float) -> api.LiveKitAPI:
+        cfg = self._cfg
+        return api.LiveKitAPI(
+            cfg.livekit_url,
+            cfg.livekit_api_key,
+            cfg.livekit_api_secret,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        )
+
+    @staticmethod
+    def _refused(what: str, to: str, e: BaseException) -> str:
+        """Log LiveKit's refusal (or the network's) once, and return the reason."""
+        why = getattr(e, "message", None) or str(e) or type(e).__name__
+        log.warning(what, extra={"to": to, "error": why, "code": getattr(e, "code", None)})
+        return why
 
     def on_dtmf(self, ev: rtc.SipDTMF) -> None:
         from . import metrics
@@ -111,12 +129,7 @@ class CallControl:
         self._transferring = True
         try:
             await self._session.say(HOLD_TEXT, allow_interruptions=False)
-            async with api.LiveKitAPI(
-                self._cfg.livekit_url,
-                self._cfg.livekit_api_key,
-                self._cfg.livekit_api_secret,
-                timeout=aiohttp.ClientTimeout(total=TRANSFER_TIMEOUT_S),
-            ) as lk:
+            async with self._api(TRANSFER_TIMEOUT_S) as lk:
                 await lk.sip.transfer_sip_participant(
                     api.TransferSIPParticipantRequest(
                         room_name=self._ctx.room.name,
@@ -125,18 +138,41 @@ class CallControl:
                         play_dialtone=False,
                     )
                 )
-        except (api.TwirpError, aiohttp.ClientError, TimeoutError) as e:
-            why = getattr(e, "message", None) or str(e) or type(e).__name__
+        except _SIP_ERRORS as e:
             metrics.TRANSFERS.labels("failed").inc()
-            log.warning(
-                "transfer failed",
-                extra={"to": target, "error": why, "code": getattr(e, "code", None)},
-            )
-            return why
+            return self._refused("transfer failed", target, e)
         finally:
             self._transferring = False
         metrics.TRANSFERS.labels("ok").inc()
         log.info("call transferred", extra={"to": target})
+        return None
+
+    async def dial(self, number: str) -> str | None:
+        """Place the outbound call this job was dispatched for; None once the callee answered."""
+        from . import metrics
+
+        trunk = self._cfg.sip_outbound_trunk
+        if trunk is None:
+            metrics.OUTBOUND.labels("failed").inc()
+            missing = ValueError("an outbound call needs VOICEPOOL_SIP_OUTBOUND_TRUNK")
+            return self._refused("outbound call failed", number, missing)
+        log.info("dialling", extra={"to": number, "trunk": trunk})
+        try:
+            async with self._api(DIAL_TIMEOUT_S) as lk:
+                await lk.sip.create_sip_participant(
+                    api.CreateSIPParticipantRequest(
+                        room_name=self._ctx.room.name,
+                        sip_trunk_id=trunk,
+                        sip_call_to=number,
+                        participant_identity=f"phone-{number}",
+                        wait_until_answered=True,
+                    )
+                )
+        except _SIP_ERRORS as e:
+            metrics.OUTBOUND.labels("failed").inc()
+            return self._refused("outbound call failed", number, e)
+        metrics.OUTBOUND.labels("answered").inc()
+        log.info("outbound call answered", extra={"to": number})
         return None
 
 
@@ -218,8 +254,18 @@ async def entrypoint(ctx: JobContext) -> None:
         ),
         record=False,
     )
+    phone = CallControl(ctx, session, cfg)
     if cfg.dtmf_menu:
-        ctx.room.on("sip_dtmf_received", CallControl(ctx, session, cfg).on_dtmf)
+        ctx.room.on("sip_dtmf_received", phone.on_dtmf)
+    try:
+        number = telephony.dial_request(ctx.job.metadata or "")
+    except telephony.TelephonyError as e:
+        log.error("outbound call refused", extra={"error": str(e)})
+        ctx.shutdown(reason=str(e))
+        return
+    if number is not None and (why := await phone.dial(number)) is not None:
+        ctx.shutdown(reason=f"outbound call to {number} failed: {why}")
+        return
     participant = await ctx.wait_for_participant()
     fields["participant"] = participant.identity
     log.info("caller joined", extra={"kind": int(participant.kind)})

@@ -73,6 +73,7 @@ class WorkerConfig:
     llama_model_path: str | None
     dtmf_menu: Mapping[str, str] = field(default_factory=dict)  # key -> what it "says"
     transfer_to: str | None = None  # SIP REFER target for the keypad's transfer key
+    sip_outbound_trunk: str | None = None  # LiveKit outbound trunk id for dialled-out calls
 
     @property
     def pod_reporting(self) -> bool:
@@ -213,4 +214,5 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         llama_model_path=llama_path,
         dtmf_menu=menu,
         transfer_to=transfer_to,
+        sip_outbound_trunk=(env.get("VOICEPOOL_SIP_OUTBOUND_TRUNK") or "").strip() or None,
     )

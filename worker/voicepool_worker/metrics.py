@@ -66,6 +66,9 @@ DTMF = Counter(
     "voicepool_worker_dtmf", "Keypad presses by what they did", ["action"]
 )  # action: say | transfer | unused
 TRANSFERS = Counter("voicepool_worker_transfers", "SIP transfers of a caller", ["result"])
+OUTBOUND = Counter(
+    "voicepool_worker_outbound_calls", "Calls the agent placed over SIP", ["result"]
+)  # result: answered | failed
 
 
 def render() -> bytes:

@@ -7,6 +7,7 @@ key means and validates where a call may be transferred to; ``agent.py`` does th
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ DTMF_KEYS = frozenset("0123456789*#")
 TRANSFER = "transfer"
 #: What key 0 ("transfer") says when no transfer target is configured.
 NO_TRANSFER_TEXT = "i would like to talk to a person"
+_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _TARGET = re.compile(r"^(tel:\+?[0-9][0-9\-\s().]{2,30}|sips?:[^\s@]+@[^\s]+)$")
 
 
@@ -80,3 +82,24 @@ def action_for(digit: str, menu: dict[str, str], transfer_to: str | None) -> Key
             return KeyAction(digit, text=NO_TRANSFER_TEXT)
         return KeyAction(digit, transfer=True)
     return KeyAction(digit, text=text)
+
+
+def dial_request(metadata: str) -> str | None:
+    """The number an outbound job must call, from its dispatch metadata, or None.
+
+    A dispatch with ``{"phone_number": "+15550100"}`` asks the agent to place the call itself;
+    any other metadata (or none) is an ordinary inbound or WebRTC call.
+    """
+    try:
+        data = json.loads(metadata) if metadata.strip() else None
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or "phone_number" not in data:
+        return None
+    raw = str(data["phone_number"])
+    number = re.sub(r"[\s\-().]", "", raw)
+    if not _E164.match(number):
+        raise TelephonyError(
+            f"dispatch metadata phone_number={raw!r} is not an E.164 number like +15550100"
+        )
+    return number

@@ -77,7 +77,7 @@ class PodRunner:
             workers = list(self.workers.values())
         for w in workers:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(w.proc.pid, signal.SIGTERM)
+                os.kill(w.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         for w in workers:
             try:
@@ -117,8 +117,8 @@ class PodRunner:
             if worker and not worker.terminating:
                 worker.terminating = True
                 self.on_event(f"pod {name} deleted -> SIGTERM to its worker (it drains)")
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(worker.proc.pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):  # PID 1 only, like the kubelet
+                    os.kill(worker.proc.pid, signal.SIGTERM)
             elif worker is None and kind != "DELETED":
                 self._confirm_deleted(name)
             return

@@ -37,6 +37,7 @@ from .worker_harness import WorkerProcess, agent_name
 pytestmark = [pytest.mark.livekit]
 
 QUESTION = "what are your opening hours"
+DRAINED = "drained: all calls finished, exiting"
 
 
 @pytest.fixture()
@@ -240,8 +241,15 @@ async def drain_scenario(
     w: WorkerProcess,
     agent: str,
     trigger: Any,
+    *,
+    deleted_when_drained: bool = False,
 ) -> None:
-    """A call in progress, then ``trigger()``: no new job, the call goes on, exit 0 at hangup."""
+    """A call in progress, then ``trigger()``: no new job, the call goes on, exit 0 at hangup.
+
+    ``deleted_when_drained``: SIGTERM the worker over and over from the moment it says it has
+    drained, as the kubelet does when the operator deletes the pod at 0 calls -- the exit that
+    is already under way must still be a clean 0, not death by signal.
+    """
     room1 = f"d1-{uuid.uuid4().hex[:6]}"
     room2 = f"d2-{uuid.uuid4().hex[:6]}"
     async with call(stack_env, agent, room1) as c:
@@ -266,9 +274,16 @@ async def drain_scenario(
         again = await c.say("where are you located")
         assert again.ttfw_ms is not None, f"the call was cut by the drain\n{w.tail()}"
         assert w.proc.poll() is None, "the worker must wait for its caller"
+    if deleted_when_drained:
+        w.wait_log(lambda line: line.get("msg") == DRAINED, 40, "drained")
+        for _ in range(2000):  # bounded: 40 s at most
+            if w.proc.poll() is not None:
+                break
+            w.signal(signal.SIGTERM)
+            await asyncio.sleep(0.02)
     code = w.wait_exit(timeout=40)
     assert code == 0, w.tail()
-    w.wait_log(lambda line: line.get("msg") == "drained: all calls finished, exiting", 1, "drained")
+    w.wait_log(lambda line: line.get("msg") == DRAINED, 1, "drained")
 
 
 @pytest.mark.cluster
@@ -299,7 +314,7 @@ async def test_drain_annotation_finishes_call_then_exits(
             {"metadata": {"annotations": {ANN_DRAIN: "true", ANN_DRAIN_REASON: "scale-down"}}},
         )
 
-    await drain_scenario(stack_env, w, agent, annotate)
+    await drain_scenario(stack_env, w, agent, annotate, deleted_when_drained=True)
     ann = annotations(core, namespace, pod)
     assert ann[ANN_STATE] == "draining" and ann[ANN_SESSIONS] == "0", ann
     assert ann[ANN_SAFE_TO_EVICT] == "true"

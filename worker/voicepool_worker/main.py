@@ -279,6 +279,17 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         try:
+            return await self._run()
+        finally:
+            # The outcome is decided: a SIGTERM now (the pod's deletion, sent as soon as we
+            # reported 0 calls) must not turn a clean exit into death by signal while Python
+            # tears down. Closing the loop would restore the default action, so ignore them.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, signal.SIG_IGN)
+
+    async def _run(self) -> int:
+        try:
             if self.cfg.pod_reporting:
                 await self._start_pod_reporting()
             await self._start_http()

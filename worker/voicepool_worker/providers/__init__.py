@@ -93,4 +93,4 @@ def build_tts(cfg: WorkerConfig) -> Any:
         return EspeakTTS(voice=cfg.tts_voice or "en-us")
     from .piper_tts import PiperTTS
 
-    return PiperTTS()
+    return PiperTTS(cache_size=cfg.tts_cache)

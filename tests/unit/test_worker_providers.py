@@ -137,3 +137,14 @@ def test_known_answers_cover_every_reply_the_dialog_gives() -> None:
     known = set(known_answers())
     for said in ("opening hours", "where are you", "book", "cost", "hello", "bye", "mumble"):
         assert reply([("user", said)]) in known
+
+
+def test_cache_fill_waits_while_a_caller_is_being_answered() -> None:
+    """The background fill never competes with a live reply for the CPU or the voice."""
+    piper = PiperTTS(cache_size=8)
+    with piper.live():
+        filling = piper.remember(["Hello there."])
+        filling.join(timeout=1.0)
+        assert filling.is_alive() and piper.cache.get("Hello there.") is None
+    filling.join(timeout=60)
+    assert not filling.is_alive() and piper.cache.get("Hello there.") is not None

@@ -12,11 +12,12 @@ phrases are synthesised in ``prewarm``: a repeated clause starts playing at once
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from livekit.agents import tts
@@ -97,6 +98,10 @@ class PiperTTS(tts.TTS[Any]):
             num_channels=1,
         )
         self._lock = threading.Lock()  # one onnxruntime session: one synthesis at a time
+        self._live = 0  # replies being synthesised for a caller right now
+        self._live_lock = threading.Lock()
+        self._no_live = threading.Event()  # the background cache fill runs only while set
+        self._no_live.set()
         self.cache = ClauseCache(cache_size)
 
     @property
@@ -116,9 +121,9 @@ class PiperTTS(tts.TTS[Any]):
         """Synthesise, into the cache, phrases the agent will say word for word.
 
         Runs in a background thread (returned, started) so the worker registers with LiveKit
-        without waiting ~2 s for it; a call that starts meanwhile only queues behind the one
-        clause being rendered. Phrases are split the way they arrive at run time (the
-        framework's sentence tokenizer, then ``clauses``), so their clauses are found.
+        without waiting ~2 s for it. It pauses while a reply is being synthesised for a caller,
+        who waits at most for the one clause being rendered. Phrases are split the way they
+        arrive at run time (the framework's sentence tokenizer, then ``clauses``).
         """
         from livekit.agents import tokenize
 
@@ -132,12 +137,27 @@ class PiperTTS(tts.TTS[Any]):
 
         def fill() -> None:
             for clause in todo if self.cache.size > 0 else []:
+                self._no_live.wait()
                 if self.cache.get(clause) is None:
                     self.cache.put(clause, self.render(clause))
 
         thread = threading.Thread(target=fill, name="piper-remember", daemon=True)
         thread.start()
         return thread
+
+    @contextlib.contextmanager
+    def live(self) -> Iterator[None]:
+        """Mark a caller's reply in progress: the background cache fill waits meanwhile."""
+        with self._live_lock:
+            self._live += 1
+            self._no_live.clear()
+        try:
+            yield
+        finally:
+            with self._live_lock:
+                self._live -= 1
+                if self._live == 0:
+                    self._no_live.set()
 
     def render(self, clause: str) -> bytes:
         """One clause's whole audio (16-bit PCM at ``sample_rate``)."""
@@ -166,24 +186,28 @@ class PiperStream(tts.ChunkedStream):
         queue: asyncio.Queue[object] = asyncio.Queue()
         text = self.input_text
 
-        cache = self._piper.cache
+        piper = self._piper
 
-        def _worker() -> None:
+        def synthesise() -> None:
             from .. import metrics
 
+            for clause in clauses(text):
+                audio = piper.cache.get(clause)
+                metrics.TTS_CACHE.labels("miss" if audio is None else "hit").inc()
+                if audio is not None:
+                    loop.call_soon_threadsafe(queue.put_nowait, audio)
+                    continue
+                parts: list[bytes] = []
+                with piper._lock:
+                    for chunk in piper._voice.synthesize(clause):
+                        parts.append(chunk.audio_int16_bytes)
+                        loop.call_soon_threadsafe(queue.put_nowait, parts[-1])
+                piper.cache.put(clause, b"".join(parts))
+
+        def _worker() -> None:
             try:
-                for clause in clauses(text):
-                    audio = cache.get(clause)
-                    metrics.TTS_CACHE.labels("miss" if audio is None else "hit").inc()
-                    if audio is not None:
-                        loop.call_soon_threadsafe(queue.put_nowait, audio)
-                        continue
-                    parts: list[bytes] = []
-                    with self._piper._lock:
-                        for chunk in self._piper._voice.synthesize(clause):
-                            parts.append(chunk.audio_int16_bytes)
-                            loop.call_soon_threadsafe(queue.put_nowait, parts[-1])
-                    cache.put(clause, b"".join(parts))
+                with piper.live():
+                    synthesise()
             except BaseException as e:  # surfaced to the framework below
                 loop.call_soon_threadsafe(queue.put_nowait, e)
             finally:

@@ -24,6 +24,9 @@ from .latency import TurnTracker
 
 log = logging.getLogger("voicepool.worker.agent")
 
+HOLD_TEXT = "Please hold, I am transferring your call."
+TRANSFER_FAILED_TEXT = "Sorry, I could not transfer your call right now. How else can I help?"
+
 
 def prewarm(proc: JobProcess) -> None:
     """Load every model of this warm process before it is handed a call."""
@@ -46,7 +49,7 @@ def prewarm(proc: JobProcess) -> None:
 
 
 def known_phrases(cfg: config.WorkerConfig) -> list[str]:
-    """What the agent will say word for word: synthesised before the first call."""
+    """What the agent will say word for word: the embedded TTS caches it in the background."""
     phrases = [cfg.greeting, HOLD_TEXT, TRANSFER_FAILED_TEXT]
     if cfg.llm == "rules":
         from .providers.rules_llm import known_answers
@@ -71,8 +74,6 @@ class VoiceAgent(Agent):
             yield frame
 
 
-HOLD_TEXT = "Please hold, I am transferring your call."
-TRANSFER_FAILED_TEXT = "Sorry, I could not transfer your call right now. How else can I help?"
 TRANSFER_TIMEOUT_S = 30.0
 DIAL_TIMEOUT_S = 90.0  # ringing included: the request returns when the callee answers
 _SIP_ERRORS = (api.TwirpError, aiohttp.ClientError, TimeoutError)

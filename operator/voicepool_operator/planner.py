@@ -260,7 +260,8 @@ def plan(
                 MarkDraining(
                     p.name,
                     "DrainObserved",
-                    f"pod drains with {_sessions(p)} call(s); the drain timeout of "
+                    f"pod drains with {p.sessions if p.sessions is not None else 'unknown'} "
+                    f"call(s); the drain timeout of "
                     f"{spec.drain_timeout_seconds}s starts now",
                 )
             )

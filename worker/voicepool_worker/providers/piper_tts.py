@@ -5,8 +5,9 @@ Piper synthesises a sentence in ~50-100 ms on one core; the framework's sentence
 first sentence of the LLM's reply instead of the whole reply.
 
 A receptionist says the same things again and again (greeting, hold message, the rule-based
-dialog's answers), so the audio of recent clauses is kept in a small LRU cache and the known
-phrases are synthesised in ``prewarm``: a repeated clause starts playing at once.
+dialog's answers), so the audio of recent clauses is kept in a small LRU cache, and the known
+phrases are synthesised into it in the background before a call: a repeated clause starts
+playing at once.
 """
 
 from __future__ import annotations
@@ -64,18 +65,20 @@ class ClauseCache:
         self._lock = threading.Lock()
 
     def get(self, clause: str) -> bytes | None:
+        key = clause_key(clause)
         with self._lock:
-            audio = self._items.get(clause_key(clause))
+            audio = self._items.get(key)
             if audio is not None:
-                self._items.move_to_end(clause_key(clause))
+                self._items.move_to_end(key)
             return audio
 
     def put(self, clause: str, audio: bytes) -> None:
         if self.size <= 0 or not audio:
             return
+        key = clause_key(clause)
         with self._lock:
-            self._items[clause_key(clause)] = audio
-            self._items.move_to_end(clause_key(clause))
+            self._items[key] = audio
+            self._items.move_to_end(key)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
 
@@ -130,13 +133,13 @@ class PiperTTS(tts.TTS[Any]):
         splitter = tokenize.blingfire.SentenceTokenizer(retain_format=True)
         todo = [
             clause
-            for phrase in phrases
+            for phrase in (phrases if self.cache.size > 0 else ())
             for sentence in splitter.tokenize(phrase)
             for clause in clauses(sentence)
         ]
 
         def fill() -> None:
-            for clause in todo if self.cache.size > 0 else []:
+            for clause in todo:
                 self._no_live.wait()
                 if self.cache.get(clause) is None:
                     self.cache.put(clause, self.render(clause))

@@ -47,6 +47,8 @@ _INTENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("hello", ("hello", "hi", "hey", "good morning", "good afternoon")),
 )
 
+#: Intents answered with the matching field of ``Facts``.
+_FACT_INTENTS = ("hours", "address", "booking", "prices")
 _ANSWERS = {
     "goodbye": "You're welcome. Thank you for calling, goodbye!",
     "human": "All our staff are busy right now, but I can help with hours, address or bookings.",
@@ -79,7 +81,7 @@ def reply(history: Sequence[tuple[str, str]], facts: Facts = Facts()) -> str:
     if intent == "repeat":
         last = next((t for r, t in reversed(history) if r == "assistant" and t.strip()), None)
         return last or "I haven't said anything yet. How can I help you?"
-    if intent in ("hours", "address", "booking", "prices"):
+    if intent in _FACT_INTENTS:
         return str(getattr(facts, intent))
     if intent is not None:
         return _ANSWERS[intent]
@@ -89,7 +91,7 @@ def reply(history: Sequence[tuple[str, str]], facts: Facts = Facts()) -> str:
 def known_answers(facts: Facts = Facts()) -> list[str]:
     """Everything the dialog can say: the TTS synthesises these before a call arrives."""
     return [
-        *(str(getattr(facts, k)) for k in ("hours", "address", "booking", "prices")),
+        *(str(getattr(facts, k)) for k in _FACT_INTENTS),
         *_ANSWERS.values(),
         _FALLBACK,
     ]

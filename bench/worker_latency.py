@@ -201,7 +201,7 @@ def main() -> int:
         "--tts-cache",
         default="0,64",
         help="comma-separated VOICEPOOL_TTS_CACHE sizes, one run each, side by side "
-        "(default: 0,64 -- no cache as the baseline, then the default)",
+        "(default: 0,64 -- no cache, the default and the baseline, then 64 clauses)",
     )
     args = parser.parse_args()
     if args.turns < 1:

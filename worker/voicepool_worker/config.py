@@ -74,7 +74,7 @@ class WorkerConfig:
     dtmf_menu: Mapping[str, str] = field(default_factory=dict)  # key -> what it "says"
     transfer_to: str | None = None  # SIP REFER target for the keypad's transfer key
     sip_outbound_trunk: str | None = None  # LiveKit outbound trunk id for dialled-out calls
-    tts_cache: int = 64  # clauses of synthesised audio the embedded TTS keeps (0: off)
+    tts_cache: int = 0  # clauses of synthesised audio the embedded TTS keeps (0: off)
 
     @property
     def pod_reporting(self) -> bool:
@@ -216,5 +216,5 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         dtmf_menu=menu,
         transfer_to=transfer_to,
         sip_outbound_trunk=(env.get("VOICEPOOL_SIP_OUTBOUND_TRUNK") or "").strip() or None,
-        tts_cache=_int(env, "VOICEPOOL_TTS_CACHE", 64, 0),
+        tts_cache=_int(env, "VOICEPOOL_TTS_CACHE", 0, 0),
     )

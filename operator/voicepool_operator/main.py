@@ -73,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address)
-    from . import handlers  # registers the kopf handlers
-
-    handlers.PEERING_LIFETIME = args.peering_lifetime
+    from . import handlers  # noqa: F401  (registers the kopf handlers)
 
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     try:
@@ -86,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             peering_name=None if args.standalone else args.peering,
             priority=seniority_priority() if args.priority is None else args.priority,
             liveness_endpoint=liveness,
+            memo=kopf.Memo(peering_lifetime=args.peering_lifetime),
         )
     except KeyboardInterrupt:
         return 130

@@ -35,6 +35,14 @@ API_WRITES = Counter(
     "Writes the operator sent to the Kubernetes API (creates, patches, deletes, events)",
     ["verb"],
 )
+RECONCILES = Counter(
+    "voicepool_reconciles_total", "Reconciles of a pool (plan + apply)", ["namespace", "pool"]
+)
+INVALID_REPORTS = Counter(
+    "voicepool_invalid_reports_total",
+    "Unreadable session counts a pod reported (each distinct value once); the pod is taken as full",
+    ["namespace", "pool", "pod"],
+)
 RECONCILE_ERRORS = Counter(
     "voicepool_reconcile_errors_total", "Reconciles that failed", ["namespace", "pool"]
 )
@@ -50,3 +58,5 @@ def forget_pool(namespace: str, pool: str) -> None:
     for gauge in (POOL_SESSIONS, POOL_CAPACITY, POOL_DESIRED):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, pool)
+    with contextlib.suppress(KeyError):
+        RECONCILES.remove(namespace, pool)

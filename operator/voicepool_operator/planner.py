@@ -4,31 +4,36 @@ No I/O happens here, so every rule is unit-tested with plain data. The safety ru
 never break (property-tested in tests/unit):
 
 * a pod that reports sessions > 0 is never deleted, except when its drain deadline passed;
+* a pod whose session count is unreadable (not an integer in [0, sessionsPerPod]) is taken
+  as full: never deleted before its deadline, never warm, and worth no more than its capacity;
 * a pod is deleted only after it was marked draining (or it never served: starting/failed);
 * the serving pool never grows beyond maxReplicas (+ maxSurge during a rollout);
 * scale-up is immediate, scale-down waits for the stabilization window (HPA-style: the
   highest recommendation within the window wins).
+
+`plan()` runs named phases in order: classify, retire leaving pods, desired replicas, then
+either pool deletion or roll out + scale down, eviction hints, and status and conditions.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
-import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 from .conditions import Condition
 from .constants import BUSY_DELETION_COST, IDLE_DELETION_COST
 from .podview import PodView
 from .spec import PoolSpec
+from .status import PoolStatus, Recommendation
 
 __all__ = [
     "Action",
     "Condition",
     "CreatePod",
     "DeletePod",
+    "InvalidReport",
     "MarkDraining",
     "Plan",
     "PodState",
@@ -37,6 +42,7 @@ __all__ = [
     "SetEvictionHints",
     "classify",
     "plan",
+    "stabilize",
 ]
 
 
@@ -66,10 +72,6 @@ class MarkDraining:
     reason: str  # event reason: ScaleDown | Rollout | PoolDeleted | DrainObserved
     message: str
 
-    @property
-    def drain_reason(self) -> str:
-        return self.reason
-
 
 @dataclass(frozen=True)
 class DeletePod:
@@ -80,59 +82,25 @@ class DeletePod:
 
 @dataclass(frozen=True)
 class SetEvictionHints:
+    """Annotations for the autoscaler and ReplicaSet-style deleters, and the busy label."""
+
     pod: str
     safe_to_evict: str
     deletion_cost: str
     reason: str = "EvictionHints"
+    busy_label: str = "false"  # "true" while the pod may hold calls: the PDB protects it
 
 
 Action = CreatePod | MarkDraining | DeletePod | SetEvictionHints
 
 
 @dataclass(frozen=True)
-class Recommendation:
-    """A raw desired-replica value and when it was first computed (stabilization history)."""
+class InvalidReport:
+    """A pod whose session count is unreadable; it is planned as a full pod."""
 
-    time: dt.datetime
-    desired: int
-
-
-@dataclass(frozen=True)
-class PoolStatus:
-    replicas: int = 0
-    ready_pods: int = 0
-    idle_pods: int = 0
-    busy_pods: int = 0
-    draining_pods: int = 0
-    starting_pods: int = 0
-    unknown_pods: int = 0
-    terminating_pods: int = 0
-    updated_pods: int = 0
-    active_sessions: int = 0
-    session_capacity: int = 0
-    idle_capacity: int = 0
-    desired_replicas: int = 0
-    warm_target: int = 0
-    template_hash: str = ""
-
-    def to_status_dict(self) -> dict[str, Any]:
-        return {
-            "replicas": self.replicas,
-            "readyPods": self.ready_pods,
-            "idlePods": self.idle_pods,
-            "busyPods": self.busy_pods,
-            "drainingPods": self.draining_pods,
-            "startingPods": self.starting_pods,
-            "unknownPods": self.unknown_pods,
-            "terminatingPods": self.terminating_pods,
-            "updatedPods": self.updated_pods,
-            "activeSessions": self.active_sessions,
-            "sessionCapacity": self.session_capacity,
-            "idleCapacity": self.idle_capacity,
-            "desiredReplicas": self.desired_replicas,
-            "warmTarget": self.warm_target,
-            "templateHash": self.template_hash,
-        }
+    pod: str
+    value: str  # what the pod wrote, quoted and shortened
+    capacity: int
 
 
 @dataclass
@@ -142,7 +110,7 @@ class Plan:
     conditions: list[Condition]
     history: list[Recommendation]
     requeue_after: float | None = None
-    notes: list[str] = field(default_factory=list)
+    invalid_reports: list[InvalidReport] = field(default_factory=list)
 
 
 # -- classification -------------------------------------------------------------------------
@@ -187,6 +155,22 @@ def _capacity(pod: PodView, spec: PoolSpec) -> int:
     return spec.sessions_per_pod
 
 
+def bounded(pod: PodView, spec: PoolSpec) -> tuple[PodView, InvalidReport | None]:
+    """The pod with a readable count: an integer in [0, capacity], else taken as full.
+
+    One pod's word must never move the whole pool: a garbled or hostile count (24 digits,
+    "-1", "lots") is worth exactly the pod's own capacity, and the pod counts as busy.
+    """
+    cap = _capacity(pod, spec)
+    if pod.report_error is not None:
+        bad = pod.report_error
+    elif pod.sessions is not None and pod.sessions > cap:
+        bad = repr(str(pod.sessions)) if pod.sessions < 10**9 else "'<10+ digits>'"
+    else:
+        return pod, None
+    return replace(pod, sessions=cap), InvalidReport(pod.name, bad, cap)
+
+
 # -- stabilization --------------------------------------------------------------------------
 
 
@@ -221,53 +205,86 @@ def stabilize(
 # -- the plan --------------------------------------------------------------------------------
 
 
+@dataclass
+class _Pool:
+    """What the phases share: the classified pods and what has been decided so far."""
+
+    spec: PoolSpec
+    template_hash: str
+    now: dt.datetime
+    pods: list[PodView]
+    states: dict[str, PodState]
+    by_state: dict[PodState, list[PodView]]
+    unreadable: set[str]
+    actions: list[Action] = field(default_factory=list)
+    wakeups: list[float] = field(default_factory=list)
+    degraded: list[tuple[str, str]] = field(default_factory=list)
+
+    def wake_in(self, seconds: float) -> None:
+        self.wakeups.append(max(0.05, seconds))
+
+    def calls(self, pod: PodView) -> str:
+        """A pod's call count for messages: 'unknown' when it is not readable."""
+        if pod.name in self.unreadable or pod.sessions is None:
+            return "unknown"
+        return str(pod.sessions)
+
+
+@dataclass(frozen=True)
+class _Desired:
+    raw: int
+    unclamped: int
+    desired: int
+    history: list[Recommendation]
+    warm: int
+    serving_sessions: int
+
+
 def _drain_order(pod: PodView, thash: str) -> tuple[int, int, float]:
     """Which serving pod to give up first: old template, then fewest calls, then youngest."""
     return (0 if pod.template_hash != thash else 1, _sessions(pod), -pod.created.timestamp())
 
 
-def plan(
-    spec: PoolSpec,
-    template_hash: str,
-    pods: Iterable[PodView],
-    now: dt.datetime,
-    history: Sequence[Recommendation] = (),
-    *,
-    pool_deleting: bool = False,
-) -> Plan:
-    pods = sorted(pods, key=lambda p: (p.created, p.name))
-    states = {p.name: classify(p, spec, now) for p in pods}
+def _classify_all(
+    spec: PoolSpec, template_hash: str, pods: Iterable[PodView], now: dt.datetime
+) -> tuple[_Pool, list[InvalidReport]]:
+    ordered = sorted(pods, key=lambda p: (p.created, p.name))
+    readable: list[PodView] = []
+    invalid: list[InvalidReport] = []
+    for p in ordered:
+        pod, bad = bounded(p, spec)
+        readable.append(pod)
+        if bad is not None:
+            invalid.append(bad)
+    states = {p.name: classify(p, spec, now) for p in readable}
     by_state: dict[PodState, list[PodView]] = {s: [] for s in PodState}
-    for p in pods:
+    for p in readable:
         by_state[states[p.name]].append(p)
-    actions: list[Action] = []
-    wakeups: list[float] = []
-    conditions_extra: list[Condition] = []
-    degraded: list[tuple[str, str]] = []
+    pool = _Pool(spec, template_hash, now, readable, states, by_state, {r.pod for r in invalid})
+    return pool, invalid
 
-    def wake_in(seconds: float) -> None:
-        wakeups.append(max(0.05, seconds))
 
-    # 1. Draining pods: delete when their calls ended or the deadline passed.
-    for p in by_state[PodState.DRAINING]:
-        timeout = dt.timedelta(seconds=spec.drain_timeout_seconds)
+def _retire_draining(pool: _Pool) -> None:
+    """Draining pods: delete when their calls ended or the deadline passed."""
+    spec, now = pool.spec, pool.now
+    timeout = dt.timedelta(seconds=spec.drain_timeout_seconds)
+    for p in pool.by_state[PodState.DRAINING]:
         if _no_calls(p):
-            actions.append(DeletePod(p.name, "DrainComplete", "all calls ended"))
+            pool.actions.append(DeletePod(p.name, "DrainComplete", "all calls ended"))
         elif p.drain_requested_at is None:
             # Draining on its own (or a hand-set annotation): stamp the start so the drain
             # timeout can run out, and survives an operator restart.
-            actions.append(
+            pool.actions.append(
                 MarkDraining(
                     p.name,
                     "DrainObserved",
-                    f"pod drains with {p.sessions if p.sessions is not None else 'unknown'} "
-                    f"call(s); the drain timeout of "
+                    f"pod drains with {pool.calls(p)} call(s); the drain timeout of "
                     f"{spec.drain_timeout_seconds}s starts now",
                 )
             )
-            wake_in(timeout.total_seconds())
+            pool.wake_in(timeout.total_seconds())
         elif now >= p.drain_requested_at + timeout:
-            actions.append(
+            pool.actions.append(
                 DeletePod(
                     p.name,
                     "DrainTimeout",
@@ -275,24 +292,30 @@ def plan(
                     f"{spec.drain_timeout_seconds}s",
                 )
             )
-            degraded.append(("DrainTimeout", f"pod {p.name} hit the drain timeout"))
+            pool.degraded.append(("DrainTimeout", f"pod {p.name} hit the drain timeout"))
         else:
-            wake_in((p.drain_requested_at + timeout - now).total_seconds())
+            pool.wake_in((p.drain_requested_at + timeout - now).total_seconds())
 
-    # 2. Failed pods never serve again: replace them.
-    for p in by_state[PodState.FAILED]:
-        actions.append(DeletePod(p.name, "Failed", f"pod phase {p.phase}; replacing it"))
-    if by_state[PodState.FAILED]:
-        degraded.append(("PodsFailed", f"{len(by_state[PodState.FAILED])} pod(s) failed"))
 
-    # 3. Unknown pods: not serving. Idle ones go after the grace; busy ones keep their calls
-    #    until the drain timeout (counted from when they stopped being ready).
-    for p in by_state[PodState.UNKNOWN]:
+def _retire_failed(pool: _Pool) -> None:
+    """Failed pods never serve again: replace them."""
+    failed = pool.by_state[PodState.FAILED]
+    for p in failed:
+        pool.actions.append(DeletePod(p.name, "Failed", f"pod phase {p.phase}; replacing it"))
+    if failed:
+        pool.degraded.append(("PodsFailed", f"{len(failed)} pod(s) failed"))
+
+
+def _retire_unknown(pool: _Pool) -> None:
+    """Unknown pods do not serve. Idle ones go after the grace; busy ones keep their calls
+    until the drain timeout (counted from when they stopped being ready)."""
+    spec, now = pool.spec, pool.now
+    for p in pool.by_state[PodState.UNKNOWN]:
         since = p.ready_since or p.created
         grace = dt.timedelta(seconds=spec.unready_grace_seconds)
         limit = grace if _no_calls(p) else dt.timedelta(seconds=spec.drain_timeout_seconds)
         if now - since >= limit:
-            actions.append(
+            pool.actions.append(
                 DeletePod(
                     p.name,
                     "Unresponsive",
@@ -301,29 +324,42 @@ def plan(
                 )
             )
         else:
-            wake_in((since + limit - now).total_seconds())
+            pool.wake_in((since + limit - now).total_seconds())
     stuck = [
         p
-        for p in by_state[PodState.STARTING]
+        for p in pool.by_state[PodState.STARTING]
         if (now - p.created).total_seconds() > spec.unready_grace_seconds
     ]
     if stuck:
-        degraded.append(
+        pool.degraded.append(
             (
                 "PodsNotReady",
                 f"{len(stuck)} pod(s) not ready after "
                 f"{spec.unready_grace_seconds}s (unschedulable or not starting?)",
             )
         )
-    if by_state[PodState.UNKNOWN]:
-        degraded.append(
-            ("PodsUnresponsive", f"{len(by_state[PodState.UNKNOWN])} pod(s) stopped being ready")
+    if pool.by_state[PodState.UNKNOWN]:
+        pool.degraded.append(
+            (
+                "PodsUnresponsive",
+                f"{len(pool.by_state[PodState.UNKNOWN])} pod(s) stopped being ready",
+            )
         )
 
-    serving_sessions = sum(_sessions(p) for p in by_state[PodState.BUSY])
-    active_sessions = serving_sessions + sum(
-        _sessions(p) for s in (PodState.DRAINING, PodState.UNKNOWN) for p in by_state[s]
-    )
+
+def retire_leaving(pool: _Pool) -> None:
+    """Phase: pods that no longer serve (draining, failed, unknown) go when they may."""
+    _retire_draining(pool)
+    _retire_failed(pool)
+    _retire_unknown(pool)
+
+
+def desired_replicas(
+    pool: _Pool, history: Sequence[Recommendation], pool_deleting: bool
+) -> _Desired:
+    """Phase: active calls + warm sessions -> pods, clamped, then stabilized for scale-down."""
+    spec, now = pool.spec, pool.now
+    serving_sessions = sum(_sessions(p) for p in pool.by_state[PodState.BUSY])
     warm = spec.warm_sessions(now)
     raw, unclamped = spec.desired_for(serving_sessions, now)
     if pool_deleting:
@@ -336,136 +372,209 @@ def plan(
     if pool_deleting:
         desired = 0
     if stab_wake is not None:
-        wake_in(stab_wake)
+        pool.wake_in(stab_wake)
     if spec.warm_windows:
-        wake_in(60 - now.second)  # re-evaluate at the next minute: a window may open
+        pool.wake_in(60 - now.second)  # re-evaluate at the next minute: a window may open
+    return _Desired(raw, unclamped, desired, history_out, warm, serving_sessions)
 
-    starting = by_state[PodState.STARTING]
-    ready = by_state[PodState.IDLE] + by_state[PodState.BUSY]
+
+def delete_pool(pool: _Pool) -> None:
+    """Phase (pool deleted): pods that never served go now; the others drain their calls."""
+    for p in pool.by_state[PodState.STARTING]:
+        pool.actions.append(DeletePod(p.name, "PoolDeleted", "pool deleted; pod never served"))
+    for p in pool.by_state[PodState.IDLE] + pool.by_state[PodState.BUSY]:
+        pool.actions.append(
+            MarkDraining(p.name, "PoolDeleted", f"pool deleted; {_sessions(p)} call(s) to finish")
+        )
+
+
+@dataclass
+class _Serving:
+    """The serving pods as the rollout leaves them, for scale-down and the conditions."""
+
+    serving: list[PodView]
+    old: list[PodView]
+
+
+def roll_out(pool: _Pool, want: _Desired) -> _Serving:
+    """Phase: replace old-template pods and create up to the desired count.
+
+    Old pods that never served are deleted at once; new pods are created up to desired (at
+    most maxSurge above it while old pods remain); old pods are retired as ready new pods
+    take their place, idle ones first.
+    """
+    spec, thash, desired = pool.spec, pool.template_hash, want.desired
+    starting = pool.by_state[PodState.STARTING]
+    ready = pool.by_state[PodState.IDLE] + pool.by_state[PodState.BUSY]
     serving = starting + ready
-    new = [p for p in serving if p.template_hash == template_hash]
-    old = [p for p in serving if p.template_hash != template_hash]
+    new = [p for p in serving if p.template_hash == thash]
     ready_names = {p.name for p in ready}
     starting_names = {p.name for p in starting}
     new_ready = [p for p in new if p.name in ready_names]
 
-    if pool_deleting:
-        for p in starting:
-            actions.append(DeletePod(p.name, "PoolDeleted", "pool deleted; pod never served"))
-        for p in ready:
-            actions.append(
-                MarkDraining(
-                    p.name, "PoolDeleted", f"pool deleted; {_sessions(p)} call(s) to finish"
-                )
+    old = [p for p in serving if p.template_hash != thash]
+    for p in old:
+        if p.name in starting_names:
+            pool.actions.append(DeletePod(p.name, "Rollout", "template changed before it served"))
+    old = [p for p in old if p.name not in starting_names]
+    serving = [p for p in serving if p.template_hash == thash or p.name in ready_names]
+
+    cap = desired + spec.max_surge if old else desired
+    to_create = max(0, min(desired - len(new), cap - len(serving)))
+    for _ in range(to_create):
+        if old:
+            reason, msg = "Rollout", f"new template {thash}"
+        elif pool.by_state[PodState.FAILED] or pool.by_state[PodState.UNKNOWN]:
+            reason, msg = "Replace", "replacing a failed or unresponsive pod"
+        elif not ready and not starting and want.warm > 0 and want.serving_sessions == 0:
+            reason, msg = "WarmPool", f"warm pool of {want.warm} idle session(s)"
+        else:
+            reason, msg = (
+                "ScaleUp",
+                f"{want.serving_sessions} active + {want.warm} warm session(s) need "
+                f"{desired} pod(s)",
             )
-    else:
-        # 4. Old-template pods that never served are replaced at once.
-        for p in old:
-            if p.name in starting_names:
-                actions.append(DeletePod(p.name, "Rollout", "template changed before it served"))
-        old = [p for p in old if p.name not in starting_names]
-        serving = [p for p in serving if p.template_hash == template_hash or p.name in ready_names]
+        pool.actions.append(CreatePod(thash, reason, msg))
 
-        # 5. Create: up to desired new pods, at most maxSurge above desired while old remain.
-        cap = desired + spec.max_surge if old else desired
-        to_create = max(0, min(desired - len(new), cap - len(serving)))
-        for _ in range(to_create):
-            if old:
-                reason, msg = "Rollout", f"new template {template_hash}"
-            elif by_state[PodState.FAILED] or by_state[PodState.UNKNOWN]:
-                reason, msg = "Replace", "replacing a failed or unresponsive pod"
-            elif not ready and not starting and warm > 0 and serving_sessions == 0:
-                reason, msg = "WarmPool", f"warm pool of {warm} idle session(s)"
-            else:
-                reason, msg = (
-                    "ScaleUp",
-                    (f"{serving_sessions} active + {warm} warm session(s) need {desired} pod(s)"),
-                )
-            actions.append(CreatePod(template_hash, reason, msg))
-
-        # 6. Rollout: retire old pods as ready new pods take their place (idle ones first).
-        retire = max(0, len(new_ready) + len(old) - desired) if old else 0
-        for p in sorted(old, key=lambda q: _drain_order(q, template_hash))[:retire]:
-            actions.append(
-                MarkDraining(
-                    p.name,
-                    "Rollout",
-                    f"replaced by template {template_hash}; {_sessions(p)} call(s) to finish",
-                )
+    retire = max(0, len(new_ready) + len(old) - desired) if old else 0
+    for p in sorted(old, key=lambda q: _drain_order(q, thash))[:retire]:
+        pool.actions.append(
+            MarkDraining(
+                p.name,
+                "Rollout",
+                f"replaced by template {thash}; {_sessions(p)} call(s) to finish",
             )
+        )
+    return _Serving(serving, old)
 
-        # 7. Scale-down: only idle pods (or pods that never served), after the window.
-        if not old:
-            excess = len(serving) - desired
-            # Old-template starting pods were deleted in step 4 and are not in `serving`.
-            never_served = [p for p in serving if p.name in starting_names]
-            for p in sorted(never_served, key=lambda q: q.created, reverse=True):
-                if excess <= 0:
-                    break
-                actions.append(DeletePod(p.name, "ScaleDown", "not needed; never served"))
-                excess -= 1
-            idle = sorted(by_state[PodState.IDLE], key=lambda q: _drain_order(q, template_hash))
-            for p in idle:
-                if excess <= 0:
-                    break
-                actions.append(
-                    MarkDraining(
-                        p.name,
-                        "ScaleDown",
-                        f"{serving_sessions} active + {warm} warm session(s) need {desired} pod(s)",
-                    )
-                )
-                excess -= 1
 
-    # 8. Eviction hints on pods that stay: busy pods are precious, idle ones cheap.
-    leaving = {a.pod for a in actions if isinstance(a, DeletePod | MarkDraining)}
-    for p in pods:
-        st = states[p.name]
+def scale_down(pool: _Pool, want: _Desired, current: _Serving) -> None:
+    """Phase: only idle pods (or pods that never served), after the window, none mid-rollout."""
+    if current.old:
+        return
+    starting_names = {p.name for p in pool.by_state[PodState.STARTING]}
+    excess = len(current.serving) - want.desired
+    # Old-template starting pods were deleted by the rollout and are not in `serving`.
+    never_served = [p for p in current.serving if p.name in starting_names]
+    for p in sorted(never_served, key=lambda q: q.created, reverse=True):
+        if excess <= 0:
+            break
+        pool.actions.append(DeletePod(p.name, "ScaleDown", "not needed; never served"))
+        excess -= 1
+    idle = sorted(pool.by_state[PodState.IDLE], key=lambda q: _drain_order(q, pool.template_hash))
+    for p in idle:
+        if excess <= 0:
+            break
+        pool.actions.append(
+            MarkDraining(
+                p.name,
+                "ScaleDown",
+                f"{want.serving_sessions} active + {want.warm} warm session(s) need "
+                f"{want.desired} pod(s)",
+            )
+        )
+        excess -= 1
+
+
+def eviction_hints(pool: _Pool) -> None:
+    """Phase: hints and the busy label on pods that stay: busy pods are precious."""
+    leaving = {a.pod for a in pool.actions if isinstance(a, DeletePod | MarkDraining)}
+    for p in pool.pods:
+        st = pool.states[p.name]
         if p.name in leaving or st not in (PodState.IDLE, PodState.BUSY, PodState.DRAINING):
             continue
         busy = not _no_calls(p)
         want = ("false", BUSY_DELETION_COST) if busy else ("true", IDLE_DELETION_COST)
-        if (p.safe_to_evict, p.deletion_cost) != want:
-            actions.append(SetEvictionHints(p.name, want[0], want[1]))
+        # An idle pod needs no label; a pod that may hold calls needs busy=true.
+        label_ok = (p.busy_label == "true") == busy
+        if (p.safe_to_evict, p.deletion_cost) != want or not label_ok:
+            pool.actions.append(
+                SetEvictionHints(p.name, want[0], want[1], busy_label="true" if busy else "false")
+            )
 
-    # -- status and conditions --------------------------------------------------------------
-    n_draining = len(by_state[PodState.DRAINING])
-    status = PoolStatus(
-        replicas=sum(1 for p in pods if states[p.name] is not PodState.TERMINATING),
+
+def pool_status(pool: _Pool, want: _Desired) -> PoolStatus:
+    """Phase: the counts `kubectl get vap` shows; always bounded integers."""
+    spec, by_state = pool.spec, pool.by_state
+    ready = by_state[PodState.IDLE] + by_state[PodState.BUSY]
+    active = sum(
+        _sessions(p)
+        for s in (PodState.BUSY, PodState.DRAINING, PodState.UNKNOWN)
+        for p in by_state[s]
+    )
+    return PoolStatus(
+        replicas=sum(1 for p in pool.pods if pool.states[p.name] is not PodState.TERMINATING),
         ready_pods=len(ready),
         idle_pods=len(by_state[PodState.IDLE]),
         busy_pods=len(by_state[PodState.BUSY]),
-        draining_pods=n_draining,
-        starting_pods=len(starting),
+        draining_pods=len(by_state[PodState.DRAINING]),
+        starting_pods=len(by_state[PodState.STARTING]),
         unknown_pods=len(by_state[PodState.UNKNOWN]),
         terminating_pods=len(by_state[PodState.TERMINATING]),
-        updated_pods=sum(1 for p in ready if p.template_hash == template_hash),
-        active_sessions=active_sessions,
+        updated_pods=sum(1 for p in ready if p.template_hash == pool.template_hash),
+        active_sessions=active,
         session_capacity=sum(_capacity(p, spec) for p in ready),
         idle_capacity=sum(max(0, _capacity(p, spec) - _sessions(p)) for p in ready),
-        desired_replicas=desired,
-        warm_target=warm,
-        template_hash=template_hash,
+        desired_replicas=want.desired,
+        warm_target=want.warm,
+        template_hash=pool.template_hash,
+    )
+
+
+def plan(
+    spec: PoolSpec,
+    template_hash: str,
+    pods: Iterable[PodView],
+    now: dt.datetime,
+    history: Sequence[Recommendation] = (),
+    *,
+    pool_deleting: bool = False,
+) -> Plan:
+    pool, invalid = _classify_all(spec, template_hash, pods, now)
+    retire_leaving(pool)
+    want = desired_replicas(pool, history, pool_deleting)
+    if pool_deleting:
+        delete_pool(pool)
+        serving = (
+            pool.by_state[PodState.STARTING]
+            + pool.by_state[PodState.IDLE]
+            + pool.by_state[PodState.BUSY]
+        )
+        current = _Serving(serving, [p for p in serving if p.template_hash != template_hash])
+    else:
+        current = roll_out(pool, want)
+        scale_down(pool, want, current)
+    eviction_hints(pool)
+    status = pool_status(pool, want)
+    if invalid:
+        pool.degraded.append(
+            (
+                "InvalidReports",
+                f"{len(invalid)} pod(s) report an unreadable session count (taken as full): "
+                + ", ".join(f"{r.pod}={r.value}" for r in invalid[:3]),
+            )
+        )
+    old_left = len(current.old) + sum(
+        1 for p in pool.by_state[PodState.DRAINING] if p.template_hash != template_hash
     )
     conditions = _conditions(
         spec,
         status,
-        len(serving),
-        raw,
-        desired,
-        unclamped,
-        old_left=len(old)
-        + sum(1 for p in by_state[PodState.DRAINING] if p.template_hash != template_hash),
+        len(current.serving),
+        want.raw,
+        want.desired,
+        want.unclamped,
+        old_left=old_left,
         pool_deleting=pool_deleting,
-        degraded=degraded,
+        degraded=pool.degraded,
     )
-    conditions.extend(conditions_extra)
     return Plan(
-        actions=actions,
+        actions=pool.actions,
         status=status,
         conditions=conditions,
-        history=history_out,
-        requeue_after=min(wakeups) if wakeups else None,
+        history=want.history,
+        requeue_after=min(pool.wakeups) if pool.wakeups else None,
+        invalid_reports=invalid,
     )
 
 
@@ -581,7 +690,3 @@ def _conditions(
     else:
         out.append(Condition("Degraded", "False", "AsExpected", "no problems"))
     return out
-
-
-def ceil_div(a: int, b: int) -> int:
-    return math.ceil(a / b)

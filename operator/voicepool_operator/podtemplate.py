@@ -14,6 +14,7 @@ from typing import Any
 from .constants import (
     GROUP,
     KIND,
+    LABEL_BUSY,
     LABEL_COMPONENT,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
@@ -190,4 +191,46 @@ def build_pod(
             ],
         },
         "spec": pod_spec,
+    }
+
+
+def busy_pdb_name(pool: str) -> str:
+    return f"{pool}-busy"
+
+
+def busy_pdb(pool: str, namespace: str, pool_uid: str) -> dict[str, Any]:
+    """The PodDisruptionBudget that keeps `kubectl drain` and the autoscaler off busy pods.
+
+    It selects the pool's pods that carry the operator's busy label, and allows none of them
+    to be evicted; idle pods are not selected, so a node drain evicts them at once (the pool
+    replaces them). Owned by the pool: deleted with it by the garbage collector.
+    """
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": busy_pdb_name(pool),
+            "namespace": namespace,
+            "labels": {
+                LABEL_NAME: WORKER_NAME,
+                LABEL_INSTANCE: pool,
+                LABEL_MANAGED_BY: MANAGED_BY,
+                LABEL_PART_OF: PART_OF,
+                LABEL_POOL: pool,
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": KIND,
+                    "name": pool,
+                    "uid": pool_uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "maxUnavailable": 0,
+            "selector": {"matchLabels": {LABEL_POOL: pool, LABEL_BUSY: "true"}},
+        },
     }

@@ -7,6 +7,7 @@ must never crash the operator; it is read as "unknown" and the pod is treated co
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from .constants import (
     ANN_SAFE_TO_EVICT,
     ANN_SESSIONS,
     ANN_STATE,
+    LABEL_BUSY,
     LABEL_TEMPLATE_HASH,
 )
 
@@ -37,12 +39,22 @@ def parse_time(value: Any) -> dt.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
+#: A count is plain ASCII digits (surrounding blanks aside), at most 9 of them; anything else
+#: is unreadable (Python's int() would also take "1_000", "+1" and non-ASCII digits).
+_COUNT = re.compile(r"[0-9]{1,9}")
+
+
 def _count(value: Any) -> int | None:
-    try:
-        n = int(str(value).strip())
-    except (TypeError, ValueError):
+    text = str(value).strip()
+    return int(text) if _COUNT.fullmatch(text) else None
+
+
+def _report_error(ann: Mapping[str, Any]) -> str | None:
+    """The raw session count when it is present but unreadable (shortened for messages)."""
+    if ANN_SESSIONS not in ann or _count(ann[ANN_SESSIONS]) is not None:
         return None
-    return n if n >= 0 else None
+    raw = repr(str(ann[ANN_SESSIONS]))
+    return raw if len(raw) <= 66 else raw[:63] + "..."
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,8 @@ class PodView:
     drain_requested_at: dt.datetime | None
     safe_to_evict: str | None
     deletion_cost: str | None
+    busy_label: str | None = None  # the operator's voicepool.dev/busy label (PDB selector)
+    report_error: str | None = None  # the session count as written, when it is unreadable
 
     @property
     def reported(self) -> bool:
@@ -94,4 +108,6 @@ def pod_view_from_dict(pod: Mapping[str, Any]) -> PodView:
         drain_requested_at=parse_time(ann.get(ANN_DRAIN_REQUESTED_AT)),
         safe_to_evict=ann.get(ANN_SAFE_TO_EVICT),
         deletion_cost=ann.get(ANN_DELETION_COST),
+        busy_label=labels.get(LABEL_BUSY),
+        report_error=_report_error(ann),
     )

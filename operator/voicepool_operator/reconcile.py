@@ -1,11 +1,14 @@
-"""Glue between the pure planner and the API: observe → plan → act → report.
+"""Glue between the pure planner and the API, in four steps: observe, plan, apply, write status.
 
-The planner sees pods from kopf's watch-fed index. That cache lags our own writes by a few
-milliseconds, so the reconciler keeps short-lived *expectations* (the objects our writes
-returned) and lays them over the index until the watch catches up. Without them a second
-reconcile right after a create would create the pod again. Expectations are only an
-optimisation over the API state: after a restart the index is rebuilt from a fresh list, and
-every drain is recorded in pod annotations, so nothing is lost.
+* observe: the pool's spec and the pods from kopf's watch-fed index, with our own
+  not-yet-watched writes laid over them (`expectations.py`);
+* plan: the pure planner (`planner.py`);
+* apply: each action through `kube.py`, with an Event for every create/drain/delete;
+* write status: coalesced, so a burst of pod changes (a drain is four of them) costs one
+  status write once the pool is quiet, not one per change.
+
+Expectations and the coalescing are only optimisations over the API state: after a restart
+the index is rebuilt from a fresh list, and every drain is recorded in pod annotations.
 """
 
 from __future__ import annotations
@@ -14,65 +17,45 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import metrics
-from .conditions import merge_conditions
+from .conditions import Condition, merge_conditions
 from .constants import (
     ANN_DELETION_COST,
     ANN_DRAIN,
     ANN_DRAIN_REASON,
     ANN_DRAIN_REQUESTED_AT,
     ANN_SAFE_TO_EVICT,
+    LABEL_BUSY,
 )
+from .expectations import Expectations
 from .kube import Conflict, Kube
 from .planner import (
     Action,
     CreatePod,
     DeletePod,
+    InvalidReport,
     MarkDraining,
-    Recommendation,
+    Plan,
     SetEvictionHints,
     plan,
 )
-from .podtemplate import build_pod, template_hash
+from .podtemplate import build_pod, busy_pdb, template_hash
 from .podview import pod_view_from_dict
-from .spec import SpecError, parse_spec
+from .spec import PoolSpec, SpecError, deletion_spec, parse_spec
+from .status import history_from_status, history_to_status, iso
 
 log = logging.getLogger(__name__)
 
-#: How long an expectation may stand in for the watch before we trust the index again.
-EXPECTATION_TTL = 30.0
-_DELETED = "deleted"
-
-
-def _rv(obj: Mapping[str, Any]) -> int:
-    try:
-        return int(obj.get("metadata", {}).get("resourceVersion") or 0)
-    except ValueError:  # opaque on some apiservers: then only equality is meaningful
-        return 0
-
-
-def _iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def history_from_status(status: Mapping[str, Any]) -> list[Recommendation]:
-    """Scale recommendations persisted in status, so a restart keeps the stabilization window."""
-    out: list[Recommendation] = []
-    for item in status.get("scaleHistory") or []:
-        try:
-            when = dt.datetime.fromisoformat(str(item["time"]).replace("Z", "+00:00"))
-            out.append(Recommendation(time=when, desired=int(item["desired"])))
-        except (KeyError, TypeError, ValueError):
-            continue
-    return out
-
-
-def history_to_status(history: Iterable[Recommendation]) -> list[dict[str, Any]]:
-    return [{"time": _iso(r.time), "desired": r.desired} for r in history]
+#: A status change is written once the pool has been quiet this long...
+STATUS_QUIET_SECONDS = 1.0
+#: ...or at the latest this long after the first unwritten change, under constant churn.
+STATUS_MAX_DELAY_SECONDS = 10.0
+#: Pod deletions that mean something went wrong: Warning Events.
+WARNING_DELETES = frozenset({"DrainTimeout", "Failed", "Unresponsive"})
 
 
 @dataclass
@@ -81,48 +64,42 @@ class Outcome:
     remaining_pods: int
 
 
+@dataclass
+class _PoolState:
+    """What the reconciler remembers about one pool between reconciles."""
+
+    expectations: Expectations = field(default_factory=Expectations)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    written: dict[str, Any] | None = None  # the last status we wrote
+    pending: dict[str, Any] | None = None  # the newest status not yet written
+    changed_at: float = 0.0  # when `pending` last changed
+    dirty_since: float | None = None  # first unwritten change
+    spec_error: str | None = None  # the last InvalidSpec message we reported
+    invalid_seen: dict[str, str] = field(default_factory=dict)  # pod -> reported value
+    pdb_for: str | None = None  # pool uid whose PodDisruptionBudget exists
+
+
+@dataclass(frozen=True)
+class _Observed:
+    spec: PoolSpec | None
+    spec_error: str | None
+    raws: list[Mapping[str, Any]]
+    generation: int
+    old_status: Mapping[str, Any]
+
+
 class Reconciler:
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: Kube, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.kube = kube
-        self._expect: dict[tuple[str, str], dict[str, tuple[Any, float]]] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._last_spec_error: dict[tuple[str, str], str] = {}
+        self.clock = clock
+        self._pools: dict[tuple[str, str], _PoolState] = {}
+
+    def _state(self, key: tuple[str, str]) -> _PoolState:
+        return self._pools.setdefault(key, _PoolState())
 
     def forget(self, namespace: str, name: str) -> None:
-        key = (namespace, name)
-        self._expect.pop(key, None)
-        self._locks.pop(key, None)
-        self._last_spec_error.pop(key, None)
+        self._pools.pop((namespace, name), None)
         metrics.forget_pool(namespace, name)
-
-    # -- observation -------------------------------------------------------------------------
-
-    def observed(
-        self, key: tuple[str, str], index_pods: Iterable[Mapping[str, Any]]
-    ) -> list[Mapping[str, Any]]:
-        """Index pods with our own not-yet-watched writes laid over them."""
-        by_name = {p["metadata"]["name"]: p for p in index_pods}
-        pending = self._expect.get(key, {})
-        now = time.monotonic()
-        for name, (obj, expires) in list(pending.items()):
-            current = by_name.get(name)
-            if now > expires:
-                del pending[name]
-            elif obj == _DELETED:
-                if current is None or current["metadata"].get("deletionTimestamp"):
-                    del pending[name]
-                else:
-                    by_name.pop(name)
-            elif current is not None and _rv(current) >= _rv(obj):
-                del pending[name]
-            else:
-                by_name[name] = obj
-        return list(by_name.values())
-
-    def _expect_obj(self, key: tuple[str, str], name: str, obj: Any) -> None:
-        self._expect.setdefault(key, {})[name] = (obj, time.monotonic() + EXPECTATION_TTL)
-
-    # -- reconcile ---------------------------------------------------------------------------
 
     async def reconcile(
         self,
@@ -133,186 +110,301 @@ class Reconciler:
     ) -> Outcome:
         meta = pool["metadata"]
         key = (meta["namespace"], meta["name"])
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        state = self._state(key)
+        async with state.lock:
             started = time.perf_counter()
+            metrics.RECONCILES.labels(*key).inc()
             try:
-                return await self._reconcile(key, pool, index_pods, deleting)
+                return await self._reconcile(key, state, pool, index_pods, deleting)
             finally:
                 metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
     async def _reconcile(
         self,
         key: tuple[str, str],
+        state: _PoolState,
         pool: Mapping[str, Any],
         index_pods: Iterable[Mapping[str, Any]],
         deleting: bool,
     ) -> Outcome:
-        namespace, name = key
-        meta = pool["metadata"]
-        generation = int(meta.get("generation") or 0)
-        old_status: Mapping[str, Any] = pool.get("status") or {}
         now = dt.datetime.now(dt.UTC)
-        raws = self.observed(key, index_pods)
-
-        try:
-            spec = parse_spec(pool.get("spec") or {})
-        except SpecError as e:
-            await self._report_spec_error(pool, key, str(e), old_status, generation, now)
-            return Outcome(None, len(raws))
-        self._last_spec_error.pop(key, None)
-
-        thash = template_hash(spec)
-        views = [pod_view_from_dict(r) for r in raws]
-        raw_by_name = {r["metadata"]["name"]: r for r in raws}
+        seen = self.observe(state, pool, index_pods, deleting)
+        if seen.spec is None:
+            assert seen.spec_error is not None
+            await self._report_spec_error(key, state, pool, seen, now)
+            return Outcome(None, len(seen.raws))
+        if state.spec_error is not None:
+            state.spec_error = None
+        thash = template_hash(seen.spec)
         result = plan(
-            spec, thash, views, now, history_from_status(old_status), pool_deleting=deleting
+            seen.spec,
+            thash,
+            [pod_view_from_dict(r) for r in seen.raws],
+            now,
+            history_from_status(seen.old_status),
+            pool_deleting=deleting,
+        )
+        requeue = await self.apply(key, state, pool, seen, thash, result, now, deleting)
+        flush = await self.write_status(key, state, seen, result, now)
+        # Pods already terminating finish on their own grace period; the pool need not wait.
+        remaining = sum(1 for r in seen.raws if not r["metadata"].get("deletionTimestamp"))
+        return Outcome(_soonest(requeue, flush), remaining)
+
+    # -- 1. observe --------------------------------------------------------------------------
+
+    def observe(
+        self,
+        state: _PoolState,
+        pool: Mapping[str, Any],
+        index_pods: Iterable[Mapping[str, Any]],
+        deleting: bool,
+    ) -> _Observed:
+        raw_spec = pool.get("spec") or {}
+        spec: PoolSpec | None = None
+        error: str | None = None
+        try:
+            spec = parse_spec(raw_spec)
+        except SpecError as e:
+            error = str(e)
+            if deleting:  # a deleted pool drains with what still reads
+                spec = deletion_spec(raw_spec)
+        return _Observed(
+            spec=spec,
+            spec_error=error,
+            raws=state.expectations.observe(index_pods),
+            generation=int(pool["metadata"].get("generation") or 0),
+            old_status=pool.get("status") or {},
         )
 
+    # -- 3. apply ----------------------------------------------------------------------------
+
+    async def apply(
+        self,
+        key: tuple[str, str],
+        state: _PoolState,
+        pool: Mapping[str, Any],
+        seen: _Observed,
+        thash: str,
+        result: Plan,
+        now: dt.datetime,
+        deleting: bool,
+    ) -> float | None:
+        assert seen.spec is not None
         requeue = result.requeue_after
+        raw_by_name = {r["metadata"]["name"]: r for r in seen.raws}
+        if not deleting:
+            await self._ensure_pdb(key, state, pool)
+        await self._report_invalid(key, state, pool, result.invalid_reports, raw_by_name)
         for action in result.actions:
             try:
-                await self._apply(pool, key, spec, thash, action, raw_by_name, now)
+                await self._apply(pool, key, state, seen.spec, action, raw_by_name, now)
             except Conflict as e:
-                log.info("re-planning %s/%s: %s", namespace, name, e)
+                log.info("re-planning %s/%s: %s", key[0], key[1], e)
                 requeue = 0.05
-
-        summary = result.status.to_status_dict()
-        new_status: dict[str, Any] = {
-            **summary,
-            "observedGeneration": generation,
-            "conditions": merge_conditions(
-                old_status.get("conditions") or [], result.conditions, now, generation
-            ),
-            "scaleHistory": history_to_status(result.history),
-        }
-        if any(old_status.get(k) != v for k, v in new_status.items()):
-            await self.kube.patch_pool_status(namespace, name, new_status)
-        self._export_metrics(namespace, name, summary)
-        # Pods already terminating finish on their own grace period; the pool need not wait.
-        remaining = sum(1 for r in raws if not r["metadata"].get("deletionTimestamp"))
-        return Outcome(requeue, remaining)
+        return requeue
 
     async def _apply(
         self,
         pool: Mapping[str, Any],
         key: tuple[str, str],
-        spec: Any,
-        thash: str,
+        state: _PoolState,
+        spec: PoolSpec,
         action: Action,
         raw_by_name: Mapping[str, Mapping[str, Any]],
         now: dt.datetime,
     ) -> None:
         namespace, name = key
-        kind = type(action).__name__
-        metrics.ACTIONS.labels(namespace, name, kind, action.reason).inc()
+        metrics.ACTIONS.labels(namespace, name, type(action).__name__, action.reason).inc()
         if isinstance(action, CreatePod):
             manifest = build_pod(
                 name, namespace, pool["metadata"]["uid"], spec, action.template_hash
             )
             created = await self.kube.create_pod(namespace, manifest)
-            pod_name = created["metadata"]["name"]
-            self._expect_obj(key, pod_name, created)
+            state.expectations.created(created)
             await self.kube.event(
                 pool,
                 reason=action.reason,
                 action="CreatePod",
-                note=f"Created pod {pod_name}: {action.message}",
+                note=f"Created pod {created['metadata']['name']}: {action.message}",
                 related=created,
             )
         elif isinstance(action, MarkDraining):
-            pod_name = _pod_name(action)
-            patched = await self.kube.patch_pod_annotations(
+            patched = await self.kube.patch_pod_metadata(
                 namespace,
-                pod_name,
-                {
+                action.pod,
+                annotations={
                     ANN_DRAIN: "true",
-                    ANN_DRAIN_REQUESTED_AT: _iso(now),
-                    ANN_DRAIN_REASON: action.drain_reason,
+                    ANN_DRAIN_REQUESTED_AT: iso(now),
+                    ANN_DRAIN_REASON: action.reason,
                 },
+                verb="mark_drain",
             )
             if patched is not None:
-                self._expect_obj(key, pod_name, patched)
+                state.expectations.patched(patched)
                 await self.kube.event(
                     pool,
                     reason=action.reason,
                     action="DrainPod",
-                    note=f"Draining pod {pod_name}: {action.message}",
+                    note=f"Draining pod {action.pod}: {action.message}",
                     related=patched,
                 )
         elif isinstance(action, DeletePod):
-            pod_name = _pod_name(action)
-            raw = raw_by_name.get(pod_name, {})
+            raw = raw_by_name.get(action.pod, {})
             rmeta = raw.get("metadata", {})
             await self.kube.delete_pod(
                 namespace,
-                pod_name,
+                action.pod,
                 uid=rmeta.get("uid"),
                 resource_version=rmeta.get("resourceVersion"),
             )
-            self._expect_obj(key, pod_name, _DELETED)
-            warn = action.reason in ("DrainTimeout",)
+            state.expectations.deleted(action.pod)
             await self.kube.event(
                 pool,
                 reason=action.reason,
                 action="DeletePod",
-                note=f"Deleted pod {pod_name}: {action.message}",
-                type_="Warning" if warn else "Normal",
+                note=f"Deleted pod {action.pod}: {action.message}",
+                type_="Warning" if action.reason in WARNING_DELETES else "Normal",
                 related=raw or None,
             )
         elif isinstance(action, SetEvictionHints):
-            pod_name = _pod_name(action)
-            patched = await self.kube.patch_pod_annotations(
+            patched = await self.kube.patch_pod_metadata(
                 namespace,
-                pod_name,
-                {
+                action.pod,
+                annotations={
                     ANN_SAFE_TO_EVICT: action.safe_to_evict,
                     ANN_DELETION_COST: action.deletion_cost,
                 },
+                labels={LABEL_BUSY: action.busy_label},
+                verb="patch_hints",
             )
             if patched is not None:
-                self._expect_obj(key, pod_name, patched)
+                state.expectations.patched(patched)
         else:  # pragma: no cover - the planner's action set is closed
             raise TypeError(f"unknown action {action!r}")
 
+    async def _ensure_pdb(
+        self, key: tuple[str, str], state: _PoolState, pool: Mapping[str, Any]
+    ) -> None:
+        """The pool's busy-pod PodDisruptionBudget, created once per pool (and restart)."""
+        uid = str(pool["metadata"].get("uid") or "")
+        if state.pdb_for == uid:
+            return
+        if await self.kube.ensure_pdb(key[0], busy_pdb(key[1], key[0], uid)):
+            state.pdb_for = uid
+        else:
+            state.pdb_for = uid  # not allowed: say so once, do not retry on every reconcile
+            await self.kube.event(
+                pool,
+                reason="NoDisruptionBudget",
+                action="Reconcile",
+                note="could not create the busy-pod PodDisruptionBudget (RBAC?): node drains "
+                "may evict pods with live calls",
+                type_="Warning",
+            )
+
+    async def _report_invalid(
+        self,
+        key: tuple[str, str],
+        state: _PoolState,
+        pool: Mapping[str, Any],
+        reports: list[InvalidReport],
+        raw_by_name: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        """One Warning Event and one count per pod and unreadable value, not per reconcile."""
+        current = {r.pod: r.value for r in reports}
+        for report in reports:
+            if state.invalid_seen.get(report.pod) == report.value:
+                continue
+            metrics.INVALID_REPORTS.labels(key[0], key[1], report.pod).inc()
+            await self.kube.event(
+                pool,
+                reason="InvalidReport",
+                action="ReadReport",
+                note=f"pod {report.pod} reports an unreadable session count {report.value} "
+                f"(not an integer in [0, {report.capacity}]); it is taken as full and kept",
+                type_="Warning",
+                related=raw_by_name.get(report.pod),
+            )
+        state.invalid_seen = current
+
+    # -- 4. write status ---------------------------------------------------------------------
+
+    async def write_status(
+        self,
+        key: tuple[str, str],
+        state: _PoolState,
+        seen: _Observed,
+        result: Plan,
+        now: dt.datetime,
+    ) -> float | None:
+        summary = result.status.to_status_dict()
+        status: dict[str, Any] = {
+            **summary,
+            "observedGeneration": seen.generation,
+            "conditions": merge_conditions(
+                seen.old_status.get("conditions") or [], result.conditions, now, seen.generation
+            ),
+            "scaleHistory": history_to_status(result.history),
+        }
+        self._export_metrics(key[0], key[1], summary)
+        return await self._write_status(key, state, seen, status)
+
+    async def _write_status(
+        self,
+        key: tuple[str, str],
+        state: _PoolState,
+        seen: _Observed,
+        status: dict[str, Any],
+    ) -> float | None:
+        """Write `status` if it differs, coalescing bursts; seconds until a deferred write."""
+        old = seen.old_status
+        if status == state.written or all(old.get(k) == v for k, v in status.items()):
+            state.pending, state.dirty_since = None, None
+            return None
+        clock = self.clock()
+        if status != state.pending:
+            state.pending, state.changed_at = status, clock
+        if state.dirty_since is None:
+            state.dirty_since = clock
+        due = min(
+            state.changed_at + STATUS_QUIET_SECONDS, state.dirty_since + STATUS_MAX_DELAY_SECONDS
+        )
+        if not _urgent(old, status) and clock < due:
+            return due - clock
+        await self.kube.patch_pool_status(key[0], key[1], status)
+        state.written, state.pending, state.dirty_since = status, None, None
+        return None
+
     async def _report_spec_error(
         self,
-        pool: Mapping[str, Any],
         key: tuple[str, str],
-        message: str,
-        old_status: Mapping[str, Any],
-        generation: int,
+        state: _PoolState,
+        pool: Mapping[str, Any],
+        seen: _Observed,
         now: dt.datetime,
     ) -> None:
-        """A spec the CRD let through but the planner cannot use: say so, act on nothing."""
-        if self._last_spec_error.get(key) != message:
-            self._last_spec_error[key] = message
+        """A spec the CRD let through but the planner cannot use: say so once, act on nothing."""
+        message = str(seen.spec_error)
+        if state.spec_error != message:
+            state.spec_error = message
             await self.kube.event(
                 pool, reason="InvalidSpec", action="Reconcile", note=message, type_="Warning"
             )
-        from .planner import Condition  # local: only needed on this rare path
-
         conditions = merge_conditions(
-            old_status.get("conditions") or [],
+            seen.old_status.get("conditions") or [],
             [
                 Condition("Ready", "False", "InvalidSpec", message),
                 Condition("Degraded", "True", "InvalidSpec", message),
             ],
             now,
-            generation,
+            seen.generation,
         )
-        await self.kube.patch_pool_status(
-            key[0],
-            key[1],
-            {
-                "observedGeneration": generation,
-                "conditions": conditions,
-            },
-        )
+        status = {"observedGeneration": seen.generation, "conditions": conditions}
+        await self._write_status(key, state, seen, status)
 
     @staticmethod
     def _export_metrics(namespace: str, name: str, summary: Mapping[str, Any]) -> None:
-        for state, field in (
+        for state, field_ in (
             ("starting", "startingPods"),
             ("idle", "idlePods"),
             ("busy", "busyPods"),
@@ -320,12 +412,24 @@ class Reconciler:
             ("unknown", "unknownPods"),
             ("terminating", "terminatingPods"),
         ):
-            metrics.POOL_PODS.labels(namespace, name, state).set(summary.get(field, 0))
+            metrics.POOL_PODS.labels(namespace, name, state).set(summary.get(field_, 0))
         metrics.POOL_SESSIONS.labels(namespace, name).set(summary.get("activeSessions", 0))
         metrics.POOL_CAPACITY.labels(namespace, name).set(summary.get("sessionCapacity", 0))
         metrics.POOL_DESIRED.labels(namespace, name).set(summary.get("desiredReplicas", 0))
 
 
-def _pod_name(action: Any) -> str:
-    pod = action.pod
-    return pod if isinstance(pod, str) else str(pod.name)
+def _urgent(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Written at once: a new spec generation, or a condition that turned bad."""
+    if old.get("observedGeneration") != new.get("observedGeneration"):
+        return True
+    before = {c.get("type"): c.get("status") for c in old.get("conditions") or []}
+    for c in new.get("conditions") or []:
+        bad = "True" if c["type"] == "Degraded" else "False" if c["type"] == "Ready" else None
+        if bad is not None and c["status"] == bad and before.get(c["type"]) != bad:
+            return True
+    return False
+
+
+def _soonest(*delays: float | None) -> float | None:
+    present = [d for d in delays if d is not None]
+    return min(present) if present else None

@@ -7,6 +7,7 @@ on, so a pool stored before a schema change (or applied with validation off) yie
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import re
@@ -228,3 +229,32 @@ def parse_spec(spec: Mapping[str, Any]) -> PoolSpec:
         unready_grace_seconds=_int(spec, "unreadyGraceSeconds", 60, 0, "spec."),
         raw=spec,
     )
+
+
+def deletion_spec(spec: Mapping[str, Any]) -> PoolSpec:
+    """The spec to drain a deleted pool with, even when its spec no longer parses.
+
+    Deleting a pool only needs to drain its pods; an unknown time zone or a bad schedule must
+    not hold the finalizer forever. Keeps what still reads (sessionsPerPod, the drain timeout)
+    and defaults the rest.
+    """
+    try:
+        return parse_spec(spec)
+    except SpecError:
+        pass
+    usable: dict[str, Any] = {
+        "agentName": "deleting",
+        "livekit": {"url": "ws://deleting.invalid", "credentialsSecretRef": {"name": "deleting"}},
+        "template": {"image": "deleting.invalid/worker"},
+        "minReplicas": 0,
+        "cpuPinning": {"enabled": False},
+    }
+    for key, default, minimum in (("sessionsPerPod", 1, 1), ("unreadyGraceSeconds", 60, 0)):
+        try:
+            usable[key] = _int(spec, key, default, minimum, "")
+        except SpecError:
+            continue
+    drain = spec.get("drain") if isinstance(spec.get("drain"), Mapping) else {}
+    with contextlib.suppress(SpecError):
+        usable["drain"] = {"timeoutSeconds": _int(drain or {}, "timeoutSeconds", 3600, 1, "")}
+    return parse_spec(usable)

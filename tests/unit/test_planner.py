@@ -102,6 +102,7 @@ def idle(name: str, *, age_s: float = 3600, **kw: Any) -> PodView:
 def busy(name: str, sessions: int = 1, **kw: Any) -> PodView:
     kw.setdefault("safe_to_evict", "false")
     kw.setdefault("deletion_cost", BUSY_DELETION_COST)
+    kw.setdefault("busy_label", "true")
     return make_pod(name, sessions=sessions, reported_state="busy", **kw)
 
 
@@ -129,6 +130,7 @@ def draining(name: str, sessions: int | None, *, since_s: float = 10, **kw: Any)
         "drain_requested_at": ago(since_s),
         "safe_to_evict": "false" if sessions else "true",
         "deletion_cost": BUSY_DELETION_COST if sessions else IDLE_DELETION_COST,
+        "busy_label": "true" if sessions else None,
     }
     fields.update(kw)
     return make_pod(name, **fields)
@@ -377,7 +379,7 @@ def test_desired_replicas_formula(
 
 def test_sessions_on_leaving_pods_do_not_count_towards_desired() -> None:
     """Calls on draining/unknown pods will not move: they need no new capacity, but count."""
-    spec = make_spec(idle_sessions=1)
+    spec = make_spec(idle_sessions=1, sessions_per_pod=4)
     pods = [idle("a"), draining("d", 3), unknown("u", 2, not_ready_s=5)]
     result = plan(spec, HASH, pods, NOW)
     assert result.status.desired_replicas == 1
@@ -520,7 +522,7 @@ def test_draining_pod_is_deleted_when_its_calls_end() -> None:
 
 def test_draining_pod_with_calls_waits_for_them() -> None:
     """A draining pod with calls is kept, and the planner wakes at its deadline."""
-    spec = make_spec(drain_timeout=600)
+    spec = make_spec(drain_timeout=600, sessions_per_pod=2)
     result = plan(spec, HASH, [draining("d", 2, since_s=100)], NOW)
     assert deleted(result) == {}
     assert result.requeue_after == pytest.approx(500)
@@ -530,7 +532,7 @@ def test_draining_pod_with_calls_waits_for_them() -> None:
 
 def test_draining_pod_past_its_deadline_is_deleted_and_degraded() -> None:
     """At the drain timeout the pod goes anyway: DrainTimeout, Degraded=True."""
-    spec = make_spec(drain_timeout=600)
+    spec = make_spec(drain_timeout=600, sessions_per_pod=2)
     result = plan(spec, HASH, [draining("d", 2, since_s=600)], NOW)
     assert deleted(result) == {"d": "DrainTimeout"}
     (action,) = [a for a in result.actions if isinstance(a, DeletePod)]
@@ -604,7 +606,7 @@ def test_unknown_idle_pod_removed_after_grace() -> None:
 
 def test_unknown_busy_pod_keeps_its_calls_until_the_drain_timeout() -> None:
     """Calls may still run on a pod that fails its probe: the grace is not enough."""
-    spec = make_spec(min_replicas=0, grace=60, drain_timeout=600)
+    spec = make_spec(min_replicas=0, grace=60, drain_timeout=600, sessions_per_pod=2)
     after_grace = plan(spec, HASH, [unknown("u", 2, not_ready_s=120)], NOW)
     assert deleted(after_grace) == {}
     assert after_grace.requeue_after == pytest.approx(480)
@@ -801,7 +803,7 @@ def test_rollout_completes_step_by_step() -> None:
 
 def test_pool_deletion_drains_everything_and_creates_nothing() -> None:
     """A deleted pool drains its serving pods; only never-served pods are deleted at once."""
-    spec = make_spec(min_replicas=3, idle_sessions=4)
+    spec = make_spec(min_replicas=3, idle_sessions=4, sessions_per_pod=2)
     pods = [idle("a"), busy("b", 2), starting("s"), draining("d", 0), draining("e", 1)]
     result = plan(spec, HASH, pods, NOW, pool_deleting=True)
     assert creates(result) == []

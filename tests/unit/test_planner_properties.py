@@ -355,7 +355,10 @@ class Cluster:
                 )
             else:
                 self.pods[action.pod] = dataclasses.replace(
-                    pod, safe_to_evict=action.safe_to_evict, deletion_cost=action.deletion_cost
+                    pod,
+                    safe_to_evict=action.safe_to_evict,
+                    deletion_cost=action.deletion_cost,
+                    busy_label=action.busy_label,
                 )
         for name, state in seen.items():
             started = self.pods.get(name)
@@ -440,7 +443,9 @@ def test_closed_loop_converges_to_desired(
     serving = list(cluster.pods.values())
     assert all(p.template_hash == HASH for p in serving), "rollout left old pods behind"
     busy = [p for p in serving if states[p.name] is PodState.BUSY]
-    want, _ = spec.desired_for(sum(p.sessions or 0 for p in busy), now)
+    # A count above the pod's capacity is unreadable and worth exactly that capacity.
+    calls = sum(min(p.sessions or 0, spec.sessions_per_pod) for p in busy)
+    want, _ = spec.desired_for(calls, now)
     assert final.status.desired_replicas == want  # the window has passed
     assert len(serving) == max(want, len(busy))
     # A fixed point is quiet: planning again changes nothing.

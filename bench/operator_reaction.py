@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kubernetes import client, config, watch
+from voicepool_contract import ANN_DRAIN, ANN_SESSIONS
 from voicepool_devstack.testing import environment, wait_for
 
 from tests.integration.operator_harness import (
@@ -36,7 +37,7 @@ from tests.integration.operator_harness import (
 )
 
 SPP = 4
-DRAIN = "voicepool.dev/drain"
+DRAIN = ANN_DRAIN
 
 
 class PodWatch(threading.Thread):
@@ -237,7 +238,7 @@ def run(
         idle = [
             p.metadata.name
             for p in cl.ready_pods("bench")
-            if (p.metadata.annotations or {}).get("voicepool.dev/sessions") != str(SPP)
+            if (p.metadata.annotations or {}).get(ANN_SESSIONS) != str(SPP)
         ]
         if not idle:
             time.sleep(0.5)
@@ -264,7 +265,7 @@ def run(
     busy = [
         p.metadata.name
         for p in cl.pods("bench")
-        if (p.metadata.annotations or {}).get("voicepool.dev/sessions") == str(SPP)
+        if (p.metadata.annotations or {}).get(ANN_SESSIONS) == str(SPP)
     ]
     for name in busy[:samples]:
         known = set(watcher.drained)

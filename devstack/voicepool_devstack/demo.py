@@ -26,6 +26,14 @@ from typing import Any
 
 import yaml
 from kubernetes import client, config
+from voicepool_contract import (
+    ANN_DRAIN,
+    ANN_DRAIN_REASON,
+    ANN_SESSIONS,
+    ANN_STATE,
+    LABEL_POOL,
+    LABEL_TEMPLATE_HASH,
+)
 
 from .errors import DevstackError
 from .runner import PodRunner
@@ -92,7 +100,7 @@ class Demo:
     # -- cluster verbs ----------------------------------------------------------------------
 
     def pods(self) -> list[Any]:
-        sel = f"voicepool.dev/pool={POOL}"
+        sel = f"{LABEL_POOL}={POOL}"
         return [
             p
             for p in self.core.list_namespaced_pod(NS, label_selector=sel).items
@@ -107,8 +115,8 @@ class Demo:
         return [
             p.metadata.name
             for p in self.pods()
-            if (p.metadata.annotations or {}).get("voicepool.dev/state") == "idle"
-            and (p.metadata.annotations or {}).get("voicepool.dev/drain") != "true"
+            if (p.metadata.annotations or {}).get(ANN_STATE) == "idle"
+            and (p.metadata.annotations or {}).get(ANN_DRAIN) != "true"
         ]
 
     def show(self) -> None:
@@ -257,7 +265,7 @@ async def _scenario(demo: Demo) -> list[tuple[str, float | None]]:
     busy1 = {
         p.metadata.name
         for p in demo.pods()
-        if (p.metadata.annotations or {}).get("voicepool.dev/sessions") == "1"
+        if (p.metadata.annotations or {}).get(ANN_SESSIONS) == "1"
     }
     await wait_async(lambda: len(demo.pods()) >= 2, 60, "scale-up to 2 pods")
     say("scale-up: 1 active call + 1 warm pod -> 2 pods")
@@ -281,12 +289,12 @@ async def _scenario(demo: Demo) -> list[tuple[str, float | None]]:
     demo.show()
 
     say("rolling update: the pool template changes while call-1 is still talking")
-    old_hash = demo.pods()[0].metadata.labels["voicepool.dev/template-hash"]
+    old_hash = demo.pods()[0].metadata.labels[LABEL_TEMPLATE_HASH]
     demo.roll_template()
     await wait_async(
         lambda: any(
-            (p.metadata.annotations or {}).get("voicepool.dev/drain-reason") == "Rollout"
-            and (p.metadata.annotations or {}).get("voicepool.dev/sessions") == "1"
+            (p.metadata.annotations or {}).get(ANN_DRAIN_REASON) == "Rollout"
+            and (p.metadata.annotations or {}).get(ANN_SESSIONS) == "1"
             for p in demo.pods()
         ),
         120,
@@ -299,9 +307,7 @@ async def _scenario(demo: Demo) -> list[tuple[str, float | None]]:
     say("call-1 hangs up -> its worker finishes, exits 0, and the pod goes")
     await call1.hangup()
     await wait_async(
-        lambda: all(
-            p.metadata.labels["voicepool.dev/template-hash"] != old_hash for p in demo.pods()
-        ),
+        lambda: all(p.metadata.labels[LABEL_TEMPLATE_HASH] != old_hash for p in demo.pods()),
         120,
         "the old-template pods to go",
     )

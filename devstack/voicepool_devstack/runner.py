@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, watch
+from voicepool_contract import ANN_DRAIN
 
 from .stack import free_port
 
@@ -156,7 +157,7 @@ class PodRunner:
             pod = self.core.read_namespaced_pod(name, self.namespace)
         except client.ApiException:
             return False
-        return bool((pod.metadata.annotations or {}).get("voicepool.dev/drain") == "true")
+        return bool((pod.metadata.annotations or {}).get(ANN_DRAIN) == "true")
 
     def _confirm_deleted(self, name: str) -> None:
         with contextlib.suppress(client.ApiException):

@@ -1,13 +1,64 @@
-"""Names shared by the operator, the chart and the worker: one place, so they cannot drift."""
+"""The operator's names: the shared contract (`voicepool_contract`) plus its own.
+
+Annotation and label names the worker, devstack and tests also use live in the contract
+module; this one adds what only the operator and its chart need.
+"""
 
 from __future__ import annotations
 
 from typing import Final
 
-GROUP: Final = "voicepool.dev"
-VERSION: Final = "v1alpha1"
-PLURAL: Final = "voiceagentpools"
-KIND: Final = "VoiceAgentPool"
+from voicepool_contract import (
+    ANN_CAPACITY,
+    ANN_DELETION_COST,
+    ANN_DRAIN,
+    ANN_DRAIN_REASON,
+    ANN_DRAIN_REQUESTED_AT,
+    ANN_REPORTED_AT,
+    ANN_SAFE_TO_EVICT,
+    ANN_SESSIONS,
+    ANN_STATE,
+    BUSY_DELETION_COST,
+    GROUP,
+    IDLE_DELETION_COST,
+    KIND,
+    LABEL_BUSY,
+    LABEL_POOL,
+    LABEL_TEMPLATE_HASH,
+    PLURAL,
+    VERSION,
+)
+
+__all__ = [
+    "ANN_CAPACITY",
+    "ANN_DELETION_COST",
+    "ANN_DRAIN",
+    "ANN_DRAIN_REASON",
+    "ANN_DRAIN_REQUESTED_AT",
+    "ANN_REPORTED_AT",
+    "ANN_SAFE_TO_EVICT",
+    "ANN_SESSIONS",
+    "ANN_STATE",
+    "BUSY_DELETION_COST",
+    "FIELD_MANAGER",
+    "GROUP",
+    "IDLE_DELETION_COST",
+    "KIND",
+    "LABEL_BUSY",
+    "LABEL_COMPONENT",
+    "LABEL_INSTANCE",
+    "LABEL_MANAGED_BY",
+    "LABEL_NAME",
+    "LABEL_PART_OF",
+    "LABEL_POOL",
+    "LABEL_TEMPLATE_HASH",
+    "MANAGED_BY",
+    "PART_OF",
+    "PLURAL",
+    "VERSION",
+    "WORKER_HTTP_PORT",
+    "WORKER_NAME",
+]
 
 # Labels (app.kubernetes.io/* per the Kubernetes recommended labels).
 LABEL_NAME: Final = "app.kubernetes.io/name"
@@ -15,31 +66,10 @@ LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
 LABEL_COMPONENT: Final = "app.kubernetes.io/component"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
-LABEL_POOL: Final = f"{GROUP}/pool"
-LABEL_TEMPLATE_HASH: Final = f"{GROUP}/template-hash"
-# Set by the operator on pods that hold calls; the pool's PodDisruptionBudget selects it.
-LABEL_BUSY: Final = f"{GROUP}/busy"
 
 WORKER_NAME: Final = "voicepool-worker"
 MANAGED_BY: Final = "voicepool-operator"
 PART_OF: Final = "voicepool"
-
-# Reported by the worker on its own pod (one patch per session start/end).
-ANN_SESSIONS: Final = f"{GROUP}/sessions"
-ANN_CAPACITY: Final = f"{GROUP}/capacity"
-ANN_STATE: Final = f"{GROUP}/state"
-ANN_REPORTED_AT: Final = f"{GROUP}/reported-at"
-
-# Written by the operator: the drain request the worker obeys like SIGTERM.
-ANN_DRAIN: Final = f"{GROUP}/drain"
-ANN_DRAIN_REQUESTED_AT: Final = f"{GROUP}/drain-requested-at"
-ANN_DRAIN_REASON: Final = f"{GROUP}/drain-reason"
-
-# Hints for the cluster autoscaler and for ReplicaSet-style deleters.
-ANN_SAFE_TO_EVICT: Final = "cluster-autoscaler.kubernetes.io/safe-to-evict"
-ANN_DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cost"
-BUSY_DELETION_COST: Final = "10000"
-IDLE_DELETION_COST: Final = "-10000"
 
 WORKER_HTTP_PORT: Final = 8081
 FIELD_MANAGER: Final = MANAGED_BY

@@ -24,12 +24,22 @@ from typing import Any
 
 import yaml
 from kubernetes import client, utils, watch
+from voicepool_contract import (
+    ANN_CAPACITY,
+    ANN_DRAIN_REASON,
+    ANN_REPORTED_AT,
+    ANN_SESSIONS,
+    ANN_STATE,
+    GROUP,
+    LABEL_POOL,
+    PLURAL,
+    VERSION,
+)
 from voicepool_devstack.stack import free_port
 from voicepool_devstack.testing import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-GROUP, VERSION, PLURAL = "voicepool.dev", "v1alpha1", "voiceagentpools"
-POOL_LABEL = "voicepool.dev/pool"
+POOL_LABEL = LABEL_POOL
 
 
 def install_crds(api: client.ApiClient) -> None:
@@ -187,8 +197,8 @@ class DeletionAuditor:
                         if name not in self.deleted:
                             ann = pod.metadata.annotations or {}
                             self.deleted[name] = {
-                                "sessions": ann.get("voicepool.dev/sessions"),
-                                "drain_reason": ann.get("voicepool.dev/drain-reason"),
+                                "sessions": ann.get(ANN_SESSIONS),
+                                "drain_reason": ann.get(ANN_DRAIN_REASON),
                             }
                     if self._stop.is_set():
                         break
@@ -285,10 +295,10 @@ class Cluster:
             {
                 "metadata": {
                     "annotations": {
-                        "voicepool.dev/sessions": str(sessions),
-                        "voicepool.dev/capacity": str(capacity),
-                        "voicepool.dev/state": state,
-                        "voicepool.dev/reported-at": now,
+                        ANN_SESSIONS: str(sessions),
+                        ANN_CAPACITY: str(capacity),
+                        ANN_STATE: state,
+                        ANN_REPORTED_AT: now,
                     }
                 }
             },

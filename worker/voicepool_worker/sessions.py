@@ -11,26 +11,40 @@ import enum
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-ANN_SESSIONS = "voicepool.dev/sessions"
-ANN_CAPACITY = "voicepool.dev/capacity"
-ANN_STATE = "voicepool.dev/state"
-ANN_REPORTED_AT = "voicepool.dev/reported-at"
-ANN_SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
-ANN_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
-ANN_DRAIN = "voicepool.dev/drain"
-ANN_DRAIN_REASON = "voicepool.dev/drain-reason"
-
-REPORTED_KEYS = (
-    ANN_SESSIONS,
-    ANN_CAPACITY,
-    ANN_STATE,
-    ANN_REPORTED_AT,
-    ANN_SAFE_TO_EVICT,
-    ANN_DELETION_COST,
+# The names the operator reads live in one shared module (re-exported for the worker).
+from voicepool_contract import (
+    ANN_CAPACITY as ANN_CAPACITY,
 )
-
-BUSY_DELETION_COST = "10000"
-IDLE_DELETION_COST = "-10000"
+from voicepool_contract import (
+    ANN_DELETION_COST as ANN_DELETION_COST,
+)
+from voicepool_contract import (
+    ANN_DRAIN as ANN_DRAIN,
+)
+from voicepool_contract import (
+    ANN_DRAIN_REASON as ANN_DRAIN_REASON,
+)
+from voicepool_contract import (
+    ANN_REPORTED_AT as ANN_REPORTED_AT,
+)
+from voicepool_contract import (
+    ANN_SAFE_TO_EVICT as ANN_SAFE_TO_EVICT,
+)
+from voicepool_contract import (
+    ANN_SESSIONS as ANN_SESSIONS,
+)
+from voicepool_contract import (
+    ANN_STATE as ANN_STATE,
+)
+from voicepool_contract import (
+    BUSY_DELETION_COST as BUSY_DELETION_COST,
+)
+from voicepool_contract import (
+    IDLE_DELETION_COST as IDLE_DELETION_COST,
+)
+from voicepool_contract import (
+    REPORTED_KEYS as REPORTED_KEYS,
+)
 
 
 class State(enum.StrEnum):

@@ -1,0 +1,49 @@
+"""Names the operator, the worker, the devstack and the tests share: one place, no copies.
+
+The worker writes its reports into its own pod's annotations and the operator reads them;
+the operator writes drain requests and labels the worker obeys. A name changed here changes
+everywhere at once. Kept free of imports so both images carry it for nothing (it lives
+under worker/ and is copied into the operator image as well).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+GROUP: Final = "voicepool.dev"
+VERSION: Final = "v1alpha1"
+PLURAL: Final = "voiceagentpools"
+KIND: Final = "VoiceAgentPool"
+
+# -- labels the operator sets on worker pods -------------------------------------------------
+LABEL_POOL: Final = f"{GROUP}/pool"
+LABEL_TEMPLATE_HASH: Final = f"{GROUP}/template-hash"
+#: "true" while the pod may hold calls; the pool's PodDisruptionBudget selects it.
+LABEL_BUSY: Final = f"{GROUP}/busy"
+
+# -- reported by the worker on its own pod (one patch per session start/end) ---------------
+ANN_SESSIONS: Final = f"{GROUP}/sessions"
+ANN_CAPACITY: Final = f"{GROUP}/capacity"
+ANN_STATE: Final = f"{GROUP}/state"
+ANN_REPORTED_AT: Final = f"{GROUP}/reported-at"
+# Hints for the cluster autoscaler and ReplicaSet-style deleters (worker and operator).
+ANN_SAFE_TO_EVICT: Final = "cluster-autoscaler.kubernetes.io/safe-to-evict"
+ANN_DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cost"
+BUSY_DELETION_COST: Final = "10000"
+IDLE_DELETION_COST: Final = "-10000"
+
+#: Every annotation a worker may change on its pod (the chart's admission policy allows
+#: exactly these; tests/unit/test_contract.py checks that the two agree).
+REPORTED_KEYS: Final = (
+    ANN_SESSIONS,
+    ANN_CAPACITY,
+    ANN_STATE,
+    ANN_REPORTED_AT,
+    ANN_SAFE_TO_EVICT,
+    ANN_DELETION_COST,
+)
+
+# -- written by the operator: the drain request the worker obeys like SIGTERM --------------
+ANN_DRAIN: Final = f"{GROUP}/drain"
+ANN_DRAIN_REQUESTED_AT: Final = f"{GROUP}/drain-requested-at"
+ANN_DRAIN_REASON: Final = f"{GROUP}/drain-reason"

@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .build import ensure_built
+from . import prometheus
+from .build import _stderr_progress, ensure_built
 from .errors import DevstackError
 from .stack import STATE_FILE, LocalStack, StackConfig, StackState
 from .versions import ALL_COMPONENTS, REPO_ROOT
@@ -27,7 +28,14 @@ def _up(args: argparse.Namespace) -> int:
             f"a stack is already recorded in {workdir}; run `make cluster-down` "
             f"(voicepool-devstack down --dir {workdir}) first"
         )
-    stack = LocalStack(StackConfig(workdir=workdir, nodes=args.nodes, livekit=not args.no_livekit))
+    stack = LocalStack(
+        StackConfig(
+            workdir=workdir,
+            nodes=args.nodes,
+            livekit=not args.no_livekit,
+            prometheus=not args.no_prometheus,
+        )
+    )
     state = stack.start()
     print(f"\nLocal stack is up (state in {workdir / STATE_FILE}).")
     if state.kubeconfig:
@@ -35,6 +43,8 @@ def _up(args: argparse.Namespace) -> int:
         print("  kubectl get nodes")
     if state.livekit:
         print(f"  LiveKit: {state.livekit.url}  (key/secret in {workdir / 'livekit.env'})")
+    if state.prometheus:
+        print(f"  Prometheus: {state.prometheus.url}  (targets in {state.prometheus.targets_dir})")
     print("Stop it with: make cluster-down")
     return 0
 
@@ -54,6 +64,10 @@ def _down(args: argparse.Namespace) -> int:
 
 def _build(_: argparse.Namespace) -> int:
     ensure_built(ALL_COMPONENTS)
+    try:
+        prometheus.ensure_installed(_stderr_progress)
+    except DevstackError as e:  # monitoring is optional: say so, build the rest
+        print(f"voicepool-devstack: warning: {e}", file=sys.stderr)
     for c in ALL_COMPONENTS:
         print(f"{c.name} {c.version}: {c.directory}")
     return 0
@@ -66,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--dir", default=str(_default_dir()))
     up.add_argument("--nodes", type=int, default=2)
     up.add_argument("--no-livekit", action="store_true")
+    up.add_argument(
+        "--no-prometheus", action="store_true", help="skip Prometheus (monitoring is optional)"
+    )
     up.set_defaults(func=_up)
     down = sub.add_parser("down", help="stop a stack started with `up` and remove its dir")
     down.add_argument("--dir", default=str(_default_dir()))

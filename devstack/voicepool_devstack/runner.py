@@ -27,6 +27,7 @@ from typing import Any
 from kubernetes import client, watch
 from voicepool_contract import ANN_DRAIN
 
+from . import prometheus as prom
 from .stack import free_port
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class PodRunner:
     )
     extra_env: Mapping[str, str] = field(default_factory=dict)
     on_event: Callable[[str], None] = print
+    prometheus: prom.PrometheusInfo | None = None  # the stack's, to register workers with
 
     def __post_init__(self) -> None:
         # Any: the generated models make every field Optional; these objects come from the API.
@@ -148,6 +150,7 @@ class PodRunner:
                 # The kubelet would restart the container; the operator deletes a drained pod
                 # within milliseconds, so the stand-in just waits for that instead.
                 self.finished.add(name)
+                prom.unregister_worker(self.prometheus, self.namespace, name)
                 self.on_event(f"worker for {name} finished its drain (exit 0)")
             else:
                 self.on_event(f"worker for {name} exited with code {code}; see {w.log_path}")
@@ -160,6 +163,7 @@ class PodRunner:
         return bool((pod.metadata.annotations or {}).get(ANN_DRAIN) == "true")
 
     def _confirm_deleted(self, name: str) -> None:
+        prom.unregister_worker(self.prometheus, self.namespace, name)
         with contextlib.suppress(client.ApiException):
             self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
 
@@ -192,6 +196,23 @@ class PodRunner:
         self.on_event(
             f"pod {pod.metadata.name} Running -> started its worker (pid {proc.pid}, http :{port})"
         )
+        self._discover(pod, container, port)
+
+    def _discover(self, pod: Any, container: Any, port: int) -> None:
+        """Tell the stack's Prometheus about this pod's port, as Kubernetes discovery would."""
+        for p in container.ports or []:
+            prom.register_worker(
+                self.prometheus,
+                f"127.0.0.1:{port}",
+                prom.pod_discovery_labels(
+                    namespace=pod.metadata.namespace,
+                    pod=pod.metadata.name,
+                    labels=dict(pod.metadata.labels or {}),
+                    container=container.name,
+                    port_name=p.name or "",
+                    port=p.container_port,
+                ),
+            )
 
     def _resolve_env(self, pod: Any, env: list[Any]) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from . import pki as pki_mod
+from . import prometheus as prometheus_mod
 from .build import Progress, _stderr_progress, ensure_built
 from .errors import DevstackError
 from .versions import ETCD, KUBERNETES, KWOK, LIVEKIT, STACK_COMPONENTS
@@ -86,6 +87,7 @@ class StackState:
     livekit: LiveKitInfo | None = None
     pids: dict[str, int] = field(default_factory=dict)
     apiserver_url: str | None = None
+    prometheus: prometheus_mod.PrometheusInfo | None = None
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -94,7 +96,12 @@ class StackState:
     def load(cls, path: Path) -> StackState:
         raw = json.loads(path.read_text())
         lk = raw.pop("livekit", None)
-        return cls(**raw, livekit=LiveKitInfo(**lk) if lk else None)
+        prom = raw.pop("prometheus", None)
+        return cls(
+            **raw,
+            livekit=LiveKitInfo(**lk) if lk else None,
+            prometheus=prometheus_mod.PrometheusInfo(**prom) if prom else None,
+        )
 
 
 @dataclass
@@ -106,6 +113,7 @@ class StackConfig:
     node_pods: str = "110"
     kubernetes: bool = True
     livekit: bool = True
+    prometheus: bool = True  # optional: missing or failing costs one line, not the stack
     startup_timeout: float = 90.0
     progress: Progress = _stderr_progress
 
@@ -146,6 +154,8 @@ class LocalStack:
                 self._start_kubernetes()
             if self.cfg.livekit:
                 self._start_livekit()
+            if self.cfg.prometheus and self.cfg.kubernetes:
+                self.state.prometheus = prometheus_mod.start(self)
         except BaseException:
             self.stop(remove=False)
             raise

@@ -20,6 +20,11 @@ POOL_CAPACITY = Gauge(
 POOL_DESIRED = Gauge(
     "voicepool_pool_desired_replicas", "Pods the planner wants", ["namespace", "pool"]
 )
+POOL_MAX_REPLICAS = Gauge(
+    "voicepool_pool_max_replicas",
+    "spec.maxReplicas: the VoicepoolPoolAtMaxReplicas alert compares desired replicas to it",
+    ["namespace", "pool"],
+)
 RECONCILE_SECONDS = Histogram(
     "voicepool_reconcile_seconds",
     "Time to plan and apply one reconcile of a pool",
@@ -55,7 +60,7 @@ def forget_pool(namespace: str, pool: str) -> None:
     for state in POD_STATES:
         with contextlib.suppress(KeyError):
             POOL_PODS.remove(namespace, pool, state)
-    for gauge in (POOL_SESSIONS, POOL_CAPACITY, POOL_DESIRED):
+    for gauge in (POOL_SESSIONS, POOL_CAPACITY, POOL_DESIRED, POOL_MAX_REPLICAS):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, pool)
     with contextlib.suppress(KeyError):

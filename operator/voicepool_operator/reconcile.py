@@ -347,6 +347,8 @@ class Reconciler:
             "scaleHistory": history_to_status(result.history),
         }
         self._export_metrics(key[0], key[1], summary)
+        if seen.spec is not None:
+            metrics.POOL_MAX_REPLICAS.labels(*key).set(seen.spec.max_replicas)
         return await self._write_status(key, state, seen, status)
 
     async def _write_status(

@@ -72,4 +72,10 @@ MANAGED_BY: Final = "voicepool-operator"
 PART_OF: Final = "voicepool"
 
 WORKER_HTTP_PORT: Final = 8081
+# Plain Prometheus discovery by annotation (setups without the Prometheus Operator's PodMonitor).
+PROMETHEUS_ANNOTATIONS: Final = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(WORKER_HTTP_PORT),
+    "prometheus.io/path": "/metrics",
+}
 FIELD_MANAGER: Final = MANAGED_BY

@@ -24,6 +24,7 @@ from .constants import (
     LABEL_TEMPLATE_HASH,
     MANAGED_BY,
     PART_OF,
+    PROMETHEUS_ANNOTATIONS,
     VERSION,
     WORKER_HTTP_PORT,
     WORKER_NAME,
@@ -178,7 +179,7 @@ def build_pod(
             "generateName": f"{pool}-",
             "namespace": namespace,
             "labels": pod_labels(pool, thash, t.get("labels")),
-            "annotations": dict(t.get("annotations") or {}),
+            "annotations": {**PROMETHEUS_ANNOTATIONS, **(t.get("annotations") or {})},
             "ownerReferences": [
                 {
                     "apiVersion": f"{GROUP}/{VERSION}",

@@ -587,7 +587,13 @@ def test_pod_metadata_labels_and_owner() -> None:
         LABEL_POOL: "front-desk",
         LABEL_TEMPLATE_HASH: template_hash(spec),
     }
-    assert meta["annotations"] == {"note": "x"}
+    # The template's annotations, plus plain Prometheus discovery of the worker's /metrics.
+    assert meta["annotations"] == {
+        "note": "x",
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8081",
+        "prometheus.io/path": "/metrics",
+    }
     assert meta["ownerReferences"] == [
         {
             "apiVersion": "voicepool.dev/v1alpha1",

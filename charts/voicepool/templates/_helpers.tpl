@@ -28,3 +28,12 @@ app.kubernetes.io/component: operator
 {{- range .Values.worker.namespaces }}{{- $all = append $all . -}}{{- end -}}
 {{- uniq $all | toJson -}}
 {{- end -}}
+
+{{- /* "true" when a monitoring.coreos.com kind should render: value true, or "auto" and served.
+Args: (list $ <value> <Kind>). */ -}}
+{{- define "voicepool.monitoringEnabled" -}}
+{{- $ctx := index . 0 -}}{{- $value := toString (index . 1) -}}{{- $kind := index . 2 -}}
+{{- if or (eq $value "true") (and (eq $value "auto") ($ctx.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" $kind))) -}}
+true
+{{- end -}}
+{{- end -}}

@@ -51,6 +51,8 @@ bench: build
 	$(BIN)/python bench/simulate_calls.py
 	$(BIN)/python bench/operator_reaction.py
 	$(BIN)/python bench/worker_latency.py --turns 24
+	@echo "[bench] plots: bench/out/simulate_calls.png (calls, warm capacity, pods per policy)," \
+	  "bench/out/worker_latency.png (time to first word histogram)"
 
 ## kind-test: for users with Docker + kind: images, kind cluster (static CPU manager), chart,
 ## then the same integration suite against it.

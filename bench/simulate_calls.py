@@ -39,6 +39,7 @@ from typing import Protocol, TypeVar
 # `operator`); it is installed editable in the venv, the path makes a plain checkout work too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
+import plots  # bench/plots.py, next to this script
 from voicepool_operator.planner import (
     CreatePod,
     DeletePod,
@@ -90,6 +91,7 @@ class Params:
     sweep: str  # auto | none | comma-separated buffer sizes
     seeds: int  # traces seed, seed+1, ... summed
     grid: bool  # also run voicepool over a few warm sizes and windows
+    plot: str = "none"  # PNG of calls, warm capacity and pods per policy (bench/plots.py)
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,7 @@ class Cluster:
         self.seq = 0
         self.t = 0
         self.burst = (p.warmup + p.burst_at, p.warmup + p.burst_at + p.burst_len)
+        self.observer: Callable[[Cluster], None] | None = None  # bench/plots.py samples here
 
     # -- actions a policy may take -------------------------------------------------------
 
@@ -367,6 +370,8 @@ class Cluster:
                 if self.trace[self.queue.popleft()].arrival >= p.warmup:
                     res.abandoned += 1
             policy.act(self, t)
+            if self.observer is not None:
+                self.observer(self)
             if t >= p.warmup:
                 self._account()
         res.waiting_at_end = sum(1 for c in self.queue if self.trace[c].arrival >= p.warmup)
@@ -818,6 +823,7 @@ def parse_args(argv: list[str] | None = None) -> Params:
     a("--buffer-sync", type=int, default=1, help="buffer re-evaluation interval (s)")
     a("--sweep", default="auto", help="buffer sizes: auto, none, or a list like 2,4,6")
     a("--no-grid", action="store_true", help="skip the voicepool warm-size x window grid")
+    a("--plot", default=str(plots.OUT_DIR / "simulate_calls.png"), help="PNG path, or none")
     ns = ap.parse_args(argv)
     duration = ns.duration if ns.duration is not None else (1800 if ns.quick else 7200)
     if min(ns.sessions_per_pod, ns.hpa_sync, ns.buffer_sync, ns.resync, duration, ns.seeds) < 1:
@@ -855,6 +861,7 @@ def parse_args(argv: list[str] | None = None) -> Params:
         sweep=ns.sweep,
         seeds=ns.seeds,
         grid=not ns.no_grid,
+        plot=ns.plot,
     )
 
 
@@ -905,6 +912,27 @@ def print_params(bench: Bench) -> None:
         " creation to deletion. A fair buffer ('as warm') is the smallest B that serves at"
         " least the same share of calls warm."
     )
+
+
+def draw(bench: Bench, same: int, path: Path) -> Path:
+    """Replay the first trace with each policy, sampled every second, into one PNG."""
+    q, trace = bench.cases[0]
+    runs: dict[str, Callable[[], Policy]] = {
+        "voicepool": lambda: Voicepool(q, q.warm_sessions, q.window),
+        "HPA on sessions": lambda: Hpa(q),
+        f"fixed buffer B={same}": lambda: Buffer(q, same),
+    }
+    traced = plots.traced_runs(lambda label: Cluster(q, trace, label), runs, q.spp, q.warmup)
+    notes = {
+        label: f"{r.warm_pct:.1f}% served warm, {r.cut} cut\n{r.idle_pod_h:.1f} idle pod-h"
+        for label, (_, r) in traced.items()
+    }
+    timelines = {label: tl for label, (tl, _) in traced.items()}
+    title = (
+        f"{len(trace)} calls, mean {q.call_mean:.0f} s, {q.burst_factor:g}x burst at"
+        f" {q.burst_at // 60} min; {q.spp} sessions/pod, {q.cold_start} s cold start"
+    )
+    return plots.simulation(timelines, path, title, notes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -990,6 +1018,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {line}")
     else:
         print("planner issues: none (no call cut, no busy pod drained, in any voicepool run)")
+    if p.plot != "none":
+        print(f"plot (seed {p.seed}, one trace, every policy): {draw(bench, same, Path(p.plot))}")
     print(f"wall time {time.perf_counter() - started:.1f} s for {bench.runs} simulated runs")
     return 0
 

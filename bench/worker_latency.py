@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import plots  # bench/plots.py, next to this script
 from voicepool_devstack.stack import LiveKitInfo, LocalStack, StackConfig
 from voicepool_worker.caller import Call, CallerConfig
 from voicepool_worker.latency import STAGES, percentile
@@ -82,6 +83,10 @@ async def converse(lk: LiveKitInfo, agent: str, turns: int) -> tuple[list[float]
         return ttfw, misses
     finally:
         await c.hangup()
+
+
+#: Caller-side time to first word of every answered turn, per run label (for the plot).
+TTFW_BY_RUN: dict[str, list[float]] = {}
 
 
 def run(lk: LiveKitInfo, turns: int, workdir: Path, tts_cache: int) -> tuple[int, dict[str, float]]:
@@ -142,6 +147,7 @@ def run(lk: LiveKitInfo, turns: int, workdir: Path, tts_cache: int) -> tuple[int
             w.wait_exit(timeout=30)
         w.stop()
 
+    TTFW_BY_RUN[f"TTS cache {tts_cache}"] = ttfw
     exact = sum(1 for t in heard if t in PHRASES)
     print()
     print(f"turns answered: {len(ttfw)}/{turns}   transcripts exact: {exact}/{len(heard)}")
@@ -203,6 +209,9 @@ def main() -> int:
         help="comma-separated VOICEPOOL_TTS_CACHE sizes, one run each, side by side "
         "(default: 0,64 -- no cache, the default and the baseline, then 64 clauses)",
     )
+    parser.add_argument(
+        "--plot", default=str(plots.OUT_DIR / "worker_latency.png"), help="PNG path, or none"
+    )
     args = parser.parse_args()
     if args.turns < 1:
         parser.error("--turns must be >= 1")
@@ -228,6 +237,9 @@ def main() -> int:
             code = code or rc
         if len(results) > 1:
             compare(results)
+        if args.plot != "none":
+            title = f"Time to first word per turn ({args.turns} turns per run, caller side)"
+            print(f"\nplot: {plots.ttfw_histogram(TTFW_BY_RUN, Path(args.plot), title)}")
         return code
 
     if url and key and secret:

@@ -35,6 +35,7 @@ from voicepool_contract import (
     LABEL_TEMPLATE_HASH,
 )
 
+from . import prometheus
 from .errors import DevstackError
 from .runner import PodRunner
 from .stack import LiveKitInfo, LocalStack, StackConfig, free_port
@@ -86,7 +87,14 @@ def wait(probe: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 class Demo:
-    def __init__(self, kubeconfig: str, livekit: LiveKitInfo, workdir: Path) -> None:
+    def __init__(
+        self,
+        kubeconfig: str,
+        livekit: LiveKitInfo,
+        workdir: Path,
+        prom: prometheus.PrometheusInfo | None = None,
+    ) -> None:
+        self.prom = prom  # the stack's Prometheus (None when it did not start)
         self.kc = kubeconfig
         self.lk = livekit
         self.workdir = workdir
@@ -168,13 +176,13 @@ class Demo:
     @contextlib.contextmanager
     def operator(self) -> Iterator[None]:
         log = (self.workdir / "operator.log").open("ab")
-        port = free_port()
+        port, metrics_port = free_port(), free_port()
         proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "voicepool_operator.main",
-                f"--metrics-port={free_port()}",
+                f"--metrics-port={metrics_port}",
                 "--metrics-address=127.0.0.1",
                 f"--liveness-port={port}",
             ],
@@ -185,6 +193,7 @@ class Demo:
         )
         log.close()
         say(f"voicepool-operator started (pid {proc.pid}, log {self.workdir / 'operator.log'})")
+        prometheus.register_operator(self.prom, "demo-operator", f"127.0.0.1:{metrics_port}")
         try:
             yield
         finally:
@@ -325,7 +334,7 @@ def main() -> int:
             kc, lk = stack.state.kubeconfig, stack.state.livekit
             assert kc is not None and lk is not None
             kubectl(kc, "get", "nodes")
-            demo = Demo(kc, lk, workdir)
+            demo = Demo(kc, lk, workdir, stack.state.prometheus)
             demo.install()
             runner = PodRunner(
                 demo.api,
@@ -333,10 +342,13 @@ def main() -> int:
                 kc,
                 workdir / "workers",
                 on_event=lambda m: say(f"runner: {m}"),
+                prometheus=stack.state.prometheus,
             )
             with demo.operator():
                 demo.apply_pool()
                 runner.start()
+                if stack.state.prometheus is not None:
+                    say(f"Prometheus (live while the demo runs): {stack.state.prometheus.url}")
                 try:
                     ttfw = asyncio.run(_scenario(demo))
                     say("deleting the pool: the finalizer waits for calls, then pods go")
@@ -347,6 +359,10 @@ def main() -> int:
             print("\ntime to first word per turn:")
             for name, ms in ttfw:
                 print(f"  {name:24s} {'no answer' if ms is None else f'{ms:.0f} ms'}")
+            if stack.state.prometheus is not None:
+                print(f"\nfrom Prometheus ({stack.state.prometheus.url}), by PromQL:")
+                for line in prometheus.pool_figures(stack.state.prometheus, NS, POOL):
+                    print(f"  {line}")
         shutil.rmtree(workdir, ignore_errors=True)
         say("demo finished; every process was stopped and temp files removed")
         return 0

@@ -284,3 +284,29 @@ def start(stack: LocalStack) -> PrometheusInfo | None:
         progress(f"prometheus failed to start ({first}; log {stack.logs}/prometheus.log); {skip}")
         return None
     return PrometheusInfo(url, str(targets))
+
+
+def pool_figures(info: PrometheusInfo, namespace: str, pool: str, window: str = "1h") -> list[str]:
+    """What a user looks up after a run: p90 time to first word and calls served, by PromQL.
+
+    ``max_over_time`` per worker: a worker's counter only grows while it lives, and workers
+    that drained and exited during the window still count.
+    """
+    sel = f'namespace="{namespace}", pool="{pool}"'
+    p90_expr = (
+        "histogram_quantile(0.9, sum by (le) (increase("
+        f"voicepool_worker_time_to_first_word_seconds_bucket{{{sel}}}[{window}])))"
+    )
+    calls_expr = f"sum(max_over_time(voicepool_worker_sessions_started_total{{{sel}}}[{window}]))"
+    lines = []
+    try:
+        p90 = scalar(info, p90_expr)
+        calls = scalar(info, calls_expr)
+    except (OSError, PrometheusQueryError) as e:
+        return [f"Prometheus did not answer ({e})"]
+    p90_text = "no data" if p90 is None or p90 != p90 else f"{p90 * 1000:.0f} ms"
+    lines.append(f"p90 time to first word: {p90_text}   <- {p90_expr}")
+    lines.append(f"calls served:           {'no data' if calls is None else f'{calls:.0f}'}"
+                 f"   <- {calls_expr}")  # fmt: skip
+    lines.append(f"graph (while the stack runs): {info.graph_url(p90_expr)}")
+    return lines

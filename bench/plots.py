@@ -96,9 +96,11 @@ def simulation(
     twins[-1].set_ylabel("pods")
     for twin in twins[:-1]:
         twin.tick_params(labelright=False)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    th, tl_ = twins[0].get_legend_handles_labels()
-    fig.legend(handles + th, labels + tl_, loc="lower center", ncol=5, fontsize=9)
+    legend: dict[str, Any] = {}
+    for a in [*axes[0], *twins]:  # every series that appears in any panel, once
+        for handle, name in zip(*a.get_legend_handles_labels(), strict=True):
+            legend.setdefault(name, handle)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=5, fontsize=9)
     fig.suptitle(title, fontsize=12)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     return _save(fig, plt, path)

@@ -241,41 +241,41 @@ def start(stack: LocalStack) -> PrometheusInfo | None:
             f"prometheus not installed (run `make build` or apt-get install prometheus); {skip}"
         )
         return None
-    workdir = stack.workdir / "prometheus"
-    targets = workdir / "targets"
-    targets.mkdir(parents=True, exist_ok=True)
-    path = write_config(
-        workdir,
-        targets_dir=targets,
-        rule_files=[RULES_FILE] if RULES_FILE.exists() else [],
-    )
-    problem = check_config(path)
-    if problem:
-        progress(f"prometheus config refused by promtool ({problem.splitlines()[-1]}); {skip}")
-        return None
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    progress(f"starting prometheus (scrapes the operator and workers every {SCRAPE_INTERVAL})")
-    stack._spawn(
-        "prometheus",
-        [
-            exe,
-            f"--config.file={path}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            "--storage.tsdb.retention.time=1d",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--web.enable-lifecycle",
-            "--log.level=warn",
-        ],
-    )
     try:
+        workdir = stack.workdir / "prometheus"
+        targets = workdir / "targets"
+        targets.mkdir(parents=True, exist_ok=True)
+        path = write_config(
+            workdir,
+            targets_dir=targets,
+            rule_files=[RULES_FILE] if RULES_FILE.exists() else [],
+        )
+        problem = check_config(path)
+        if problem:
+            progress(f"prometheus config refused by promtool ({problem.splitlines()[-1]}); {skip}")
+            return None
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        progress(f"starting prometheus (scrapes the operator and workers every {SCRAPE_INTERVAL})")
+        stack._spawn(
+            "prometheus",
+            [
+                exe,
+                f"--config.file={path}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                "--storage.tsdb.retention.time=1d",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--web.enable-lifecycle",
+                "--log.level=warn",
+            ],
+        )
         stack._wait(
             "prometheus",
             lambda: _http_get(url + "/-/ready").startswith(b"Prometheus"),
             f"prometheus ready on {url}",
             timeout=30,
         )
-    except DevstackError as e:
+    except (DevstackError, OSError) as e:
         proc = stack._procs.pop("prometheus", None)
         stack.state.pids.pop("prometheus", None)
         if proc is not None:

@@ -79,7 +79,10 @@ async def _one_call(env: Environment, agent: str, room: str) -> list[float | Non
     return ttfw
 
 
-def _problems(prom: prometheus.PrometheusInfo, variables: dict[str, str]) -> list[str]:
+def _problems(
+    prom: prometheus.PrometheusInfo, variables: dict[str, str], seen: dict[str, str]
+) -> list[str]:
+    """What is wrong with the panels now; ``seen`` gets each query's first value (for -s)."""
     out = []
     for title, ref, expr in panel_queries():
         query = fill(expr, variables)
@@ -88,6 +91,8 @@ def _problems(prom: prometheus.PrometheusInfo, variables: dict[str, str]) -> lis
         except prometheus.PrometheusQueryError as e:
             out.append(f"{title} [{ref}] errors: {e}")
             continue
+        if series:
+            seen[f"{title} [{ref}]"] = f"{len(series)} series, first {series[0]['value'][1]}"
         if not series:
             out.append(f"{title} [{ref}] returns no series: {query}")
         elif "first word" in title and not any(math.isfinite(float(s["value"][1])) for s in series):
@@ -155,11 +160,13 @@ def test_every_panel_query_returns_data(
 
             variables = {"namespace": namespace, "pool": POOL, "datasource": "prometheus"}
             deadline = time.monotonic() + 90
-            problems = _problems(prom, variables)
+            seen: dict[str, str] = {}
+            problems = _problems(prom, variables, seen)
             while problems and time.monotonic() < deadline:
                 time.sleep(2)  # a few more scrapes / rule evaluations
-                problems = _problems(prom, variables)
+                problems = _problems(prom, variables, seen)
             assert not problems, "dashboard panels without data:\n" + "\n".join(problems)
+            print(f"caller-side ttfw {ttfw} ms; panels:", *seen.items(), sep="\n  ")
 
             assert namespace in _label_values(prom, "namespace", "voicepool_pool_pods")
             sel = f'voicepool_pool_pods{{namespace=~"{namespace}"}}'

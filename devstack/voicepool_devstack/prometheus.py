@@ -41,6 +41,8 @@ PACKAGES = ("prometheus",)  # Debian's package ships promtool too
 OPERATOR_JOB = "voicepool-operator"
 WORKER_JOB = "voicepool-workers"
 RULES_FILE = REPO_ROOT / "charts" / "voicepool" / "rules" / "voicepool.rules.yaml"
+#: The worker's largest finite latency bucket: histogram_quantile cannot say more than this.
+TOP_BUCKET_SECONDS = 10.0
 #: Short so tests and the demo see data within seconds; a cluster would use 15-30 s.
 SCRAPE_INTERVAL = "2s"
 
@@ -298,14 +300,22 @@ def pool_figures(info: PrometheusInfo, namespace: str, pool: str, window: str = 
         f"voicepool_worker_time_to_first_word_seconds_bucket{{{sel}}}[{window}])))"
     )
     calls_expr = f"sum(max_over_time(voicepool_worker_sessions_started_total{{{sel}}}[{window}]))"
+    turns_expr = f"sum(max_over_time(voicepool_worker_turns_total{{{sel}}}[{window}]))"
     lines = []
     try:
         p90 = scalar(info, p90_expr)
         calls = scalar(info, calls_expr)
+        turns = scalar(info, turns_expr)
     except (OSError, PrometheusQueryError) as e:
         return [f"Prometheus did not answer ({e})"]
-    p90_text = "no data" if p90 is None or p90 != p90 else f"{p90 * 1000:.0f} ms"
-    lines.append(f"p90 time to first word: {p90_text}   <- {p90_expr}")
+    if p90 is None or p90 != p90:  # no series, or NaN: no turn was answered
+        p90_text = "no data"
+    elif p90 >= TOP_BUCKET_SECONDS:
+        p90_text = f"over {TOP_BUCKET_SECONDS * 1000:.0f} ms (past the last histogram bucket)"
+    else:
+        p90_text = f"{p90 * 1000:.0f} ms"
+    n = "?" if turns is None else f"{turns:.0f}"
+    lines.append(f"p90 time to first word: {p90_text} over {n} answered turns   <- {p90_expr}")
     lines.append(f"calls served:           {'no data' if calls is None else f'{calls:.0f}'}"
                  f"   <- {calls_expr}")  # fmt: skip
     lines.append(f"graph (while the stack runs): {info.graph_url(p90_expr)}")

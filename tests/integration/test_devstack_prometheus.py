@@ -32,7 +32,12 @@ def bare_stack(tmp_path: Path, lines: list[str]) -> LocalStack:
 @pytest.fixture()
 def fake_worker() -> Iterator[str]:
     """A /metrics endpoint speaking the worker's exposition format, on loopback."""
-    body = b"# TYPE voicepool_worker_active_sessions gauge\nvoicepool_worker_active_sessions 1\n"
+    body = (
+        b"# TYPE voicepool_worker_active_sessions gauge\nvoicepool_worker_active_sessions 1\n"
+        b"# TYPE voicepool_worker_sessions_started_total counter\n"
+        b"voicepool_worker_sessions_started_total 3\n"
+        b"# TYPE voicepool_worker_turns_total counter\nvoicepool_worker_turns_total 7\n"
+    )
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -95,6 +100,9 @@ def test_scrapes_a_registered_worker_with_pool_labels(tmp_path: Path, fake_worke
             rules = json.loads(resp.read())
         names = {g["name"] for g in rules["data"]["groups"]}
         assert {"voicepool-ttfw", "voicepool-capacity", "voicepool-alerts"} <= names
+        figures = prometheus.pool_figures(info, "calls", "front-desk")
+        assert "over 7 answered turns" in figures[0] and "calls served:           3" in figures[1]
+        assert figures[2].startswith(f"graph (while the stack runs): {info.url}/graph?g0.expr=")
     finally:
         stack.stop(remove=False)
     assert "prometheus" not in stack.state.pids

@@ -143,3 +143,9 @@ def test_rules_and_dashboard_use_only_metrics_that_exist() -> None:
     unknown = used - _exported() - recorded - PENDING_METRICS
     assert unknown == set(), f"rules/dashboard query metrics nobody exports: {sorted(unknown)}"
     assert "voicepool_worker_time_to_first_word_seconds_bucket" in used
+
+
+def test_top_bucket_matches_the_workers_histograms() -> None:
+    from voicepool_worker import metrics as worker_metrics
+
+    assert max(worker_metrics._BUCKETS) == prometheus.TOP_BUCKET_SECONDS

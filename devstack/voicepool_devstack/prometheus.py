@@ -129,12 +129,16 @@ def register_worker(
         return
     ns = discovery_labels["__meta_kubernetes_namespace"]
     pod = discovery_labels["__meta_kubernetes_pod_name"]
-    _write_target(Path(info.targets_dir) / f"worker-{ns}-{pod}.json", address, discovery_labels)
+    port = discovery_labels["__meta_kubernetes_pod_container_port_name"] or "unnamed"
+    path = Path(info.targets_dir) / f"worker-{ns}-{pod}-{port}.json"
+    _write_target(path, address, discovery_labels)
 
 
 def unregister_worker(info: PrometheusInfo | None, namespace: str, pod: str) -> None:
+    """Forget every port of the pod (call it when the pod is gone, not when its worker dies)."""
     if info is not None:
-        (Path(info.targets_dir) / f"worker-{namespace}-{pod}.json").unlink(missing_ok=True)
+        for path in Path(info.targets_dir).glob(f"worker-{namespace}-{pod}-*.json"):
+            path.unlink(missing_ok=True)
 
 
 def config(*, targets_dir: Path, rule_files: list[Path]) -> dict[str, Any]:

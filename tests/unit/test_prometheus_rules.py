@@ -102,10 +102,6 @@ def test_discovery_labels_spell_labels_like_kubernetes_sd() -> None:
     assert sources <= set(labels), "every label the relabelings read is one discovery sets"
 
 
-#: Exported by code on another branch (issue 9: the operator counts refused worker reports).
-PENDING_METRICS = {"voicepool_invalid_reports_total"}
-
-
 def _exported() -> set[str]:
     """Every sample name the operator and worker can expose, with their suffixes."""
     from prometheus_client import Counter, Histogram
@@ -140,7 +136,7 @@ def test_rules_and_dashboard_use_only_metrics_that_exist() -> None:
         for token in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", bare):
             if token.startswith(("voicepool_", "namespace_pool:")) or token == "up":
                 used.add(token)
-    unknown = used - _exported() - recorded - PENDING_METRICS
+    unknown = used - _exported() - recorded
     assert unknown == set(), f"rules/dashboard query metrics nobody exports: {sorted(unknown)}"
     assert "voicepool_worker_time_to_first_word_seconds_bucket" in used
 

@@ -238,7 +238,7 @@ def main() -> int:
         if len(results) > 1:
             compare(results)
         if args.plot != "none":
-            title = f"Time to first word per turn ({args.turns} turns per run, caller side)"
+            title = f"Time to first word per answered turn, caller side ({args.turns} asked)"
             print(f"\nplot: {plots.ttfw_histogram(TTFW_BY_RUN, Path(args.plot), title)}")
         return code
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from voicepool_devstack import prometheus
-from voicepool_devstack.stack import LocalStack, StackConfig
+from voicepool_devstack.stack import LocalStack, StackConfig, free_port
 from voicepool_devstack.testing import wait_for
 
 
@@ -100,7 +100,19 @@ def test_scrapes_a_registered_worker_with_pool_labels(tmp_path: Path, fake_worke
             rules = json.loads(resp.read())
         names = {g["name"] for g in rules["data"]["groups"]}
         assert {"voicepool-ttfw", "voicepool-capacity", "voicepool-alerts"} <= names
+        # A worker whose /metrics is down is a failed target (up == 0) with its labels, the
+        # series VoicepoolWorkerScrapeDown alerts on -- not a silent gap.
+        dead = {**labels, "__meta_kubernetes_pod_name": "front-desk-dead1"}
+        prometheus.register_worker(info, f"127.0.0.1:{free_port()}", dead)
+
+        def down() -> list[dict[str, object]]:
+            return prometheus.query(info, 'up{pod="front-desk-dead1"} == 0')
+
+        (failed,) = wait_for(down, timeout=60, interval=0.5, what="the dead worker's target")
+        assert failed["metric"]["job"] == "voicepool-workers"
+        assert failed["metric"]["pool"] == "front-desk"
         figures = prometheus.pool_figures(info, "calls", "front-desk")
+
         assert "over 7 answered turns" in figures[0] and "calls served:           3" in figures[1]
         assert figures[2].startswith(f"graph (while the stack runs): {info.url}/graph?g0.expr=")
     finally:

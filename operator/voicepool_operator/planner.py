@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from .conditions import Condition
 from .constants import BUSY_DELETION_COST, IDLE_DELETION_COST
+from .demand import Measured
 from .podview import PodView
 from .spec import PoolSpec
 from .status import PoolStatus, Recommendation
@@ -355,13 +356,16 @@ def retire_leaving(pool: _Pool) -> None:
 
 
 def desired_replicas(
-    pool: _Pool, history: Sequence[Recommendation], pool_deleting: bool
+    pool: _Pool,
+    history: Sequence[Recommendation],
+    pool_deleting: bool,
+    measured: Measured | None = None,
 ) -> _Desired:
     """Phase: active calls + warm sessions -> pods, clamped, then stabilized for scale-down."""
     spec, now = pool.spec, pool.now
     serving_sessions = sum(_sessions(p) for p in pool.by_state[PodState.BUSY])
-    warm = spec.warm_sessions(now)
-    raw, unclamped = spec.desired_for(serving_sessions, now)
+    warm = spec.warm_sessions(now, measured)
+    raw, unclamped = spec.desired_for(serving_sessions, now, measured)
     if pool_deleting:
         raw = 0
     desired, history_out, stab_wake = stabilize(
@@ -529,10 +533,12 @@ def plan(
     history: Sequence[Recommendation] = (),
     *,
     pool_deleting: bool = False,
+    measured: Measured | None = None,
 ) -> Plan:
+    """The whole plan; `measured` (arrival rate, cold start) feeds an adaptive warm pool."""
     pool, invalid = _classify_all(spec, template_hash, pods, now)
     retire_leaving(pool)
-    want = desired_replicas(pool, history, pool_deleting)
+    want = desired_replicas(pool, history, pool_deleting, measured)
     if pool_deleting:
         delete_pool(pool)
         serving = (

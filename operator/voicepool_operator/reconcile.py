@@ -31,6 +31,7 @@ from .constants import (
     ANN_SAFE_TO_EVICT,
     LABEL_BUSY,
 )
+from .demand import Demand
 from .expectations import Expectations
 from .kube import Conflict, Kube
 from .planner import (
@@ -77,6 +78,7 @@ class _PoolState:
     spec_error: str | None = None  # the last InvalidSpec message we reported
     invalid_seen: dict[str, str] = field(default_factory=dict)  # pod -> reported value
     pdb_for: str | None = None  # pool uid whose PodDisruptionBudget exists
+    demand: Demand = field(default_factory=Demand)  # arrivals and cold starts (adaptive pool)
 
 
 @dataclass(frozen=True)
@@ -136,13 +138,16 @@ class Reconciler:
         if state.spec_error is not None:
             state.spec_error = None
         thash = template_hash(seen.spec)
+        views = [pod_view_from_dict(r) for r in seen.raws]
+        state.demand.observe(views, now, seen.spec.sessions_per_pod)
         result = plan(
             seen.spec,
             thash,
-            [pod_view_from_dict(r) for r in seen.raws],
+            views,
             now,
             history_from_status(seen.old_status),
             pool_deleting=deleting,
+            measured=state.demand.measured(now),
         )
         requeue = await self.apply(key, state, pool, seen, thash, result, now, deleting)
         flush = await self.write_status(key, state, seen, result, now)

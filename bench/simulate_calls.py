@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import heapq
+import itertools
 import math
 import random
 import sys
@@ -92,7 +93,7 @@ class Params:
     seeds: int  # traces seed, seed+1, ... summed
     grid: bool  # also run voicepool over a few warm sizes and windows
     trace: str = "burst"  # burst | diurnal (see make_trace)
-    safety: float = 2.0  # adaptive warm pool: warmPool.adaptive.safetyFactor
+    safety: float = 1.25  # adaptive warm pool: warmPool.adaptive.safetyFactor
     adaptive_floor: int = 4  # adaptive warm pool: warmPool.idleSessions (the floor)
     adaptive: bool = True  # also compare the adaptive warm pool on both traces
 
@@ -103,18 +104,25 @@ class CallSpec:
     duration: int  # seconds once answered
 
 
-#: The diurnal trace: a day compressed into the measured window, from a night at this share of
-#: the base rate up to (2 - NIGHT) x base at midday; its mean is the base rate.
-NIGHT = 0.15
+#: The diurnal trace: a business day compressed into the measured window. Hour of day ->
+#: share of the peak rate (linear in between): quiet nights, a morning ramp, office hours,
+#: an evening tail. The peak is twice the base rate.
+DAY = ((0, 0.05), (6, 0.05), (9, 1.0), (12, 1.0), (13, 0.8), (14, 1.0), (17, 1.0), (20, 0.3),
+       (24, 0.05))  # fmt: skip
+
+
+def day_share(hour: float) -> float:
+    for (h0, r0), (h1, r1) in itertools.pairwise(DAY):
+        if h0 <= hour <= h1:
+            return r0 + (r1 - r0) * (hour - h0) / (h1 - h0)
+    return DAY[-1][1]
 
 
 def rate_at(p: Params, t: float) -> float:
     """Arrivals per second at sim second `t` (warm-up included) for the run's trace."""
     if p.trace == "diurnal":
-        x = (t - p.warmup) / p.duration
-        if x < 0:
-            return p.rate * NIGHT
-        return p.rate * (NIGHT + 2 * (1 - NIGHT) * math.sin(math.pi * x) ** 2)
+        hour = 24 * max(0.0, (t - p.warmup) / p.duration)
+        return 2 * p.rate * day_share(hour)
     b0, b1 = p.warmup + p.burst_at, p.warmup + p.burst_at + p.burst_len
     return p.rate * (p.burst_factor if b0 <= t < b1 else 1.0)
 
@@ -127,7 +135,7 @@ def make_trace(p: Params) -> list[CallSpec]:
     """
     rng = random.Random(p.seed)
     end = p.warmup + p.duration
-    top = max(1.0, p.burst_factor) if p.trace == "burst" else 2 * (1 - NIGHT) + NIGHT
+    top = max(1.0, p.burst_factor) if p.trace == "burst" else 2.0
     peak = p.rate * top
     out: list[CallSpec] = []
     t = 0.0
@@ -854,7 +862,7 @@ def parse_args(argv: list[str] | None = None) -> Params:
     a("--buffer-sync", type=int, default=1, help="buffer re-evaluation interval (s)")
     a("--sweep", default="auto", help="buffer sizes: auto, none, or a list like 2,4,6")
     a("--no-grid", action="store_true", help="skip the voicepool warm-size x window grid")
-    a("--safety", type=float, default=2.0, help="adaptive warm pool: safetyFactor")
+    a("--safety", type=float, default=1.25, help="adaptive warm pool: safetyFactor")
     a("--adaptive-floor", type=int, default=4, help="adaptive warm pool: idleSessions floor")
     a("--no-adaptive", action="store_true", help="skip the adaptive warm pool comparison")
     ns = ap.parse_args(argv)
@@ -1006,9 +1014,9 @@ def adaptive_section(p: Params) -> int:
         "adaptive warm pool (warmPool.mode: adaptive): warm sessions = safetyFactor"
         f" {p.safety:g} x measured arrival rate x measured cold start (pod created -> worker"
         f" registered), floor idleSessions {p.adaptive_floor}; static: idleSessions"
-        f" {p.warm_sessions}. diurnal: a day in {p.duration} s, {NIGHT:g}x to"
-        f" {2 - NIGHT:g}x the base rate {p.rate:g}/s. Goal: >= 99% served warm, 0 cut, >= 25%"
-        " fewer idle pod-h than the smallest fixed buffer as warm (same trace)."
+        f" {p.warm_sessions}. diurnal: a business day in {p.duration} s (night 5%, office"
+        f" hours 100% of a peak of {2 * p.rate:g}/s, see DAY). Goal: >= 99% served warm, 0 cut,"
+        " >= 25% fewer idle pod-h than the smallest fixed buffer as warm (same trace)."
     )
     print(fmt_table(rows, left=2))
     print(f"  adaptive goal on every trace: {mark(all(verdicts))}")

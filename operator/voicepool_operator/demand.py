@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 from .podview import PodView
 
-#: Arrival rates are measured over a short window (a burst shows within a minute) and a long
+#: Arrival rates are measured over a short window (a burst shows within seconds) and a long
 #: one (a lull does not shrink the pool at once); the higher one is used.
-SHORT_WINDOW_S = 60.0
-LONG_WINDOW_S = 600.0
+SHORT_WINDOW_S = 20.0
+LONG_WINDOW_S = 300.0
 #: Cold starts remembered: the highest of the recent ones is planned for.
 COLD_STARTS_KEPT = 20
 

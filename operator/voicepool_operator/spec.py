@@ -100,7 +100,7 @@ class PoolSpec:
     unready_grace_seconds: int
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
     warm_mode: str = "static"  # static | adaptive
-    safety_factor: float = 2.0  # adaptive: warm = safety x arrival rate x cold start
+    safety_factor: float = 1.25  # adaptive: warm = safety x arrival rate x cold start
     cold_start_seconds: int = 30  # adaptive: the cold start until one has been measured
 
     def scheduled_warm_sessions(self, now: dt.datetime) -> int:
@@ -224,9 +224,9 @@ def parse_spec(spec: Mapping[str, Any]) -> PoolSpec:
     if mode not in ("static", "adaptive"):
         raise SpecError(f"spec.warmPool.mode: {mode!r} must be static or adaptive")
     adaptive = warm.get("adaptive") or {}
-    safety = adaptive.get("safetyFactor", 2.0)
-    if isinstance(safety, bool) or not isinstance(safety, int | float) or not 1 <= safety <= 10:
-        raise SpecError(f"spec.warmPool.adaptive.safetyFactor: {safety!r} must be in [1, 10]")
+    safety = adaptive.get("safetyFactor", 1.25)
+    if isinstance(safety, bool) or not isinstance(safety, int | float) or not 0.1 <= safety <= 10:
+        raise SpecError(f"spec.warmPool.adaptive.safetyFactor: {safety!r} must be in [0.1, 10]")
 
     drain = spec.get("drain") or {}
     scale_down = spec.get("scaleDown") or {}

@@ -50,6 +50,7 @@ cluster-down: install
 bench: build
 	$(BIN)/python bench/simulate_calls.py
 	$(BIN)/python bench/operator_reaction.py
+	$(BIN)/python bench/scale_from_zero.py
 	$(BIN)/python bench/worker_latency.py --turns 24
 
 ## kind-test: for users with Docker + kind: images, kind cluster (static CPU manager), chart,

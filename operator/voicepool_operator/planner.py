@@ -239,6 +239,7 @@ class _Desired:
     history: list[Recommendation]
     warm: int
     serving_sessions: int
+    waiting: int = 0  # callers waiting in LiveKit rooms for this pool's agent
 
 
 def _drain_order(pod: PodView, thash: str) -> tuple[int, int, float]:
@@ -360,12 +361,13 @@ def desired_replicas(
     history: Sequence[Recommendation],
     pool_deleting: bool,
     measured: Measured | None = None,
+    waiting: int = 0,
 ) -> _Desired:
-    """Phase: active calls + warm sessions -> pods, clamped, then stabilized for scale-down."""
+    """Phase: active + waiting calls + warm sessions -> pods, clamped, then stabilized."""
     spec, now = pool.spec, pool.now
     serving_sessions = sum(_sessions(p) for p in pool.by_state[PodState.BUSY])
     warm = spec.warm_sessions(now, measured)
-    raw, unclamped = spec.desired_for(serving_sessions, now, measured)
+    raw, unclamped = spec.desired_for(serving_sessions + waiting, now, measured)
     if pool_deleting:
         raw = 0
     desired, history_out, stab_wake = stabilize(
@@ -379,7 +381,7 @@ def desired_replicas(
         pool.wake_in(stab_wake)
     if spec.warm_windows:
         pool.wake_in(60 - now.second)  # re-evaluate at the next minute: a window may open
-    return _Desired(raw, unclamped, desired, history_out, warm, serving_sessions)
+    return _Desired(raw, unclamped, desired, history_out, warm, serving_sessions, waiting)
 
 
 def delete_pool(pool: _Pool) -> None:
@@ -430,6 +432,8 @@ def roll_out(pool: _Pool, want: _Desired) -> _Serving:
             reason, msg = "Rollout", f"new template {thash}"
         elif pool.by_state[PodState.FAILED] or pool.by_state[PodState.UNKNOWN]:
             reason, msg = "Replace", "replacing a failed or unresponsive pod"
+        elif want.waiting and not ready:
+            reason, msg = "WaitingCall", f"{want.waiting} caller(s) wait in LiveKit for the agent"
         elif not ready and not starting and want.warm > 0 and want.serving_sessions == 0:
             reason, msg = "WarmPool", f"warm pool of {want.warm} idle session(s)"
         else:
@@ -534,11 +538,13 @@ def plan(
     *,
     pool_deleting: bool = False,
     measured: Measured | None = None,
+    waiting_calls: int = 0,
 ) -> Plan:
-    """The whole plan; `measured` (arrival rate, cold start) feeds an adaptive warm pool."""
+    """The whole plan; `measured` (arrival rate, cold start) feeds an adaptive warm pool,
+    `waiting_calls` (rooms waiting for the agent, from LiveKit's webhook) scales from zero."""
     pool, invalid = _classify_all(spec, template_hash, pods, now)
     retire_leaving(pool)
-    want = desired_replicas(pool, history, pool_deleting, measured)
+    want = desired_replicas(pool, history, pool_deleting, measured, waiting_calls)
     if pool_deleting:
         delete_pool(pool)
         serving = (

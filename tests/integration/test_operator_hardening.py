@@ -5,11 +5,15 @@
   are evicted at once;
 - a pool whose spec became invalid is still deleted (its finalizer does not hang);
 - the operator's own status writes (or anyone's status-only change) trigger no reconcile;
-- `kubectl explain` documents every field of the CRD.
+- `kubectl explain` documents every field of the CRD;
+- a caller waiting in a LiveKit room starts a pod in a pool with none (livekit-server's
+  signed webhook), and the pool's status shows `waitingCalls`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import subprocess
 import tempfile
@@ -19,7 +23,16 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
-from voicepool_contract import ANN_SESSIONS, ANN_STATE, GROUP, LABEL_BUSY, PLURAL, VERSION
+from livekit import api as lkapi
+from voicepool_contract import (
+    ANN_SESSIONS,
+    ANN_STATE,
+    GROUP,
+    LABEL_BUSY,
+    PLURAL,
+    ROOM_AGENT_KEY,
+    VERSION,
+)
 from voicepool_devstack.testing import Environment, wait_for
 from voicepool_devstack.versions import KUBERNETES
 
@@ -38,7 +51,8 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture(scope="module")
 def operator(api_client: client.ApiClient, stack_env: Environment) -> Iterator[OperatorProcess]:
     install_crds(api_client)
-    with running_operator(stack_env.kubeconfig) as op:
+    # With the stack's LiveKit: the operator serves livekit-server's webhook (scale from 0).
+    with running_operator(stack_env.kubeconfig, livekit=stack_env.livekit) as op:
         yield op
 
 
@@ -328,3 +342,49 @@ def explain_description(text: str) -> str:
         body.append(line.strip())
     found = " ".join(b for b in body if b)
     return "" if found in ("", "<empty>", "<no description>") else found
+
+
+def test_a_waiting_room_scales_a_pool_from_zero(
+    operator: OperatorProcess, cluster: Cluster, stack_env: Environment
+) -> None:
+    """minReplicas 0 and no warm pool: only LiveKit knows a caller waits for the agent."""
+    lk = stack_env.livekit
+    if not lk.webhook_port:
+        pytest.skip("this LiveKit server posts no webhooks to the operator")
+    agent = f"zero-{cluster.ns}"
+    cluster.create_pool(
+        pool_manifest("zero", agentName=agent, minReplicas=0, warmPool={"idleSessions": 0})
+    )
+    wait_for(
+        lambda: cluster.pool("zero").get("status", {}).get("desiredReplicas") == 0,
+        timeout=30,
+        what="an empty pool",
+    )
+    assert cluster.pods("zero") == []
+    room = f"call-{cluster.ns}"
+
+    async def rooms(create: bool) -> None:
+        async with lkapi.LiveKitAPI(lk.http_url, lk.api_key, lk.api_secret) as api:
+            if create:
+                meta = json.dumps({ROOM_AGENT_KEY: agent})
+                await api.room.create_room(lkapi.CreateRoomRequest(name=room, metadata=meta))
+            else:
+                await api.room.delete_room(lkapi.DeleteRoomRequest(room=room))
+
+    asyncio.run(rooms(create=True))
+    try:
+        wait_for(lambda: cluster.pods("zero"), timeout=30, what="a pod for the waiting caller")
+        created = [e for e in cluster.events("WaitingCall") if e.get("action") == "CreatePod"]
+        assert created, "the pod was created for the waiting call"
+        wait_for(
+            lambda: cluster.pool("zero").get("status", {}).get("waitingCalls") == 1,
+            timeout=30,
+            what="status.waitingCalls 1",
+        )
+    finally:
+        asyncio.run(rooms(create=False))
+    wait_for(
+        lambda: cluster.pool("zero").get("status", {}).get("waitingCalls") == 0,
+        timeout=30,
+        what="the room gone: status.waitingCalls 0",
+    )

@@ -374,8 +374,11 @@ def test_a_waiting_room_scales_a_pool_from_zero(
     asyncio.run(rooms(create=True))
     try:
         wait_for(lambda: cluster.pods("zero"), timeout=30, what="a pod for the waiting caller")
-        created = [e for e in cluster.events("WaitingCall") if e.get("action") == "CreatePod"]
-        assert created, "the pod was created for the waiting call"
+        wait_for(  # the Event follows the create by a few milliseconds
+            lambda: [e for e in cluster.events("WaitingCall") if e.get("action") == "CreatePod"],
+            timeout=10,
+            what="the WaitingCall Event naming why the pod was created",
+        )
         wait_for(
             lambda: cluster.pool("zero").get("status", {}).get("waitingCalls") == 1,
             timeout=30,

@@ -50,6 +50,7 @@ cluster-down: install
 bench: build
 	$(BIN)/python bench/simulate_calls.py
 	$(BIN)/python bench/operator_reaction.py
+	$(BIN)/python bench/scale_from_zero.py
 	$(BIN)/python bench/worker_latency.py --turns 24
 	@echo "[bench] plots: bench/out/simulate_calls.png (calls, warm capacity, pods per policy)," \
 	  "bench/out/worker_latency.png (time to first word histogram)"

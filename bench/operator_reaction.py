@@ -21,12 +21,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kubernetes import client, config, watch
-from voicepool_contract import ANN_DRAIN, ANN_SESSIONS
+from voicepool_contract import ANN_DRAIN, ANN_SESSIONS, LABEL_BUSY
 from voicepool_devstack.testing import environment, wait_for
 
 from tests.integration.operator_harness import (
@@ -48,6 +49,7 @@ class PodWatch(threading.Thread):
         self.core, self.ns = core, ns
         self.added: dict[str, float] = {}
         self.drained: dict[str, float] = {}
+        self.labels: dict[str, list[tuple[float, str]]] = {}  # busy label changes by pod
         self.stop = threading.Event()
         self.lock = threading.Lock()
 
@@ -73,6 +75,10 @@ class PodWatch(threading.Thread):
                         ann = pod.metadata.annotations or {}
                         if ann.get(DRAIN) == "true":
                             self.drained.setdefault(name, now)
+                        label = (pod.metadata.labels or {}).get(LABEL_BUSY)
+                        seen = self.labels.setdefault(name, [])
+                        if label and (not seen or seen[-1][1] != label):
+                            seen.append((now, label))
                     if self.stop.is_set():
                         break
             except client.ApiException:
@@ -85,6 +91,14 @@ class PodWatch(threading.Thread):
                     return name
         return None
 
+    def label_at(self, name: str, value: str, after: float) -> float | None:
+        """When the pod's busy label first showed `value` after `after`."""
+        with self.lock:
+            for t, v in self.labels.get(name, []):
+                if v == value and t >= after:
+                    return t
+        return None
+
     def new_drained(self, known: set[str], after: float) -> tuple[str, float] | None:
         with self.lock:
             for name, t in self.drained.items():
@@ -93,12 +107,18 @@ class PodWatch(threading.Thread):
         return None
 
 
-def writes(op: OperatorProcess) -> float:
-    total = 0.0
+def writes_by_verb(op: OperatorProcess) -> Counter[str]:
+    """voicepool_api_writes_total by verb (create_pod, mark_drain, patch_hints, event, ...)."""
+    out: Counter[str] = Counter()
     for line in op.metrics().splitlines():
         if line.startswith("voicepool_api_writes_total{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+            verb = line.split('verb="', 1)[1].split('"', 1)[0]
+            out[verb] += float(line.rsplit(" ", 1)[1])  # type: ignore[assignment]
+    return out
+
+
+def writes(op: OperatorProcess) -> float:
+    return float(sum(writes_by_verb(op).values()))
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -233,6 +253,8 @@ def run(
 
     # Scale-up reaction: fill the warm pod, see the next pod appear.
     up: list[float] = []
+    label_set: list[float] = []
+    label_cleared: list[float] = []
     for _ in range(samples):
         known = {p.metadata.name for p in cl.pods("bench", include_terminating=True)}
         idle = [
@@ -252,6 +274,13 @@ def run(
             what="operator to create a pod",
         )
         up.append(watcher.added[new] - t0)
+        hit = wait_for(
+            lambda name=idle[0], t0=t0: watcher.label_at(name, "true", t0),
+            timeout=10,
+            interval=0.005,
+            what="busy label set",
+        )
+        label_set.append(hit - t0)
         wait_for(
             lambda new=new: new in {p.metadata.name for p in cl.ready_pods("bench")},
             timeout=30,
@@ -260,7 +289,7 @@ def run(
 
     # Drain reaction: a busy pod's calls end -> surplus idle capacity -> a drain mark.
     down: list[float] = []
-    before = writes(op)
+    before_verbs = writes_by_verb(op)
     drain_events = 0
     busy = [
         p.metadata.name
@@ -279,12 +308,27 @@ def run(
             what="operator to mark a pod draining",
         )
         down.append(hit[1] - t0)
+        if hit[0] != name:  # the pod whose calls ended stays: its busy label is cleared
+            cleared = wait_for(
+                lambda name=name, t0=t0: watcher.label_at(name, "false", t0),
+                timeout=10,
+                interval=0.005,
+                what="busy label cleared",
+            )
+            label_cleared.append(cleared - t0)
         wait_for(
             lambda d=hit[0]: d not in {p.metadata.name for p in cl.pods("bench")},
             timeout=30,
             what="drained pod deleted",
         )
-    drain_writes = writes(op) - before
+    after_verbs = writes_by_verb(op)
+    by_verb = {v: after_verbs[v] - before_verbs.get(v, 0.0) for v in after_verbs}
+    # A drain is the mark, its Event, the delete and its Event, plus (coalesced) status
+    # writes. The busy-label/hint patch of the pod whose calls ended belongs to that session
+    # event (the label must follow every report, drain or not), so it is shown on its own.
+    hint_writes = by_verb.pop("patch_hints", 0.0)
+    status_writes = by_verb.pop("patch_status", 0.0)  # per time, not per drain: coalesced
+    drain_writes = sum(by_verb.values())
     watcher.stop.set()
     rss, hwm = rss_mb(op.proc.pid) if op.proc else (float("nan"), float("nan"))
 
@@ -297,17 +341,30 @@ def run(
     for label, vals in (
         ("session event -> pod created (ms)", up),
         ("session event -> drain marked (ms)", down),
+        ("session start -> busy label set (ms)", label_set),
+        ("session end -> busy label cleared (ms)", label_cleared),
     ):
         ms = [v * 1000 for v in vals]
-        print(f"{label:44} {pct(ms, 0.5):9.1f} {pct(ms, 0.99):9.1f} {max(ms):9.1f}  p99 < 1000")
+        top = max(ms, default=float("nan"))
+        print(f"{label:44} {pct(ms, 0.5):9.1f} {pct(ms, 0.99):9.1f} {top:9.1f}  p99 < 1000")
     print(f"{'worker API writes per session event':44} {1.0:9.2f}{'':20}  <= 1 (by design)")
     print(
         f"{'operator writes per event while filling':44} {fill_writes / events:9.2f}"
         f"{'':20}  state changes only"
     )
+    per = max(1, drain_events)
     print(
-        f"{'operator writes per drain (mark+delete+..)':44} "
-        f"{drain_writes / max(1, drain_events):9.2f}"
+        f"{'operator writes per drain':44} {drain_writes / per:9.2f}{'':20}  <= 4"
+        " (mark, Event, delete, Event)"
+    )
+    print("  by verb: " + ", ".join(f"{v} {n / per:.2f}" for v, n in sorted(by_verb.items()) if n))
+    print(
+        f"{'  + coalesced status writes per drain':44} {status_writes / per:9.2f}{'':20}"
+        "  one per quiet second (<= 10 s stale), not one per pod state change"
+    )
+    print(
+        f"{'busy-label/hint writes per session end':44} {hint_writes / per:9.2f}"
+        f"{'':20}  <= 1 (the label follows the report)"
     )
     print(f"{'operator RSS now / peak (MB)':44} {rss:9.1f} {hwm:9.1f}{'':10}  < 150")
     if statistics.fmean(up or [0]) and os.environ.get("VOICEPOOL_BENCH_LOG"):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import heapq
+import itertools
 import math
 import random
 import sys
@@ -40,6 +41,7 @@ from typing import Protocol, TypeVar
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
 import plots  # bench/plots.py, next to this script
+from voicepool_operator.demand import Demand
 from voicepool_operator.planner import (
     CreatePod,
     DeletePod,
@@ -92,6 +94,10 @@ class Params:
     seeds: int  # traces seed, seed+1, ... summed
     grid: bool  # also run voicepool over a few warm sizes and windows
     plot: str = "none"  # PNG of calls, warm capacity and pods per policy (bench/plots.py)
+    trace: str = "burst"  # burst | diurnal (see make_trace)
+    safety: float = 1.25  # adaptive warm pool: warmPool.adaptive.safetyFactor
+    adaptive_floor: int = 4  # adaptive warm pool: warmPool.idleSessions (the floor)
+    adaptive: bool = True  # also compare the adaptive warm pool on both traces
 
 
 @dataclass(frozen=True)
@@ -100,22 +106,46 @@ class CallSpec:
     duration: int  # seconds once answered
 
 
+#: The diurnal trace: a business day compressed into the measured window. Hour of day ->
+#: share of the peak rate (linear in between): quiet nights, a morning ramp, office hours,
+#: an evening tail. The peak is twice the base rate.
+DAY = ((0, 0.05), (6, 0.05), (9, 1.0), (12, 1.0), (13, 0.8), (14, 1.0), (17, 1.0), (20, 0.3),
+       (24, 0.05))  # fmt: skip
+
+
+def day_share(hour: float) -> float:
+    for (h0, r0), (h1, r1) in itertools.pairwise(DAY):
+        if h0 <= hour <= h1:
+            return r0 + (r1 - r0) * (hour - h0) / (h1 - h0)
+    return DAY[-1][1]
+
+
+def rate_at(p: Params, t: float) -> float:
+    """Arrivals per second at sim second `t` (warm-up included) for the run's trace."""
+    if p.trace == "diurnal":
+        hour = 24 * max(0.0, (t - p.warmup) / p.duration)
+        return 2 * p.rate * day_share(hour)
+    b0, b1 = p.warmup + p.burst_at, p.warmup + p.burst_at + p.burst_len
+    return p.rate * (p.burst_factor if b0 <= t < b1 else 1.0)
+
+
 def make_trace(p: Params) -> list[CallSpec]:
-    """Poisson arrivals by thinning (the rate is piecewise constant), one RNG for the trace.
+    """Poisson arrivals by thinning (the rate varies with time), one RNG for the trace.
 
     Generated once and shared, so every policy answers exactly the same callers.
+    burst: a constant rate with one burst; diurnal: a night-to-midday-to-night swing.
     """
     rng = random.Random(p.seed)
     end = p.warmup + p.duration
-    b0, b1 = p.warmup + p.burst_at, p.warmup + p.burst_at + p.burst_len
-    peak = p.rate * max(1.0, p.burst_factor)
+    top = max(1.0, p.burst_factor) if p.trace == "burst" else 2.0
+    peak = p.rate * top
     out: list[CallSpec] = []
     t = 0.0
     while True:
         t += rng.expovariate(peak)
         if t >= end:
             return out
-        rate = p.rate * (p.burst_factor if b0 <= t < b1 else 1.0)
+        rate = rate_at(p, t)
         if rng.random() * peak >= rate:
             continue
         length = p.call_mean if p.call_dist == "fixed" else rng.expovariate(1.0 / p.call_mean)
@@ -151,7 +181,7 @@ class Pod:
     kill_at: int | None = None  # terminating with a grace period (hpa): calls run until then
     kill_reason: str = ""
     calls: set[int] = field(default_factory=set)
-    hints: tuple[str | None, str | None] = (None, None)
+    hints: tuple[str | None, str | None, str | None] = (None, None, None)  # + busy label
     view: PodView | None = None  # cached planner view; None whenever the pod changed
 
 
@@ -404,8 +434,15 @@ class Policy(Protocol):
 class Voicepool:
     """The real planner; the loop mirrors handlers.run_pool (events, requeue_after, resync)."""
 
-    def __init__(self, p: Params, warm: int, window: int) -> None:
+    def __init__(self, p: Params, warm: int, window: int, adaptive: bool = False) -> None:
         self.p = p
+        warm_pool: dict[str, object] = {"idleSessions": warm}
+        if adaptive:  # warm = safety x measured arrival rate x measured cold start; floor `warm`
+            warm_pool |= {
+                "mode": "adaptive",
+                "adaptive": {"safetyFactor": p.safety, "coldStartSeconds": p.cold_start},
+            }
+        self.demand = Demand() if adaptive else None
         self.spec: PoolSpec = parse_spec(
             {
                 "agentName": "sim",
@@ -413,7 +450,7 @@ class Voicepool:
                 "sessionsPerPod": p.spp,
                 "minReplicas": p.min_replicas,
                 "maxReplicas": p.max_replicas,
-                "warmPool": {"idleSessions": warm},
+                "warmPool": warm_pool,
                 "template": {"image": "sim"},
                 "drain": {"timeoutSeconds": p.drain_timeout},
                 "scaleDown": {"stabilizationWindowSeconds": window},
@@ -453,6 +490,7 @@ class Voicepool:
                 ),
                 safe_to_evict=pod.hints[0],
                 deletion_cost=pod.hints[1],
+                busy_label=pod.hints[2],
             )
         return pod.view
 
@@ -462,13 +500,13 @@ class Voicepool:
         c.changed = False
         self.last = t
         started = time.perf_counter()
-        result = plan(
-            self.spec,
-            THASH,
-            [self.view(pod) for pod in c.pods.values()],
-            T0 + dt.timedelta(seconds=t),
-            self.history,
-        )
+        views = [self.view(pod) for pod in c.pods.values()]
+        now = T0 + dt.timedelta(seconds=t)
+        measured = None
+        if self.demand is not None:  # what the reconciler does for an adaptive pool
+            self.demand.observe(views, now, self.p.spp)
+            measured = self.demand.measured(now)
+        result = plan(self.spec, THASH, views, now, self.history, measured=measured)
         self.plan_s += time.perf_counter() - started
         self.plans += 1
         self.history = result.history
@@ -490,7 +528,7 @@ class Voicepool:
                     )
             elif isinstance(action, SetEvictionHints):
                 pod = c.pods[action.pod]
-                pod.hints = (action.safe_to_evict, action.deletion_cost)
+                pod.hints = (action.safe_to_evict, action.deletion_cost, action.busy_label)
                 pod.view = None
                 c.changed = True
 
@@ -612,6 +650,12 @@ class Bench:
             policies.append(policy)
             self.runs += 1
         return total, policies
+
+    def adaptive(self, floor: int, window: int) -> Result:
+        """warmPool.mode adaptive with `floor` idle sessions as its minimum."""
+        return self.run_seeds(
+            "voicepool adaptive", lambda q: Voicepool(q, floor, window, adaptive=True)
+        )[0]
 
     def voicepool(self, warm: int, window: int) -> tuple[Result, list[Voicepool]]:
         if (warm, window) not in self.vp:
@@ -824,6 +868,9 @@ def parse_args(argv: list[str] | None = None) -> Params:
     a("--sweep", default="auto", help="buffer sizes: auto, none, or a list like 2,4,6")
     a("--no-grid", action="store_true", help="skip the voicepool warm-size x window grid")
     a("--plot", default=str(plots.OUT_DIR / "simulate_calls.png"), help="PNG path, or none")
+    a("--safety", type=float, default=1.25, help="adaptive warm pool: safetyFactor")
+    a("--adaptive-floor", type=int, default=4, help="adaptive warm pool: idleSessions floor")
+    a("--no-adaptive", action="store_true", help="skip the adaptive warm pool comparison")
     ns = ap.parse_args(argv)
     duration = ns.duration if ns.duration is not None else (1800 if ns.quick else 7200)
     if min(ns.sessions_per_pod, ns.hpa_sync, ns.buffer_sync, ns.resync, duration, ns.seeds) < 1:
@@ -862,6 +909,9 @@ def parse_args(argv: list[str] | None = None) -> Params:
         seeds=ns.seeds,
         grid=not ns.no_grid,
         plot=ns.plot,
+        safety=ns.safety,
+        adaptive_floor=ns.adaptive_floor,
+        adaptive=not ns.no_adaptive,
     )
 
 
@@ -933,6 +983,72 @@ def draw(bench: Bench, same: int, path: Path) -> Path:
         f" {q.burst_at // 60} min; {q.spp} sessions/pod, {q.cold_start} s cold start"
     )
     return plots.simulation(timelines, path, title, notes)
+
+
+def adaptive_section(p: Params) -> int:
+    """The adaptive warm pool beside the static one and the best fixed buffer, per trace.
+
+    Returns the number of simulated runs. Goal: >= 99 % served warm with >= 25 % fewer idle
+    pod-hours than the smallest fixed buffer that serves at least as many calls warm.
+    """
+    rows = [
+        [
+            "trace",
+            "policy",
+            "served warm",
+            "cut",
+            "idle pod-h",
+            "total pod-h",
+            "pods created",
+            "vs buffer as warm",
+            "goal",
+        ]
+    ]
+    runs = 0
+    verdicts = []
+    for trace in ("burst", "diurnal"):
+        bench = Bench(replace(p, trace=trace))
+        static, _ = bench.voicepool(p.warm_sessions, p.window)
+        adaptive = bench.adaptive(p.adaptive_floor, p.window)
+        bench.sweep(math.ceil(p.warm_sessions / p.spp), max(static.warm_pct, adaptive.warm_pct))
+        for label, r in (("static", static), ("adaptive", adaptive)):
+            b = bench.as_warm(r.warm_pct)
+            ref = None if b is None else bench.buffers[b]
+            saving = None if ref is None else 1 - r.idle_pod_h / ref.idle_pod_h
+            vs = (
+                "n/a"
+                if ref is None or saving is None
+                else (f"B={b} {ref.idle_pod_h:.2f}: {100 * saving:+.1f}% fewer")
+            )
+            ok = r.warm_pct >= 99.0 and r.cut == 0 and saving is not None and saving >= 0.25
+            goal = mark(ok) if label == "adaptive" else ""
+            if label == "adaptive":
+                verdicts.append(ok)
+            rows.append(
+                [
+                    trace,
+                    f"voicepool {label}",
+                    f"{r.warm_pct:.2f}%",
+                    str(r.cut),
+                    f"{r.idle_pod_h:.2f}",
+                    f"{r.total_pod_h:.2f}",
+                    str(r.pods_created),
+                    vs,
+                    goal,
+                ]
+            )
+        runs += bench.runs
+    print(
+        "adaptive warm pool (warmPool.mode: adaptive): warm sessions = safetyFactor"
+        f" {p.safety:g} x measured arrival rate x measured cold start (pod created -> worker"
+        f" registered), floor idleSessions {p.adaptive_floor}; static: idleSessions"
+        f" {p.warm_sessions}. diurnal: a business day in {p.duration} s (night 5%, office"
+        f" hours 100% of a peak of {2 * p.rate:g}/s, see DAY). Goal: >= 99% served warm, 0 cut,"
+        " >= 25% fewer idle pod-h than the smallest fixed buffer as warm (same trace)."
+    )
+    print(fmt_table(rows, left=2))
+    print(f"  adaptive goal on every trace: {mark(all(verdicts))}")
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1018,9 +1134,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {line}")
     else:
         print("planner issues: none (no call cut, no busy pod drained, in any voicepool run)")
+    runs = bench.runs
+    if p.adaptive:
+        print()
+        runs += adaptive_section(p)
     if p.plot != "none":
         print(f"plot (seed {p.seed}, one trace, every policy): {draw(bench, same, Path(p.plot))}")
-    print(f"wall time {time.perf_counter() - started:.1f} s for {bench.runs} simulated runs")
+    print(f"wall time {time.perf_counter() - started:.1f} s for {runs} simulated runs")
     return 0
 
 

@@ -69,6 +69,9 @@ class LiveKitInfo:
     http_url: str
     api_key: str
     api_secret: str
+    #: livekit-server posts its webhooks to http://127.0.0.1:<port>/livekit/webhook, where
+    #: an operator started with --webhook-port=<port> listens (0: no webhook configured).
+    webhook_port: int = 0
 
     def env(self) -> dict[str, str]:
         return {
@@ -451,6 +454,11 @@ class LocalStack:
             "keys": {api_key: api_secret},
             "logging": {"level": "info", "json": False},
         }
+        webhook_port = free_port()  # for the operator: room events for scale from zero
+        config["webhook"] = {
+            "api_key": api_key,
+            "urls": [f"http://127.0.0.1:{webhook_port}/livekit/webhook"],
+        }
         cfg_path = self.workdir / "livekit.yaml"
         cfg_path.write_text(yaml.safe_dump(config))
         cfg_path.chmod(0o600)
@@ -470,7 +478,7 @@ class LocalStack:
         self._wait(
             "livekit-server", lambda: _http_get(http_url + "/") == b"OK", "livekit-server ready"
         )
-        self.state.livekit = LiveKitInfo(url, http_url, api_key, api_secret)
+        self.state.livekit = LiveKitInfo(url, http_url, api_key, api_secret, webhook_port)
         env = "".join(f"{k}={v}\n" for k, v in self.state.livekit.env().items())
         env_path = self.workdir / "livekit.env"
         env_path.write_text(env)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,8 @@ import kopf
 from .constants import GROUP, LABEL_MANAGED_BY, LABEL_POOL, MANAGED_BY, PLURAL, VERSION
 from .kube import Kube, login
 from .reconcile import Reconciler
+from .waiting import WaitingRooms
+from .webhook import WebhookServer
 
 #: Re-plan at least this often even without events (clock-driven transitions are also
 #: scheduled precisely through the planner's requeue_after).
@@ -34,6 +37,17 @@ MANAGED_PODS: dict[str, Any] = {
 _wakeups: dict[tuple[str, str], asyncio.Event] = {}
 #: Per pool, what of it last woke its loop (see `replan_key`).
 _pool_seen: dict[tuple[str, str], tuple[Any, ...]] = {}
+#: The pools of each agent name: a LiveKit room waiting for that agent wakes them.
+_pools_by_agent: dict[str, set[tuple[str, str]]] = {}
+
+
+def _agent_of(body: Mapping[str, Any]) -> str:
+    return str((body.get("spec") or {}).get("agentName") or "")
+
+
+def _wake_agent(agent: str) -> None:
+    for namespace, name in list(_pools_by_agent.get(agent, ())):
+        _wake(namespace, name)
 
 
 def replan_key(body: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -67,6 +81,19 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     identity = os.environ.get("POD_NAME") or socket.gethostname()
     memo.kube = Kube(login(settings=settings), identity)
     memo.reconciler = Reconciler(memo.kube)
+    memo.waiting = WaitingRooms()
+    memo.webhook = None
+    port = int(memo.get("webhook_port", 0) or 0)
+    key, secret = os.environ.get("LIVEKIT_API_KEY"), os.environ.get("LIVEKIT_API_SECRET")
+    if port and key and secret:
+        server = WebhookServer(memo.waiting, key, secret, _wake_agent)
+        if await server.start(str(memo.get("webhook_address", "0.0.0.0")), port):
+            memo.webhook = server
+    elif port:
+        logging.getLogger(__name__).warning(
+            "--webhook-port needs LIVEKIT_API_KEY and LIVEKIT_API_SECRET to verify LiveKit's "
+            "webhook signatures; the endpoint is off"
+        )
 
 
 @kopf.on.login()
@@ -80,6 +107,9 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     kube = getattr(memo, "kube", None)
     if kube is not None:
         await kube.close()
+    webhook = getattr(memo, "webhook", None)
+    if webhook is not None:
+        await webhook.stop()
 
 
 def _slim(body: kopf.Body) -> dict[str, Any]:
@@ -121,9 +151,12 @@ async def pool_changed(
     namespace: str | None, name: str, body: kopf.Body, type: str | None, **_: Any
 ) -> None:
     key = (namespace or "", name)
+    for pools in _pools_by_agent.values():
+        pools.discard(key)
     if type == "DELETED":
         _pool_seen.pop(key, None)
         return
+    _pools_by_agent.setdefault(_agent_of(body), set()).add(key)
     seen = replan_key(body)
     if _pool_seen.get(key) != seen:
         _pool_seen[key] = seen
@@ -154,7 +187,10 @@ async def run_pool(
         while not stopped:
             wake.clear()
             try:
-                outcome = await memo.reconciler.reconcile(body, _pods(kwargs["pods_by_pool"], key))
+                waiting = memo.waiting.count(_agent_of(body), time.monotonic())
+                outcome = await memo.reconciler.reconcile(
+                    body, _pods(kwargs["pods_by_pool"], key), waiting_calls=waiting
+                )
                 delay = outcome.requeue_after
                 backoff = 1.0
             except Exception as e:  # keep the loop alive; the error is logged and counted

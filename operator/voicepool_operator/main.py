@@ -64,6 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds until a silent (killed) replica's peering record expires and a standby "
         "takes over; replicas refresh theirs every few seconds",
     )
+    parser.add_argument(
+        "--webhook-port",
+        type=int,
+        default=0,
+        help="serve LiveKit's webhook (POST /livekit/webhook) on this port, so a caller "
+        "waiting in a room for a pool with no pods starts one at once; signatures are "
+        "checked with $LIVEKIT_API_KEY/$LIVEKIT_API_SECRET (0 disables)",
+    )
+    parser.add_argument("--webhook-address", default="0.0.0.0")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--log-format", choices=["plain", "full", "json"], default="plain")
     args = parser.parse_args(argv)
@@ -84,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             peering_name=None if args.standalone else args.peering,
             priority=seniority_priority() if args.priority is None else args.priority,
             liveness_endpoint=liveness,
-            memo=kopf.Memo(peering_lifetime=args.peering_lifetime),
+            memo=kopf.Memo(
+                peering_lifetime=args.peering_lifetime,
+                webhook_port=args.webhook_port,
+                webhook_address=args.webhook_address,
+            ),
         )
     except KeyboardInterrupt:
         return 130

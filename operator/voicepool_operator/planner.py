@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from .conditions import Condition
 from .constants import BUSY_DELETION_COST, IDLE_DELETION_COST
+from .demand import Measured
 from .podview import PodView
 from .spec import PoolSpec
 from .status import PoolStatus, Recommendation
@@ -238,6 +239,7 @@ class _Desired:
     history: list[Recommendation]
     warm: int
     serving_sessions: int
+    waiting: int = 0  # callers waiting in LiveKit rooms for this pool's agent
 
 
 def _drain_order(pod: PodView, thash: str) -> tuple[int, int, float]:
@@ -355,13 +357,17 @@ def retire_leaving(pool: _Pool) -> None:
 
 
 def desired_replicas(
-    pool: _Pool, history: Sequence[Recommendation], pool_deleting: bool
+    pool: _Pool,
+    history: Sequence[Recommendation],
+    pool_deleting: bool,
+    measured: Measured | None = None,
+    waiting: int = 0,
 ) -> _Desired:
-    """Phase: active calls + warm sessions -> pods, clamped, then stabilized for scale-down."""
+    """Phase: active + waiting calls + warm sessions -> pods, clamped, then stabilized."""
     spec, now = pool.spec, pool.now
     serving_sessions = sum(_sessions(p) for p in pool.by_state[PodState.BUSY])
-    warm = spec.warm_sessions(now)
-    raw, unclamped = spec.desired_for(serving_sessions, now)
+    warm = spec.warm_sessions(now, measured)
+    raw, unclamped = spec.desired_for(serving_sessions + waiting, now, measured)
     if pool_deleting:
         raw = 0
     desired, history_out, stab_wake = stabilize(
@@ -375,7 +381,7 @@ def desired_replicas(
         pool.wake_in(stab_wake)
     if spec.warm_windows:
         pool.wake_in(60 - now.second)  # re-evaluate at the next minute: a window may open
-    return _Desired(raw, unclamped, desired, history_out, warm, serving_sessions)
+    return _Desired(raw, unclamped, desired, history_out, warm, serving_sessions, waiting)
 
 
 def delete_pool(pool: _Pool) -> None:
@@ -426,6 +432,8 @@ def roll_out(pool: _Pool, want: _Desired) -> _Serving:
             reason, msg = "Rollout", f"new template {thash}"
         elif pool.by_state[PodState.FAILED] or pool.by_state[PodState.UNKNOWN]:
             reason, msg = "Replace", "replacing a failed or unresponsive pod"
+        elif want.waiting and not ready:
+            reason, msg = "WaitingCall", f"{want.waiting} caller(s) wait in LiveKit for the agent"
         elif not ready and not starting and want.warm > 0 and want.serving_sessions == 0:
             reason, msg = "WarmPool", f"warm pool of {want.warm} idle session(s)"
         else:
@@ -529,10 +537,14 @@ def plan(
     history: Sequence[Recommendation] = (),
     *,
     pool_deleting: bool = False,
+    measured: Measured | None = None,
+    waiting_calls: int = 0,
 ) -> Plan:
+    """The whole plan; `measured` (arrival rate, cold start) feeds an adaptive warm pool,
+    `waiting_calls` (rooms waiting for the agent, from LiveKit's webhook) scales from zero."""
     pool, invalid = _classify_all(spec, template_hash, pods, now)
     retire_leaving(pool)
-    want = desired_replicas(pool, history, pool_deleting)
+    want = desired_replicas(pool, history, pool_deleting, measured, waiting_calls)
     if pool_deleting:
         delete_pool(pool)
         serving = (

@@ -195,6 +195,13 @@ def build_pod(
     }
 
 
+#: "All of them": no busy pod may be evicted. An integer minAvailable, not maxUnavailable: 0,
+#: because the disruption controller resolves maxUnavailable (and percentages) through the
+#: owner's scale subresource, which a VoiceAgentPool has not -- the budget would sit in
+#: SyncFailed and block only by accident. An integer needs no owner: it counts the pods.
+BUSY_PDB_MIN_AVAILABLE = 2**31 - 1
+
+
 def busy_pdb_name(pool: str) -> str:
     return f"{pool}-busy"
 
@@ -203,8 +210,8 @@ def busy_pdb(pool: str, namespace: str, pool_uid: str) -> dict[str, Any]:
     """The PodDisruptionBudget that keeps `kubectl drain` and the autoscaler off busy pods.
 
     It selects the pool's pods that carry the operator's busy label, and allows none of them
-    to be evicted; idle pods are not selected, so a node drain evicts them at once (the pool
-    replaces them). Owned by the pool: deleted with it by the garbage collector.
+    to be evicted (the effect of maxUnavailable: 0); idle pods are not selected, so a node
+    drain evicts them at once (the pool replaces them). Owned by the pool: deleted with it.
     """
     return {
         "apiVersion": "policy/v1",
@@ -231,7 +238,7 @@ def busy_pdb(pool: str, namespace: str, pool_uid: str) -> dict[str, Any]:
             ],
         },
         "spec": {
-            "maxUnavailable": 0,
+            "minAvailable": BUSY_PDB_MIN_AVAILABLE,
             "selector": {"matchLabels": {LABEL_POOL: pool, LABEL_BUSY: "true"}},
         },
     }

@@ -31,6 +31,7 @@ from .constants import (
     ANN_SAFE_TO_EVICT,
     LABEL_BUSY,
 )
+from .demand import Demand
 from .expectations import Expectations
 from .kube import Conflict, Kube
 from .planner import (
@@ -77,6 +78,7 @@ class _PoolState:
     spec_error: str | None = None  # the last InvalidSpec message we reported
     invalid_seen: dict[str, str] = field(default_factory=dict)  # pod -> reported value
     pdb_for: str | None = None  # pool uid whose PodDisruptionBudget exists
+    demand: Demand = field(default_factory=Demand)  # arrivals and cold starts (adaptive pool)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class Reconciler:
         index_pods: Iterable[Mapping[str, Any]],
         *,
         deleting: bool = False,
+        waiting_calls: int = 0,
     ) -> Outcome:
         meta = pool["metadata"]
         key = (meta["namespace"], meta["name"])
@@ -115,7 +118,7 @@ class Reconciler:
             started = time.perf_counter()
             metrics.RECONCILES.labels(*key).inc()
             try:
-                return await self._reconcile(key, state, pool, index_pods, deleting)
+                return await self._reconcile(key, state, pool, index_pods, deleting, waiting_calls)
             finally:
                 metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
@@ -126,6 +129,7 @@ class Reconciler:
         pool: Mapping[str, Any],
         index_pods: Iterable[Mapping[str, Any]],
         deleting: bool,
+        waiting_calls: int = 0,
     ) -> Outcome:
         now = dt.datetime.now(dt.UTC)
         seen = self.observe(state, pool, index_pods, deleting)
@@ -136,16 +140,20 @@ class Reconciler:
         if state.spec_error is not None:
             state.spec_error = None
         thash = template_hash(seen.spec)
+        views = [pod_view_from_dict(r) for r in seen.raws]
+        state.demand.observe(views, now, seen.spec.sessions_per_pod)
         result = plan(
             seen.spec,
             thash,
-            [pod_view_from_dict(r) for r in seen.raws],
+            views,
             now,
             history_from_status(seen.old_status),
             pool_deleting=deleting,
+            measured=state.demand.measured(now),
+            waiting_calls=0 if deleting else waiting_calls,
         )
         requeue = await self.apply(key, state, pool, seen, thash, result, now, deleting)
-        flush = await self.write_status(key, state, seen, result, now)
+        flush = await self.write_status(key, state, seen, result, now, waiting_calls)
         # Pods already terminating finish on their own grace period; the pool need not wait.
         remaining = sum(1 for r in seen.raws if not r["metadata"].get("deletionTimestamp"))
         return Outcome(_soonest(requeue, flush), remaining)
@@ -336,10 +344,12 @@ class Reconciler:
         seen: _Observed,
         result: Plan,
         now: dt.datetime,
+        waiting_calls: int = 0,
     ) -> float | None:
         summary = result.status.to_status_dict()
         status: dict[str, Any] = {
             **summary,
+            "waitingCalls": waiting_calls,
             "observedGeneration": seen.generation,
             "conditions": merge_conditions(
                 seen.old_status.get("conditions") or [], result.conditions, now, seen.generation

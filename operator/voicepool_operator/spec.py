@@ -17,6 +17,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .demand import Measured
+
 
 class SpecError(ValueError):
     """A pool spec the operator cannot act on; the message names the field."""
@@ -97,9 +99,12 @@ class PoolSpec:
     max_surge: int
     unready_grace_seconds: int
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    warm_mode: str = "static"  # static | adaptive
+    safety_factor: float = 1.25  # adaptive: warm = safety x arrival rate x cold start
+    cold_start_seconds: int = 30  # adaptive: the cold start until one has been measured
 
-    def warm_sessions(self, now: dt.datetime) -> int:
-        """The idle capacity (in sessions) to keep ready at `now`."""
+    def scheduled_warm_sessions(self, now: dt.datetime) -> int:
+        """The warm size the spec names for `now`: idleSessions or the matching window."""
         if not self.warm_windows:
             return self.warm_idle_sessions
         local = now.astimezone(ZoneInfo(self.time_zone))
@@ -108,9 +113,22 @@ class PoolSpec:
                 return window.idle_sessions
         return self.warm_idle_sessions
 
-    def desired_for(self, active_sessions: int, now: dt.datetime) -> tuple[int, int]:
+    def warm_sessions(self, now: dt.datetime, measured: Measured | None = None) -> int:
+        """The idle capacity (in sessions) to keep ready at `now`.
+
+        Adaptive pools follow the measured arrival rate x cold start x safety factor; the
+        schedule (or idleSessions) stays a floor.
+        """
+        floor = self.scheduled_warm_sessions(now)
+        if self.warm_mode != "adaptive" or measured is None:
+            return floor
+        return max(floor, measured.warm_sessions(self.safety_factor, self.cold_start_seconds))
+
+    def desired_for(
+        self, active_sessions: int, now: dt.datetime, measured: Measured | None = None
+    ) -> tuple[int, int]:
         """(clamped, unclamped) pods for the active calls plus the warm capacity."""
-        need = active_sessions + self.warm_sessions(now)
+        need = active_sessions + self.warm_sessions(now, measured)
         raw = math.ceil(need / self.sessions_per_pod)
         return max(self.min_replicas, min(self.max_replicas, raw)), raw
 
@@ -202,6 +220,14 @@ def parse_spec(spec: Mapping[str, Any]) -> PoolSpec:
     memory = str(resources.get("memory") or "2Gi")
     parse_quantity(memory, "spec.template.resources.memory")
 
+    mode = str(warm.get("mode") or "static")
+    if mode not in ("static", "adaptive"):
+        raise SpecError(f"spec.warmPool.mode: {mode!r} must be static or adaptive")
+    adaptive = warm.get("adaptive") or {}
+    safety = adaptive.get("safetyFactor", 1.25)
+    if isinstance(safety, bool) or not isinstance(safety, int | float) or not 0.1 <= safety <= 10:
+        raise SpecError(f"spec.warmPool.adaptive.safetyFactor: {safety!r} must be in [0.1, 10]")
+
     drain = spec.get("drain") or {}
     scale_down = spec.get("scaleDown") or {}
     update = spec.get("updateStrategy") or {}
@@ -228,6 +254,9 @@ def parse_spec(spec: Mapping[str, Any]) -> PoolSpec:
         max_surge=_int(update, "maxSurge", 1, 1, "spec.updateStrategy."),
         unready_grace_seconds=_int(spec, "unreadyGraceSeconds", 60, 0, "spec."),
         raw=spec,
+        warm_mode=mode,
+        safety_factor=float(safety),
+        cold_start_seconds=_int(adaptive, "coldStartSeconds", 30, 1, "spec.warmPool.adaptive."),
     )
 
 

@@ -35,7 +35,7 @@ from voicepool_contract import (
     PLURAL,
     VERSION,
 )
-from voicepool_devstack.stack import free_port
+from voicepool_devstack.stack import LiveKitInfo, free_port
 from voicepool_devstack.testing import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,8 +93,10 @@ class OperatorProcess:
         peering: str = "voicepool",
         python: str = sys.executable,
         identity: str | None = None,
+        livekit: LiveKitInfo | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
+        self.livekit = livekit  # with a webhook port: serve LiveKit's webhook (scale from 0)
         self.peering = peering
         self.identity = identity  # POD_NAME: the reportingInstance of its Events
         self.python = python  # the bench runs the operator from an image-like minimal venv
@@ -115,11 +117,13 @@ class OperatorProcess:
                 "--metrics-address=127.0.0.1",
                 f"--liveness-port={self.liveness_port}",
                 "--verbose",
+                *self._webhook_args(),
             ],
             env={
                 **os.environ,
                 "KUBECONFIG": self.kubeconfig,
                 **({"POD_NAME": self.identity} if self.identity else {}),
+                **(self.livekit.env() if self.livekit else {}),
             },
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -139,6 +143,11 @@ class OperatorProcess:
                 return False
 
         wait_for(live, timeout=60, what="operator liveness endpoint")
+
+    def _webhook_args(self) -> list[str]:
+        if not self.livekit or not self.livekit.webhook_port:
+            return []
+        return [f"--webhook-port={self.livekit.webhook_port}", "--webhook-address=127.0.0.1"]
 
     def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:
@@ -318,8 +327,10 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running_operator(kubeconfig: str, peering: str = "voicepool") -> Iterator[OperatorProcess]:
-    op = OperatorProcess(kubeconfig, peering=peering)
+def running_operator(
+    kubeconfig: str, peering: str = "voicepool", livekit: LiveKitInfo | None = None
+) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(kubeconfig, peering=peering, livekit=livekit)
     op.start()
     try:
         yield op

@@ -47,3 +47,8 @@ REPORTED_KEYS: Final = (
 ANN_DRAIN: Final = f"{GROUP}/drain"
 ANN_DRAIN_REQUESTED_AT: Final = f"{GROUP}/drain-requested-at"
 ANN_DRAIN_REASON: Final = f"{GROUP}/drain-reason"
+
+# -- a LiveKit room that waits for a pool's agent (scale from zero) ------------------------
+#: Key in a room's metadata (a JSON object) naming the agent the room waits for; the
+#: operator learns of the room from livekit-server's webhook and starts a pod at once.
+ROOM_AGENT_KEY: Final = f"{GROUP}/agent"

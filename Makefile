@@ -51,6 +51,7 @@ bench: build
 	$(BIN)/python bench/simulate_calls.py
 	$(BIN)/python bench/operator_reaction.py
 	$(BIN)/python bench/worker_latency.py --turns 24
+	$(BIN)/python bench/phone_latency.py --calls 3
 
 ## kind-test: for users with Docker + kind: images, kind cluster (static CPU manager), chart,
 ## then the same integration suite against it.

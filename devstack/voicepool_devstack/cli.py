@@ -27,7 +27,11 @@ def _up(args: argparse.Namespace) -> int:
             f"a stack is already recorded in {workdir}; run `make cluster-down` "
             f"(voicepool-devstack down --dir {workdir}) first"
         )
-    stack = LocalStack(StackConfig(workdir=workdir, nodes=args.nodes, livekit=not args.no_livekit))
+    stack = LocalStack(
+        StackConfig(
+            workdir=workdir, nodes=args.nodes, livekit=not args.no_livekit, sip=not args.no_sip
+        )
+    )
     state = stack.start()
     print(f"\nLocal stack is up (state in {workdir / STATE_FILE}).")
     if state.kubeconfig:
@@ -35,6 +39,8 @@ def _up(args: argparse.Namespace) -> int:
         print("  kubectl get nodes")
     if state.livekit:
         print(f"  LiveKit: {state.livekit.url}  (key/secret in {workdir / 'livekit.env'})")
+    if state.sip:
+        print(f"  LiveKit SIP: sip:{state.sip.address} (TCP/UDP; see docs/telephony.md)")
     print("Stop it with: make cluster-down")
     return 0
 
@@ -66,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--dir", default=str(_default_dir()))
     up.add_argument("--nodes", type=int, default=2)
     up.add_argument("--no-livekit", action="store_true")
+    up.add_argument(
+        "--no-sip", action="store_true", help="skip redis + livekit-sip (no phone calls)"
+    )
     up.set_defaults(func=_up)
     down = sub.add_parser("down", help="stop a stack started with `up` and remove its dir")
     down.add_argument("--dir", default=str(_default_dir()))

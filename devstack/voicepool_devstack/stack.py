@@ -30,9 +30,10 @@ from typing import Any
 import yaml
 
 from . import pki as pki_mod
+from . import sip as sip_mod
 from .build import Progress, _stderr_progress, ensure_built
 from .errors import DevstackError
-from .versions import ETCD, KUBERNETES, KWOK, LIVEKIT, STACK_COMPONENTS
+from .versions import ETCD, KUBERNETES, KWOK, LIVEKIT, SIP, STACK_COMPONENTS
 
 KWOK_STAGES = Path(__file__).with_name("kwok") / "stages.yaml"
 STATE_FILE = "state.json"
@@ -86,6 +87,7 @@ class StackState:
     livekit: LiveKitInfo | None = None
     pids: dict[str, int] = field(default_factory=dict)
     apiserver_url: str | None = None
+    sip: sip_mod.SipInfo | None = None
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -94,7 +96,12 @@ class StackState:
     def load(cls, path: Path) -> StackState:
         raw = json.loads(path.read_text())
         lk = raw.pop("livekit", None)
-        return cls(**raw, livekit=LiveKitInfo(**lk) if lk else None)
+        sip = raw.pop("sip", None)
+        return cls(
+            **raw,
+            livekit=LiveKitInfo(**lk) if lk else None,
+            sip=sip_mod.SipInfo(**sip) if sip else None,
+        )
 
 
 @dataclass
@@ -106,6 +113,7 @@ class StackConfig:
     node_pods: str = "110"
     kubernetes: bool = True
     livekit: bool = True
+    sip: bool = True  # redis + livekit-sip beside livekit-server (sip.py)
     startup_timeout: float = 90.0
     progress: Progress = _stderr_progress
 
@@ -131,10 +139,13 @@ class LocalStack:
         self.stop()
 
     def start(self) -> StackState:
+        with_sip = self.cfg.livekit and self.cfg.sip
         components = tuple(
             c
             for c in STACK_COMPONENTS
-            if (c is LIVEKIT and self.cfg.livekit) or (c is not LIVEKIT and self.cfg.kubernetes)
+            if (c is LIVEKIT and self.cfg.livekit)
+            or (c is SIP and with_sip)
+            or (c not in (LIVEKIT, SIP) and self.cfg.kubernetes)
         )
         ensure_built(components, self.cfg.progress)
         _exit_on_sigterm()
@@ -425,6 +436,7 @@ class LocalStack:
     # -- livekit -------------------------------------------------------------------------------
 
     def _start_livekit(self) -> None:
+        redis = sip_mod.start_redis(self) if self.cfg.sip else None
         port, tcp_port, udp_start = free_port(), free_port(), free_port()
         api_key = "APIvp" + secrets.token_hex(6)
         api_secret = secrets.token_urlsafe(32)
@@ -440,6 +452,7 @@ class LocalStack:
             },
             "keys": {api_key: api_secret},
             "logging": {"level": "info", "json": False},
+            **(sip_mod.livekit_redis(redis) if redis else {}),
         }
         cfg_path = self.workdir / "livekit.yaml"
         cfg_path.write_text(yaml.safe_dump(config))
@@ -461,7 +474,11 @@ class LocalStack:
             "livekit-server", lambda: _http_get(http_url + "/") == b"OK", "livekit-server ready"
         )
         self.state.livekit = LiveKitInfo(url, http_url, api_key, api_secret)
-        env = "".join(f"{k}={v}\n" for k, v in self.state.livekit.env().items())
+        values = self.state.livekit.env()
+        if redis:
+            self.state.sip = sip_mod.start_sip(self, url, api_key, api_secret, redis)
+            values.update(self.state.sip.env())
+        env = "".join(f"{k}={v}\n" for k, v in values.items())
         env_path = self.workdir / "livekit.env"
         env_path.write_text(env)
         env_path.chmod(0o600)

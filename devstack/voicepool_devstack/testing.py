@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from .sip import SipInfo
 from .stack import LiveKitInfo, LocalStack, StackConfig
 
 T = TypeVar("T")
@@ -27,6 +28,7 @@ class Environment:
     kubeconfig: str
     livekit: LiveKitInfo
     embedded: bool  # True when the control plane is the devstack's own (kwok nodes)
+    sip: SipInfo | None = None  # livekit-sip of the local stack (None with an external LiveKit)
 
 
 def _external_livekit() -> LiveKitInfo | None:
@@ -68,7 +70,7 @@ def environment(
         kubeconfig = external_kube or state.kubeconfig
         livekit = external_lk or state.livekit
         assert kubeconfig is not None and livekit is not None
-        yield Environment(kubeconfig, livekit, embedded=need_kube)
+        yield Environment(kubeconfig, livekit, embedded=need_kube, sip=state.sip)
     finally:
         stack.stop()
 

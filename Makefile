@@ -52,6 +52,7 @@ bench: build
 	$(BIN)/python bench/operator_reaction.py
 	$(BIN)/python bench/scale_from_zero.py
 	$(BIN)/python bench/worker_latency.py --turns 24
+	$(BIN)/python bench/phone_latency.py --calls 3
 	@echo "[bench] plots: bench/out/simulate_calls.png (calls, warm capacity, pods per policy)," \
 	  "bench/out/worker_latency.png (time to first word histogram)"
 

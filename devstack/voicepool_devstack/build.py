@@ -7,6 +7,7 @@ binaries were written by a successful build).
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ from .versions import (
     KUBERNETES_VERSION,
     KWOK,
     LIVEKIT,
+    SIP,
     Component,
 )
 
@@ -171,13 +173,23 @@ def _build_helm(progress: Progress) -> None:
     )
 
 
+def _build_sip(progress: Progress) -> None:
+    from . import sip  # its own module: SIP is a capability of the stack, not a build detail
+
+    sip.build(progress)
+
+
 _BUILDERS: dict[str, Callable[[Progress], None]] = {
     ETCD.name: _build_etcd,
     KWOK.name: _build_kwok,
     LIVEKIT.name: _build_livekit,
     KUBERNETES.name: _build_kubernetes,
     HELM.name: _build_helm,
+    SIP.name: _build_sip,
 }
+#: Built in a thread beside the others: a separate Go module (its downloads and cgo compile
+#: overlap the long Kubernetes build instead of queueing behind it).
+_PARALLEL = frozenset({SIP.name})
 
 
 def ensure_built(
@@ -192,10 +204,22 @@ def ensure_built(
         f"{missing[0].directory.parent} (first run only): "
         + ", ".join(f"{c.name} {c.version}" for c in missing)
     )
-    for component in missing:
-        component.directory.mkdir(parents=True, exist_ok=True)
-        _BUILDERS[component.name](progress)
-        absent = [b for b in component.binaries if not component.path(b).exists()]
-        if absent:
-            raise DevstackError(f"build of {component.name} produced no {', '.join(absent)}")
-        _stamp(component).write_text(f"{component.version}\n")
+    side = [c for c in missing if c.name in _PARALLEL]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(side))) as pool:
+        futures = [pool.submit(_build_one, c, progress) for c in side]
+        try:
+            for component in missing:
+                if component.name not in _PARALLEL:
+                    _build_one(component, progress)
+        finally:
+            for future in futures:
+                future.result()  # re-raises a failed side build
+
+
+def _build_one(component: Component, progress: Progress) -> None:
+    component.directory.mkdir(parents=True, exist_ok=True)
+    _BUILDERS[component.name](progress)
+    absent = [b for b in component.binaries if not component.path(b).exists()]
+    if absent:
+        raise DevstackError(f"build of {component.name} produced no {', '.join(absent)}")
+    _stamp(component).write_text(f"{component.version}\n")

@@ -34,6 +34,7 @@ def _up(args: argparse.Namespace) -> int:
             nodes=args.nodes,
             livekit=not args.no_livekit,
             prometheus=not args.no_prometheus,
+            sip=not args.no_sip,
         )
     )
     state = stack.start()
@@ -45,6 +46,8 @@ def _up(args: argparse.Namespace) -> int:
         print(f"  LiveKit: {state.livekit.url}  (key/secret in {workdir / 'livekit.env'})")
     if state.prometheus:
         print(f"  Prometheus: {state.prometheus.url}  (targets in {state.prometheus.targets_dir})")
+    if state.sip:
+        print(f"  LiveKit SIP: sip:{state.sip.address} (TCP/UDP; see docs/telephony.md)")
     print("Stop it with: make cluster-down")
     return 0
 
@@ -82,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--no-livekit", action="store_true")
     up.add_argument(
         "--no-prometheus", action="store_true", help="skip Prometheus (monitoring is optional)"
+    )
+    up.add_argument(
+        "--no-sip", action="store_true", help="skip redis + livekit-sip (no phone calls)"
     )
     up.set_defaults(func=_up)
     down = sub.add_parser("down", help="stop a stack started with `up` and remove its dir")

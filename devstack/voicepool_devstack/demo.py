@@ -38,6 +38,7 @@ from voicepool_contract import (
 from . import prometheus
 from .errors import DevstackError
 from .runner import PodRunner
+from .sip import SipInfo
 from .stack import LiveKitInfo, LocalStack, StackConfig, free_port
 from .versions import HELM, KUBERNETES, REPO_ROOT
 
@@ -87,16 +88,20 @@ def wait(probe: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 class Demo:
+    ns, name = NS, POOL
+
     def __init__(
         self,
         kubeconfig: str,
         livekit: LiveKitInfo,
         workdir: Path,
         prom: prometheus.PrometheusInfo | None = None,
+        sip: SipInfo | None = None,
     ) -> None:
         self.prom = prom  # the stack's Prometheus (None when it did not start)
         self.kc = kubeconfig
         self.lk = livekit
+        self.sip = sip
         self.workdir = workdir
         cfg = client.Configuration()
         config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
@@ -129,6 +134,9 @@ class Demo:
 
     def show(self) -> None:
         kubectl(self.kc, "get", "voiceagentpools", "-n", NS)
+
+    def show_wide(self) -> None:
+        kubectl(self.kc, "get", "voiceagentpools", "-n", NS, "-o", "wide")
 
     def show_pods(self) -> None:
         kubectl(
@@ -323,6 +331,11 @@ async def _scenario(demo: Demo) -> list[tuple[str, float | None]]:
     say("rollout complete; no call was cut")
     demo.show()
     demo.show_pods()
+    if demo.sip is not None:
+        from .demo_phone import phone_call
+
+        await wait_async(demo.idle_registered, 180, "an idle worker for the phone call")
+        ttfw += await phone_call(demo, demo.sip, say, wait_async)
     return ttfw
 
 
@@ -334,7 +347,7 @@ def main() -> int:
             kc, lk = stack.state.kubeconfig, stack.state.livekit
             assert kc is not None and lk is not None
             kubectl(kc, "get", "nodes")
-            demo = Demo(kc, lk, workdir, stack.state.prometheus)
+            demo = Demo(kc, lk, workdir, stack.state.prometheus, stack.state.sip)
             demo.install()
             runner = PodRunner(
                 demo.api,

@@ -31,9 +31,10 @@ import yaml
 
 from . import pki as pki_mod
 from . import prometheus as prometheus_mod
+from . import sip as sip_mod
 from .build import Progress, _stderr_progress, ensure_built
 from .errors import DevstackError
-from .versions import ETCD, KUBERNETES, KWOK, LIVEKIT, STACK_COMPONENTS
+from .versions import ETCD, KUBERNETES, KWOK, LIVEKIT, SIP, STACK_COMPONENTS
 
 KWOK_STAGES = Path(__file__).with_name("kwok") / "stages.yaml"
 STATE_FILE = "state.json"
@@ -91,6 +92,7 @@ class StackState:
     pids: dict[str, int] = field(default_factory=dict)
     apiserver_url: str | None = None
     prometheus: prometheus_mod.PrometheusInfo | None = None
+    sip: sip_mod.SipInfo | None = None
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -100,10 +102,12 @@ class StackState:
         raw = json.loads(path.read_text())
         lk = raw.pop("livekit", None)
         prom = raw.pop("prometheus", None)
+        sip = raw.pop("sip", None)
         return cls(
             **raw,
             livekit=LiveKitInfo(**lk) if lk else None,
             prometheus=prometheus_mod.PrometheusInfo(**prom) if prom else None,
+            sip=sip_mod.SipInfo(**sip) if sip else None,
         )
 
 
@@ -117,6 +121,7 @@ class StackConfig:
     kubernetes: bool = True
     livekit: bool = True
     prometheus: bool = True  # optional: missing or failing costs one line, not the stack
+    sip: bool = True  # redis + livekit-sip beside livekit-server (sip.py)
     startup_timeout: float = 90.0
     progress: Progress = _stderr_progress
 
@@ -142,10 +147,13 @@ class LocalStack:
         self.stop()
 
     def start(self) -> StackState:
+        with_sip = self.cfg.livekit and self.cfg.sip
         components = tuple(
             c
             for c in STACK_COMPONENTS
-            if (c is LIVEKIT and self.cfg.livekit) or (c is not LIVEKIT and self.cfg.kubernetes)
+            if (c is LIVEKIT and self.cfg.livekit)
+            or (c is SIP and with_sip)
+            or (c not in (LIVEKIT, SIP) and self.cfg.kubernetes)
         )
         ensure_built(components, self.cfg.progress)
         _exit_on_sigterm()
@@ -438,6 +446,7 @@ class LocalStack:
     # -- livekit -------------------------------------------------------------------------------
 
     def _start_livekit(self) -> None:
+        redis = sip_mod.start_redis(self) if self.cfg.sip else None
         port, tcp_port, udp_start = free_port(), free_port(), free_port()
         api_key = "APIvp" + secrets.token_hex(6)
         api_secret = secrets.token_urlsafe(32)
@@ -453,6 +462,7 @@ class LocalStack:
             },
             "keys": {api_key: api_secret},
             "logging": {"level": "info", "json": False},
+            **(sip_mod.livekit_redis(redis) if redis else {}),
         }
         webhook_port = free_port()  # for the operator: room events for scale from zero
         config["webhook"] = {
@@ -479,7 +489,11 @@ class LocalStack:
             "livekit-server", lambda: _http_get(http_url + "/") == b"OK", "livekit-server ready"
         )
         self.state.livekit = LiveKitInfo(url, http_url, api_key, api_secret, webhook_port)
-        env = "".join(f"{k}={v}\n" for k, v in self.state.livekit.env().items())
+        values = self.state.livekit.env()
+        if redis:
+            self.state.sip = sip_mod.start_sip(self, url, api_key, api_secret, redis)
+            values.update(self.state.sip.env())
+        env = "".join(f"{k}={v}\n" for k, v in values.items())
         env_path = self.workdir / "livekit.env"
         env_path.write_text(env)
         env_path.chmod(0o600)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .prometheus import PrometheusInfo
+from .sip import SipInfo
 from .stack import LiveKitInfo, LocalStack, StackConfig
 
 T = TypeVar("T")
@@ -29,6 +30,7 @@ class Environment:
     livekit: LiveKitInfo
     embedded: bool  # True when the control plane is the devstack's own (kwok nodes)
     prometheus: PrometheusInfo | None = None  # the stack's own Prometheus, when it runs one
+    sip: SipInfo | None = None  # livekit-sip of the local stack (None with an external LiveKit)
 
 
 def _external_livekit() -> LiveKitInfo | None:
@@ -70,7 +72,9 @@ def environment(
         kubeconfig = external_kube or state.kubeconfig
         livekit = external_lk or state.livekit
         assert kubeconfig is not None and livekit is not None
-        yield Environment(kubeconfig, livekit, embedded=need_kube, prometheus=state.prometheus)
+        yield Environment(
+            kubeconfig, livekit, embedded=need_kube, prometheus=state.prometheus, sip=state.sip
+        )
     finally:
         stack.stop()
 

@@ -7,6 +7,7 @@ upgrade never reuses a stale binary.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.7.0"
 LIVEKIT_VERSION = "v1.13.5"
 HELM_VERSION = "v3.22.0"
+#: The newest livekit/sip the module proxy serves whose psrpc matches livekit-server 1.13.5.
+LIVEKIT_SIP_VERSION = "v1.8.0"
 
 #: Repository root (devstack/voicepool_devstack/versions.py -> ../..).
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +62,32 @@ LIVEKIT = Component("livekit-server", LIVEKIT_VERSION, ("livekit-server",))
 
 HELM = Component("helm", HELM_VERSION, ("helm",))
 
+
+def _content_hash(root: Path) -> str:
+    """Short hash of a Go module's sources: our own test phone is rebuilt when it changes."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+#: livekit-sip and the voicepool test phone, built together with cgo from ``devstack/go/sip``.
+SIP = Component(
+    "livekit-sip",
+    f"{LIVEKIT_SIP_VERSION}-{_content_hash(GO_MODULES / 'sip')}",
+    ("livekit-sip", "voicepool-phone"),
+)
+#: Debian packages SIP needs: cgo headers to build livekit-sip, redis for its RPC, sipp.
+SIP_DEBIAN_PACKAGES = (
+    "pkg-config",
+    "libopus-dev",
+    "libopusfile-dev",
+    "libsoxr-dev",
+    "redis-server",
+    "sip-tester",
+)
+
 #: Servers of the local stack.
-STACK_COMPONENTS = (ETCD, KWOK, LIVEKIT, KUBERNETES)
+STACK_COMPONENTS = (ETCD, KWOK, LIVEKIT, KUBERNETES, SIP)
 #: Everything `voicepool-devstack build` prepares (servers + the helm CLI for chart tests).
 ALL_COMPONENTS = (*STACK_COMPONENTS, HELM)

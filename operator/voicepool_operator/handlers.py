@@ -57,7 +57,10 @@ def replan_key(body: Mapping[str, Any]) -> tuple[Any, ...]:
     so they must not wake another reconcile (GenerationChangedPredicate, in controller terms).
     """
     meta = body.get("metadata") or {}
-    return (meta.get("uid"), meta.get("generation"), bool(meta.get("deletionTimestamp")))
+    # The telephony handler's verdict (status.telephony.problem) is folded into Degraded by
+    # the reconcile, so it is the one status change that does re-plan.
+    phone = ((body.get("status") or {}).get("telephony") or {}).get("problem")
+    return (meta.get("uid"), meta.get("generation"), bool(meta.get("deletionTimestamp")), phone)
 
 
 def _wake(namespace: str | None, pool: str | None) -> None:

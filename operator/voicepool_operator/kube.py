@@ -226,6 +226,19 @@ class Kube:
             raise
         return True
 
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str]:
+        """A Secret's data, decoded; {} when it does not exist (the caller names what lacks)."""
+        import base64
+
+        try:
+            raw = await self._request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        except ApiError as e:
+            if e.status == 404:
+                return {}
+            raise
+        data = raw.get("data") or {}
+        return {k: base64.b64decode(v).decode(errors="replace") for k, v in data.items()}
+
     async def patch_pool_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"
         try:

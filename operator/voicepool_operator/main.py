@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address)
-    from . import handlers  # noqa: F401  (registers the kopf handlers)
+    from . import handlers, sip  # noqa: F401  (register the kopf handlers: pods; telephony)
 
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     try:

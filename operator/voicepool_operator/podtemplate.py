@@ -30,6 +30,7 @@ from .constants import (
     WORKER_NAME,
 )
 from .spec import PoolSpec
+from .telephony import worker_env
 
 #: Seconds on top of the drain timeout before the kubelet may SIGKILL: time to hang up cleanly.
 GRACE_MARGIN_SECONDS = 30
@@ -44,6 +45,7 @@ def _pod_inputs(spec: PoolSpec) -> dict[str, Any]:
         "cpuPinning": spec.cpu_pinning,
         "template": raw.get("template"),
         "conversation": raw.get("conversation"),
+        **({"calls": calls} if (calls := worker_env("", raw)) else {}),  # not the numbers
         "drainTimeoutSeconds": spec.drain_timeout_seconds,
         "cpu": spec.cpu,
         "memory": spec.memory,
@@ -97,6 +99,7 @@ def _env(pool: str, spec: PoolSpec) -> list[dict[str, Any]]:
         ours.append({"name": "VOICEPOOL_SYSTEM_PROMPT", "value": conversation["systemPrompt"]})
     if conversation.get("greeting") is not None:
         ours.append({"name": "VOICEPOOL_GREETING", "value": conversation["greeting"]})
+    ours += worker_env(pool, spec.raw)
     user = [dict(e) for e in spec.template.get("env") or []]
     overridden = {e.get("name") for e in user}
     return [e for e in ours if e["name"] not in overridden] + user

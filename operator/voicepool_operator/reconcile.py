@@ -48,6 +48,7 @@ from .podtemplate import build_pod, busy_pdb, template_hash
 from .podview import pod_view_from_dict
 from .spec import PoolSpec, SpecError, deletion_spec, parse_spec
 from .status import history_from_status, history_to_status, iso
+from .telephony import with_telephony
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +353,10 @@ class Reconciler:
             "waitingCalls": waiting_calls,
             "observedGeneration": seen.generation,
             "conditions": merge_conditions(
-                seen.old_status.get("conditions") or [], result.conditions, now, seen.generation
+                seen.old_status.get("conditions") or [],
+                with_telephony(result.conditions, seen.old_status.get("telephony")),
+                now,
+                seen.generation,
             ),
             "scaleHistory": history_to_status(result.history),
         }

@@ -57,6 +57,7 @@ class WorkerProcess:
             "VOICEPOOL_SESSIONS_PER_POD": "1",
             "VOICEPOOL_DRAIN_TIMEOUT_SECONDS": "120",
             "VOICEPOOL_LOG_LEVEL": "INFO",
+            "VOICEPOOL_LOG_TRANSCRIPTS": "true",  # the tests compare what was said and heard
         }
         if livekit is not None:
             base.update(livekit.env())

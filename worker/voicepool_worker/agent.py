@@ -8,24 +8,27 @@ Models load in ``prewarm`` (once per warm process), never while a caller waits.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
-import aiohttp
-from livekit import api, rtc
+from livekit import rtc
 from livekit.agents import Agent, AgentSession, JobContext, JobProcess, ModelSettings, room_io
 
-from . import config, providers, telephony
+from . import callflow, config, providers, telephony
 from .apm import CallerAudioProcessor
+from .callcontrol import (
+    GOODBYE_TEXT,
+    HOLD_TEXT,
+    IDLE_PROMPT_TEXT,
+    MAX_LENGTH_TEXT,
+    TRANSFER_FAILED_TEXT,
+    CallControl,
+)
 from .latency import TurnTracker
 
 log = logging.getLogger("voicepool.worker.agent")
-
-HOLD_TEXT = "Please hold, I am transferring your call."
-TRANSFER_FAILED_TEXT = "Sorry, I could not transfer your call right now. How else can I help?"
 
 
 def prewarm(proc: JobProcess) -> None:
@@ -50,7 +53,8 @@ def prewarm(proc: JobProcess) -> None:
 
 def known_phrases(cfg: config.WorkerConfig) -> list[str]:
     """What the agent will say word for word: the embedded TTS caches it in the background."""
-    phrases = [cfg.greeting, HOLD_TEXT, TRANSFER_FAILED_TEXT]
+    phrases = [cfg.greeting, HOLD_TEXT, TRANSFER_FAILED_TEXT, GOODBYE_TEXT]
+    phrases += [IDLE_PROMPT_TEXT, MAX_LENGTH_TEXT]
     if cfg.llm == "rules":
         from .providers.rules_llm import known_answers
 
@@ -74,122 +78,6 @@ class VoiceAgent(Agent):
             yield frame
 
 
-TRANSFER_TIMEOUT_S = 30.0
-DIAL_TIMEOUT_S = 90.0  # ringing included: the request returns when the callee answers
-_SIP_ERRORS = (api.TwirpError, aiohttp.ClientError, TimeoutError)
-
-
-class CallControl:
-    """The phone side of one call -- keypad, transfer, dial-out: thin glue over LiveKit SIP.
-
-    What a key means and what a dispatch asks for is decided in ``telephony`` (pure); this class
-    speaks, asks the dialog, or asks LiveKit's SIP service to REFER or to place a call.
-    """
-
-    def __init__(
-        self, ctx: JobContext, session: AgentSession[None], cfg: config.WorkerConfig
-    ) -> None:
-        self._ctx, self._session, self._cfg = ctx, session, cfg
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._transferring = False
-
-    def _api(self, timeout_s: float) -> api.LiveKitAPI:
-        cfg = self._cfg
-        return api.LiveKitAPI(
-            cfg.livekit_url,
-            cfg.livekit_api_key,
-            cfg.livekit_api_secret,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-        )
-
-    @staticmethod
-    def _refused(what: str, to: str, e: BaseException) -> str:
-        """Log LiveKit's refusal (or the network's) once, and return the reason."""
-        why = getattr(e, "message", None) or str(e) or type(e).__name__
-        log.warning(what, extra={"to": to, "error": why, "code": getattr(e, "code", None)})
-        return why
-
-    def on_dtmf(self, ev: rtc.SipDTMF) -> None:
-        from . import metrics
-
-        action = telephony.action_for(ev.digit, dict(self._cfg.dtmf_menu), self._cfg.transfer_to)
-        kind = "unused" if action is None else "transfer" if action.transfer else "say"
-        metrics.DTMF.labels(kind).inc()
-        who = ev.participant.identity if ev.participant is not None else None
-        log.info("dtmf received", extra={"digit": ev.digit, "action": kind, "from": who})
-        if action is None:
-            return
-        if action.transfer and who is not None:
-            task = asyncio.create_task(self._transfer_then_report(who))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        elif not action.transfer:
-            self._session.interrupt()
-            self._session.generate_reply(user_input=action.text)
-
-    async def _transfer_then_report(self, identity: str) -> None:
-        if await self.transfer(identity) is not None:
-            self._session.say(TRANSFER_FAILED_TEXT)
-
-    async def transfer(self, identity: str) -> str | None:
-        """Hand the caller to the transfer target; None when LiveKit took it, else why not."""
-        from . import metrics
-
-        if self._transferring:
-            return "a transfer is already under way"
-        target = self._cfg.transfer_to
-        if target is None:
-            return "no transfer target is configured"
-        self._transferring = True
-        try:
-            await self._session.say(HOLD_TEXT, allow_interruptions=False)
-            async with self._api(TRANSFER_TIMEOUT_S) as lk:
-                await lk.sip.transfer_sip_participant(
-                    api.TransferSIPParticipantRequest(
-                        room_name=self._ctx.room.name,
-                        participant_identity=identity,
-                        transfer_to=target,
-                        play_dialtone=False,
-                    )
-                )
-        except _SIP_ERRORS as e:
-            metrics.TRANSFERS.labels("failed").inc()
-            return self._refused("transfer failed", target, e)
-        finally:
-            self._transferring = False
-        metrics.TRANSFERS.labels("ok").inc()
-        log.info("call transferred", extra={"to": target})
-        return None
-
-    async def dial(self, number: str) -> str | None:
-        """Place the outbound call this job was dispatched for; None once the callee answered."""
-        from . import metrics
-
-        trunk = self._cfg.sip_outbound_trunk
-        if trunk is None:
-            metrics.OUTBOUND.labels("failed").inc()
-            missing = ValueError("an outbound call needs VOICEPOOL_SIP_OUTBOUND_TRUNK")
-            return self._refused("outbound call failed", number, missing)
-        log.info("dialling", extra={"to": number, "trunk": trunk})
-        try:
-            async with self._api(DIAL_TIMEOUT_S) as lk:
-                await lk.sip.create_sip_participant(
-                    api.CreateSIPParticipantRequest(
-                        room_name=self._ctx.room.name,
-                        sip_trunk_id=trunk,
-                        sip_call_to=number,
-                        participant_identity=f"phone-{number}",
-                        wait_until_answered=True,
-                    )
-                )
-        except _SIP_ERRORS as e:
-            metrics.OUTBOUND.labels("failed").inc()
-            return self._refused("outbound call failed", number, e)
-        metrics.OUTBOUND.labels("answered").inc()
-        log.info("outbound call answered", extra={"to": number})
-        return None
-
-
 def _turn_detection(cfg: config.WorkerConfig) -> Any:
     if cfg.turn_detection == "model":
         from livekit.agents import inference
@@ -201,8 +89,9 @@ def _turn_detection(cfg: config.WorkerConfig) -> Any:
 async def entrypoint(ctx: JobContext) -> None:
     """One call: join the dispatched room, greet, converse until the caller leaves."""
     cfg: config.WorkerConfig = ctx.proc.userdata["cfg"]
+    shown = callflow.mask_numbers_in if cfg.mask_phone_numbers else str
     fields: dict[str, Any] = {
-        "room": ctx.job.room.name,
+        "room": shown(ctx.job.room.name),
         "session": ctx.job.id,
         "participant": None,
     }
@@ -230,6 +119,7 @@ async def entrypoint(ctx: JobContext) -> None:
         user_away_timeout=None,
     )
     turns = TurnTracker()
+    phone: CallControl | None = None
 
     @session.on("conversation_item_added")
     def _on_item(ev: Any) -> None:
@@ -238,13 +128,14 @@ async def entrypoint(ctx: JobContext) -> None:
         if role == "user":
             text = msg.text_content or ""
             turns.user_turn(dict(msg.metrics or {}))
-            log.info("user turn", extra={"transcript": text})
+            log.info("user turn", extra={"transcript": text} if cfg.log_transcripts else {})
+            if phone is not None:
+                phone.on_user_turn(text)
         elif role == "assistant":
             latency = turns.agent_reply(dict(msg.metrics or {}))
-            extra: dict[str, Any] = {
-                "reply": msg.text_content or "",
-                "interrupted": msg.interrupted,
-            }
+            extra: dict[str, Any] = {"interrupted": msg.interrupted}
+            if cfg.log_transcripts:
+                extra["reply"] = msg.text_content or ""
             if latency is not None:
                 from . import metrics  # job process: files land in PROMETHEUS_MULTIPROC_DIR
 
@@ -269,8 +160,6 @@ async def entrypoint(ctx: JobContext) -> None:
         record=False,
     )
     phone = CallControl(ctx, session, cfg)
-    if cfg.dtmf_menu:
-        ctx.room.on("sip_dtmf_received", phone.on_dtmf)
     try:
         number = telephony.dial_request(ctx.job.metadata or "")
     except telephony.TelephonyError as e:
@@ -278,10 +167,14 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.shutdown(reason=str(e))
         return
     if number is not None and (why := await phone.dial(number)) is not None:
-        ctx.shutdown(reason=f"outbound call to {number} failed: {why}")
+        await phone.end_room(f"outbound call failed: {why}")
         return
     participant = await ctx.wait_for_participant()
-    fields["participant"] = participant.identity
+    fields["participant"] = shown(participant.identity)
     log.info("caller joined", extra={"kind": int(participant.kind)})
-    if cfg.greeting:
-        session.say(cfg.greeting)
+    phone.start(participant)
+    opening = cfg.greeting
+    if number is not None:  # an outbound call opens with what the request asked, if anything
+        opening = telephony.dial_opening(ctx.job.metadata or "") or cfg.outbound_greeting
+    if opening:
+        session.say(opening)

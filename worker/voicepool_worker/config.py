@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from . import telephony
+from . import callflow, telephony
 
 STT_PROVIDERS = ("pocketsphinx", "openai")
 LLM_PROVIDERS = ("rules", "llama", "openai")
@@ -24,6 +24,7 @@ DEFAULT_SYSTEM_PROMPT = (
     "6 PM, Saturday 10 AM to 2 PM, closed on Sunday. Address: 12 Harbour Street."
 )
 DEFAULT_GREETING = "Hello, you have reached Voicepool Dental. How can I help you?"
+DEFAULT_OUTBOUND_GREETING = "Hello, this is Voicepool Dental calling. Do you have a moment?"
 
 
 class ConfigError(Exception):
@@ -75,6 +76,13 @@ class WorkerConfig:
     transfer_to: str | None = None  # SIP REFER target for the keypad's transfer key
     sip_outbound_trunk: str | None = None  # LiveKit outbound trunk id for dialled-out calls
     tts_cache: int = 0  # clauses of synthesised audio the embedded TTS keeps (0: off)
+    dtmf_inter_digit_timeout_s: float = 5.0  # a pause this long ends a multi-digit entry
+    idle_timeout_s: float = 0.0  # caller silence before "are you still there?" (0: off)
+    max_call_s: float = 0.0  # longest call before the agent says goodbye (0: no limit)
+    mask_phone_numbers: bool = True  # +1555…0001 in logs
+    log_transcripts: bool = False  # what callers and the agent say, in the log lines
+    outbound_greeting: str = DEFAULT_OUTBOUND_GREETING  # when the dispatch sets no opening
+    ringing_timeout_s: float = 30.0  # an outbound call not answered by then is "no-answer"
 
     @property
     def pod_reporting(self) -> bool:
@@ -170,9 +178,9 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
     llama_path = (env.get("VOICEPOOL_LLAMA_MODEL_PATH") or "").strip() or None
 
     try:
-        menu = telephony.parse_menu(env.get("VOICEPOOL_DTMF_MENU", telephony.DEFAULT_MENU))
+        menu = callflow.parse_menu_tree(env.get("VOICEPOOL_DTMF_MENU", telephony.DEFAULT_MENU))
         transfer_to = telephony.parse_transfer_target(env.get("VOICEPOOL_TRANSFER_TO", ""))
-    except telephony.TelephonyError as e:
+    except (telephony.TelephonyError, callflow.MenuError) as e:
         raise ConfigError(str(e)) from None
 
     min_delay = _float(env, "VOICEPOOL_ENDPOINTING_MIN_DELAY", 0.2)
@@ -217,4 +225,11 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         transfer_to=transfer_to,
         sip_outbound_trunk=(env.get("VOICEPOOL_SIP_OUTBOUND_TRUNK") or "").strip() or None,
         tts_cache=_int(env, "VOICEPOOL_TTS_CACHE", 0, 0),
+        dtmf_inter_digit_timeout_s=_float(env, "VOICEPOOL_DTMF_INTER_DIGIT_TIMEOUT", 5.0),
+        idle_timeout_s=_float(env, "VOICEPOOL_IDLE_TIMEOUT_SECONDS", 0.0),
+        max_call_s=_float(env, "VOICEPOOL_MAX_CALL_SECONDS", 0.0),
+        mask_phone_numbers=_bool(env, "VOICEPOOL_MASK_PHONE_NUMBERS", True),
+        log_transcripts=_bool(env, "VOICEPOOL_LOG_TRANSCRIPTS", False),
+        outbound_greeting=env.get("VOICEPOOL_OUTBOUND_GREETING", DEFAULT_OUTBOUND_GREETING),
+        ringing_timeout_s=max(1.0, _float(env, "VOICEPOOL_SIP_RINGING_TIMEOUT", 30.0)),
     )

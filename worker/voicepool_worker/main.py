@@ -93,6 +93,12 @@ class Runtime:
         if self.metrics is not None:
             self.metrics.ACTIVE_SESSIONS.set(self.state.count)
 
+    def _room(self, name: str) -> str:
+        """Room names of phone calls carry the caller's number: masked unless told not to."""
+        from .callflow import mask_numbers_in
+
+        return mask_numbers_in(name) if self.cfg.mask_phone_numbers else name
+
     def request_drain(self, reason: str) -> None:
         """SIGTERM and the drain annotation both land here; only the first one counts."""
         if self.state.draining:
@@ -119,7 +125,7 @@ class Runtime:
 
     async def on_request(self, req: JobRequest) -> None:
         """Take a job only while not draining and below capacity; else hand it back."""
-        fields = {"room": req.room.name, "session": req.id, "participant": None}
+        fields = {"room": self._room(req.room.name), "session": req.id, "participant": None}
         if self.state.draining or self.state.count + self.pending >= self.cfg.capacity:
             why = "draining" if self.state.draining else "full"
             log.info("job request rejected", extra={**fields, "why": why})
@@ -159,7 +165,7 @@ class Runtime:
         log.info(
             "session started",
             extra={
-                "room": job.job.room.name,
+                "room": self._room(job.job.room.name),
                 "session": job.job.id,
                 "participant": None,
                 "active_sessions": self.state.count,
@@ -181,7 +187,7 @@ class Runtime:
         log.info(
             "session failed" if failed else "session ended",
             extra={
-                "room": job.job.room.name,
+                "room": self._room(job.job.room.name),
                 "session": job.job.id,
                 "participant": None,
                 "active_sessions": self.state.count,

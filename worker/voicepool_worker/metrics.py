@@ -67,11 +67,16 @@ TTS_CACHE = Counter(
 )  # result: hit | miss
 DTMF = Counter(
     "voicepool_worker_dtmf", "Keypad presses by what they did", ["action"]
-)  # action: say | transfer | unused
+)  # action: say | prompt | digit | transfer | hangup | unused | invalid
 TRANSFERS = Counter("voicepool_worker_transfers", "SIP transfers of a caller", ["result"])
 OUTBOUND = Counter(
     "voicepool_worker_outbound_calls", "Calls the agent placed over SIP", ["result"]
-)  # result: answered | failed
+)  # result: answered | busy | no-answer | trunk-error | failed
+
+
+HANGUPS = Counter(
+    "voicepool_worker_hangups", "Calls the agent ended, by what ended them", ["reason"]
+)  # reason: caller | idle | maximum | ... (first word of callcontrol's reason)
 
 
 def render() -> bytes:

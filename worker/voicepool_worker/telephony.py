@@ -103,3 +103,15 @@ def dial_request(metadata: str) -> str | None:
             f"dispatch metadata phone_number={raw!r} is not an E.164 number like +15550100"
         )
     return number
+
+
+def dial_opening(metadata: str) -> str | None:
+    """The first sentence of an outbound call, if its dispatch sets one (``"opening"``)."""
+    try:
+        data = json.loads(metadata) if metadata.strip() else None
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    opening = " ".join(str(data.get("opening") or "").split())
+    return opening[:2000] or None

@@ -1,0 +1,161 @@
+"""Phone-leg latency: real SIP calls from the voicepool-phone, beside the WebRTC caller.
+
+One ``voicepool-worker`` (embedded offline providers) behind livekit-server + redis +
+livekit-sip; the pool's number is provisioned by the operator's own telephony code. Printed:
+
+* INVITE -> 200 OK, as the phone measures it (the agent is dispatched, joins, publishes its
+  track; livekit-sip answers only then);
+* phone-leg time to first word: from the end of the caller's voicing in the G.711 RTP the
+  phone sends (the last 20 ms frame above the loudness floor leaves the phone) to the first
+  loud RTP packet the phone receives -- transcoding, jitter buffers and both hops included;
+* the same question over WebRTC (the synthetic caller of ``bench/worker_latency.py``:
+  end of its speech -> first loud agent frame), side by side, with the ratio.
+
+    python bench/phone_latency.py [--calls 3] [--turns 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from livekit import api
+from voicepool_devstack.phone import Phone, PhoneConfig, write_speech
+from voicepool_devstack.stack import LocalStack, StackConfig, StackState
+from voicepool_operator import sip as op_sip
+from voicepool_operator import telephony as tel
+from voicepool_worker.caller import Call, CallerConfig
+from voicepool_worker.latency import percentile
+
+from tests.integration.worker_harness import WorkerProcess, agent_name
+
+PHRASES = ("what are your opening hours", "where are you located")
+NUMBER = "+15550100000"
+
+
+def pct(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    return (
+        f"p50 {percentile(values, 50):6.0f} ms   p95 {percentile(values, 95):6.0f} ms   "
+        f"n={len(values)}"
+    )
+
+
+async def provision(state: StackState, agent: str) -> None:
+    assert state.livekit is not None
+    lk = state.livekit
+    spec = tel.parse_telephony({"inbound": {"numbers": [NUMBER], "ringingTimeoutSeconds": 90}})
+    async with api.LiveKitAPI(lk.http_url, lk.api_key, lk.api_secret) as lkapi:
+        observed = await op_sip.observe(lkapi)
+        plan = tel.plan_sip("bench", "phone", agent, spec, observed)
+        await op_sip.apply(lkapi, plan, observed)
+
+
+async def idle(worker: WorkerProcess) -> None:
+    """Between calls: the last call's session has ended (capacity 1 per pod), bounded."""
+    for _ in range(600):
+        if worker.metric("voicepool_worker_active_sessions") == 0.0:
+            return
+        await asyncio.sleep(0.1)
+    print("  (the previous call's session did not end within 60 s)", flush=True)
+
+
+async def phone_calls(
+    state: StackState, worker: WorkerProcess, wavs: list[Path], calls: int
+) -> tuple[list[float], list[float]]:
+    assert state.sip is not None
+    answers, ttfw = [], []
+    for i in range(calls):
+        async with Phone(
+            PhoneConfig(server=state.sip.address, to=NUMBER, answer_timeout_s=60)
+        ) as p:
+            answer = await p.answered()
+            answers.append(float(answer["invite_ms"]))
+            after = float((await p.speech_heard(float(answer["t"]), 30))["t"])
+            for wav in wavs:
+                await p.play(wav)
+                played = await p.wait_for("play_end", 30, after=after)
+                voice_end = float(played["voice_end"])
+                try:
+                    heard = await p.speech_heard(voice_end, 20)
+                except TimeoutError:
+                    print(f"  call {i + 1}: no answer to {wav.stem}", flush=True)
+                    continue
+                ttfw.append(heard["start"] - voice_end)
+                after = float(heard["t"])
+                print(
+                    f"  call {i + 1}: INVITE->200 {answer['invite_ms']:.0f} ms, "
+                    f"ttfw {ttfw[-1]:.0f} ms",
+                    flush=True,
+                )
+        await idle(worker)  # the room is deleted; the worker takes the next call
+    return answers, ttfw
+
+
+async def webrtc_calls(
+    state: StackState, worker: WorkerProcess, agent: str, calls: int
+) -> list[float]:
+    assert state.livekit is not None
+    lk = state.livekit
+    cfg = CallerConfig(lk.url, lk.api_key, lk.api_secret, agent, identity="bench-webrtc")
+    out = []
+    for _ in range(calls):
+        c = Call(cfg, f"bench-{uuid.uuid4().hex[:6]}")
+        try:
+            await c.start(join_within=30)
+            await c.wait_greeting(20)
+            for text in PHRASES:
+                turn = await c.say(text, answer_timeout=20)
+                if turn.ttfw_ms is not None:
+                    out.append(turn.ttfw_ms)
+        finally:
+            await c.hangup()
+        await idle(worker)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=3, help="calls per leg (default 3)")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="voicepool-phone-bench-"))
+    stack = LocalStack(StackConfig(workdir=workdir / "stack", kubernetes=False))
+    worker: WorkerProcess | None = None
+    try:
+        state = stack.start()
+        agent = agent_name()
+        worker = WorkerProcess(state.livekit, workdir, agent=agent)
+        worker.wait_ready(timeout=120)
+        asyncio.run(provision(state, agent))
+        wavs = [write_speech(t, workdir / f"{t.replace(' ', '_')}.wav") for t in PHRASES]
+        print("phone leg (voicepool-phone -> livekit-sip -> worker), G.711 u-law over RTP")
+        answers, phone = asyncio.run(phone_calls(state, worker, wavs, args.calls))
+        print("WebRTC leg (synthetic caller -> livekit-server -> worker), Opus")
+        webrtc = asyncio.run(webrtc_calls(state, worker, agent, args.calls))
+    finally:
+        if worker is not None:
+            worker.stop()
+        stack.stop(remove=not os.environ.get("VOICEPOOL_KEEP_LOGS"))
+    print()
+    print("how: the phone stamps the last voiced 20 ms frame it sends and the first loud")
+    print("(RMS >= 500) packet it receives, on one clock; INVITE -> 200 OK is its SIP client's.")
+    print(f"INVITE -> 200 OK (phone)        : {pct(answers)}")
+    print(f"time to first word, phone leg   : {pct(phone)}")
+    print(f"time to first word, WebRTC leg  : {pct(webrtc)}")
+    if phone and webrtc:
+        ratio = percentile(phone, 50) / percentile(webrtc, 50)
+        print(f"phone / WebRTC (p50)            : {ratio:.2f}x   (goal: ttfw < 800 ms)")
+    return 0 if phone and len(answers) == args.calls else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

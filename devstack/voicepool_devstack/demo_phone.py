@@ -1,0 +1,87 @@
+"""The demo's phone call: a number declared on the pool, dialled by the SIP test phone.
+
+``make demo`` patches ``spec.telephony`` onto the running pool; the operator creates the LiveKit
+SIP trunk and dispatch rule; the voicepool-phone calls the number over real SIP/RTP (G.711),
+hears the greeting, asks a question (time to first word measured on the phone's RTP), uses the
+keypad menu (RFC 4733), and hangs up with a word -- the agent's call control ends the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .phone import Phone, PhoneConfig, write_speech
+from .sip import SipInfo
+
+NUMBER = "+15550100000"
+
+
+async def phone_call(
+    demo: Any, sip: SipInfo, say: Callable[[str], None], wait_async: Any
+) -> list[tuple[str, float | None]]:
+    """One narrated SIP call into the demo pool; returns its (label, ms) figures."""
+    say(f"the pool declares a phone number: spec.telephony.inbound.numbers = [{NUMBER}]")
+    demo.custom.patch_namespaced_custom_object(
+        "voicepool.dev",
+        "v1alpha1",
+        demo.ns,
+        "voiceagentpools",
+        demo.name,
+        {"spec": {"telephony": {"inbound": {"numbers": [NUMBER]}}}},
+    )
+    status = await wait_async(
+        lambda: (
+            (t := (demo.pool().get("status") or {}).get("telephony") or {}).get("dispatchRuleId")
+            and t
+        ),
+        60,
+        "the operator to create the SIP trunk and dispatch rule",
+    )
+    say(
+        f"operator reconciled it: inbound trunk {status['inboundTrunkId']}, dispatch rule "
+        f"{status['dispatchRuleId']} (one room per call, agent 'receptionist')"
+    )
+    demo.show_wide()
+    out: list[tuple[str, float | None]] = []
+    work = Path(tempfile.mkdtemp(prefix="voicepool-demo-phone-"))
+    question = write_speech("what are your opening hours", work / "q.wav")
+    bye = write_speech("okay goodbye", work / "bye.wav")
+    say(f"the SIP phone dials {NUMBER} at sip:{sip.address} (TCP, G.711 u-law, RFC 4733 keys)")
+    async with Phone(PhoneConfig(server=sip.address, to=NUMBER, answer_timeout_s=60)) as p:
+        answer = await p.answered()
+        out.append(("phone INVITE -> 200 OK", float(answer["invite_ms"])))
+        say(f"phone: answered (200 OK) {answer['invite_ms']:.0f} ms after the INVITE")
+        greeting = await p.speech_heard(float(answer["t"]), 30)
+        say(f"phone: heard the greeting ({(greeting['end'] - greeting['start']) / 1000:.1f} s)")
+        say("phone: caller says 'what are your opening hours'")
+        await p.play(question)
+        end = float((await p.wait_for("play_end", 30))["voice_end"])
+        try:
+            heard = await p.speech_heard(end, 30)
+            ttfw = heard["start"] - end
+            say(f"phone: agent answered, time to first word on the phone leg {ttfw:.0f} ms")
+        except TimeoutError:
+            ttfw = None
+            say("phone: the agent did not answer")
+        out.append(("phone call (SIP)", ttfw))
+        say("phone: presses 2 on the keypad (menu: 2 = where are you located)")
+        await p.press("2")
+        sent = await p.wait_for("dtmf_sent", 30)
+        try:
+            await p.speech_heard(float(sent["t"]) - 1000, 30)
+            say("phone: the keypad choice was answered")
+        except TimeoutError:
+            say("phone: no answer to the key press")
+        say("phone: caller says 'okay goodbye' -> the agent hangs up (its call control)")
+        await p.play(bye)
+        try:
+            await p.wait_for("bye", 40)
+            say("phone: received BYE; the call's room is deleted")
+        except TimeoutError:
+            say("phone: no BYE within 40 s; hanging up from the phone")
+    await asyncio.sleep(0)
+    return out

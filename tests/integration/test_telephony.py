@@ -1,0 +1,402 @@
+"""Real phone calls: the voicepool-phone (siptest, G.711, RFC 4733) -> livekit-sip -> the worker.
+
+The stack here is livekit-server + redis + livekit-sip on loopback (no Kubernetes needed); the
+pool's trunk and dispatch rule are made by the operator's own telephony code (``plan_sip`` +
+``sip.apply``) against the real LiveKit SIP API. Every assertion is on what the phone sent and
+received (RTP, SIP) or on what the worker logged -- nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from livekit import api
+from voicepool_devstack.errors import DevstackError
+from voicepool_devstack.phone import Phone, PhoneConfig, write_speech
+from voicepool_devstack.stack import LocalStack, StackConfig, StackState, free_port
+from voicepool_operator import sip as op_sip
+from voicepool_operator import telephony as tel
+
+from .worker_harness import WorkerProcess, agent_name
+
+pytestmark = [pytest.mark.livekit]
+
+MENU = (
+    "1=what are your opening hours;"
+    "4=Bookings. Press 1 for a cleaning.;4>1=i would like to book a cleaning;"
+    "5=collect:my account number is;9=hangup;0=transfer"
+)
+TRANSFER_TO = "sip:+15550107777@127.0.0.1:25062"
+QUESTION = "what are your opening hours"
+
+
+@pytest.fixture(scope="module")
+def sip_stack() -> Iterator[StackState]:
+    """livekit-server + redis + livekit-sip, for this module only."""
+    workdir = Path(tempfile.mkdtemp(prefix="voicepool-sip-"))
+    stack = LocalStack(StackConfig(workdir=workdir, kubernetes=False))
+    try:
+        state = stack.start()
+    except DevstackError as e:
+        pytest.fail(f"could not start LiveKit SIP: {e}")
+    try:
+        yield state
+    finally:
+        stack.stop()
+
+
+def lkapi(state: StackState) -> api.LiveKitAPI:
+    assert state.livekit is not None
+    lk = state.livekit
+    return api.LiveKitAPI(lk.http_url, lk.api_key, lk.api_secret)
+
+
+@asynccontextmanager
+async def pool_numbers(
+    state: StackState, agent: str, numbers: list[str]
+) -> AsyncIterator[tel.SipPlan]:
+    """The operator's reconcile of ``spec.telephony`` for one pool, undone afterwards."""
+    pool = f"p-{uuid.uuid4().hex[:6]}"
+    spec = tel.parse_telephony(
+        {"inbound": {"numbers": numbers, "allowedAddresses": ["127.0.0.1/32"]}}
+    )
+    async with lkapi(state) as lk:
+        plan = tel.plan_sip("t", pool, agent, spec, await op_sip.observe(lk))
+        await op_sip.apply(lk, plan, await op_sip.observe(lk))
+    try:
+        yield plan
+    finally:
+        async with lkapi(state) as lk:
+            gone = tel.plan_sip("t", pool, agent, None, await op_sip.observe(lk))
+            await op_sip.apply(lk, gone, await op_sip.observe(lk))
+
+
+@pytest.fixture()
+def workers() -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for w in started:
+        w.stop()
+
+
+def worker(
+    state: StackState, tmp: Path, started: list[WorkerProcess], agent: str, **env: str
+) -> WorkerProcess:
+    w = WorkerProcess(state.livekit, tmp, agent=agent, env={"VOICEPOOL_DTMF_MENU": MENU, **env})
+    started.append(w)
+    w.wait_ready(timeout=120)
+    return w
+
+
+def number() -> str:
+    return f"+1555{uuid.uuid4().int % 10**7:07d}"
+
+
+async def rooms(state: StackState) -> list[str]:
+    async with lkapi(state) as lk:
+        return [r.name for r in (await lk.room.list_rooms(api.ListRoomsRequest())).rooms]
+
+
+def phone(state: StackState, to: str, **kw: object) -> Phone:
+    assert state.sip is not None
+    return Phone(PhoneConfig(server=state.sip.address, to=to, **kw))  # type: ignore[arg-type]
+
+
+async def answered_and_greeted(p: Phone) -> float:
+    answer = await p.answered()
+    print(f"\nINVITE -> 200 OK: {answer['invite_ms']:.0f} ms")
+    # a TTS that falls behind real time (a busy 2-core box) leaves gaps: merge up to 3 s
+    greeting = await p.speech_heard(float(answer["t"]), 30, gap_ms=3000)
+    assert greeting["end"] - greeting["start"] > 500, f"greeting too short: {greeting}"
+    return float(greeting["t"])
+
+
+@pytest.mark.timeout(240)
+async def test_inbound_call_is_greeted_answered_logged_and_ends_with_a_bye(
+    sip_stack: StackState, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    agent, to = agent_name(), number()
+    w = worker(sip_stack, tmp_path, workers, agent)
+    question = write_speech(QUESTION, tmp_path / "question.wav")
+    async with pool_numbers(sip_stack, agent, [to]) as plan:
+        assert plan.numbers == (to,)
+        async with phone(sip_stack, to, record=tmp_path / "heard.wav") as p:
+            after = await answered_and_greeted(p)
+            await p.play(question)
+            played = await p.wait_for("play_end", 20, after=after)
+            voice_end = float(played["voice_end"])
+            answer = await p.speech_heard(voice_end, 30)
+            ttfw = answer["start"] - voice_end
+            print(f"phone-leg time to first word: {ttfw:.0f} ms")
+            assert answer["end"] - answer["start"] > 1000, "the answer is speech, not a click"
+            # "goodbye" in words: the dialog's hang-up goes through call control -> BYE
+            await p.play(write_speech("okay goodbye", tmp_path / "bye.wav"))
+            try:
+                await p.wait_for("bye", 40)
+            except TimeoutError:
+                pytest.fail(
+                    f"no BYE; the worker heard {[x.get('transcript') for x in w.msgs('user turn')]}"
+                )
+        assert (tmp_path / "heard.wav").stat().st_size > 8000 * 2 * 3  # > 3 s recorded
+    turns = [str(x.get("transcript", "")) for x in w.msgs("user turn")]
+    assert any("opening" in t or "hours" in t for t in turns), turns
+    replies = [str(x.get("reply", "")) for x in w.msgs("agent turn")]
+    assert any("Monday" in r for r in replies), replies
+    w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
+    assert w.metric("voicepool_worker_active_sessions") == 0.0
+    assert await rooms(sip_stack) == []
+
+
+@pytest.mark.timeout(240)
+async def test_keypad_multi_digit_entry_nested_menu_and_hangup_key(
+    sip_stack: StackState, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    agent, to = agent_name(), number()
+    w = worker(sip_stack, tmp_path, workers, agent, VOICEPOOL_DTMF_INTER_DIGIT_TIMEOUT="3")
+    async with pool_numbers(sip_stack, agent, [to]), phone(sip_stack, to) as p:
+        after = await answered_and_greeted(p)
+        await p.press("51234#")  # account number, ended with '#'
+        sent = await p.wait_for("dtmf_sent", 30, after=after)
+        w.wait_log(lambda x: "You entered 1 2 3 4" in str(x.get("reply", "")), 30, "read-back")
+        await p.press("5987")  # no '#': the inter-digit timeout ends the entry
+        await p.wait_for("dtmf_sent", 30, after=float(sent["t"]))
+        w.wait_log(lambda x: "You entered 9 8 7" in str(x.get("reply", "")), 30, "timeout")
+        await p.press("41")  # submenu, then its key
+        w.wait_log(
+            lambda x: x.get("transcript") == "i would like to book a cleaning",
+            30,
+            "the nested menu's entry reaching the dialog",
+        )
+        await p.press("9")  # hang up from the keypad: the phone gets a BYE
+        await p.wait_for("bye", 30)
+    w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
+    assert w.metric("voicepool_worker_active_sessions") == 0.0
+    assert await rooms(sip_stack) == []
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    ("notify", "succeeds", "why"),
+    [
+        ("SIP/2.0 200 OK", True, ""),
+        ("SIP/2.0 403 Forbidden", False, "403|permission"),
+        ("none", False, "timed out|deadline"),  # no NOTIFY: LiveKit gives up after 30 s
+    ],
+)
+async def test_transfer_by_refer_reports_the_notify(
+    sip_stack: StackState,
+    tmp_path: Path,
+    workers: list[WorkerProcess],
+    notify: str,
+    succeeds: bool,
+    why: str,
+) -> None:
+    agent, to = agent_name(), number()
+    w = worker(sip_stack, tmp_path, workers, agent, VOICEPOOL_TRANSFER_TO=TRANSFER_TO)
+    async with pool_numbers(sip_stack, agent, [to]), phone(sip_stack, to, notify=notify) as p:
+        after = await answered_and_greeted(p)
+        await p.press("0")
+        refer = await p.wait_for("refer", 40, after=after)
+        assert refer["refer_to"] == f"<{TRANSFER_TO}>"
+        if succeeds:
+            w.wait_log(lambda x: x.get("msg") == "call transferred", 30, "transfer ok")
+            await p.wait_for("bye", 30)  # livekit-sip ends our leg after NOTIFY 200
+        else:
+            failed = w.wait_log(lambda x: x.get("msg") == "transfer failed", 50, why)
+            assert re.search(why, str(failed).lower()), failed
+            w.wait_log(
+                lambda x: "could not transfer" in str(x.get("reply", "")),
+                30,
+                "the agent saying the transfer failed",
+            )
+            assert not p.seen("bye"), "the call goes on after a refused transfer"
+    w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
+    await asyncio.sleep(0.5)
+    assert await rooms(sip_stack) == []
+
+
+@pytest.mark.timeout(120)
+async def test_bad_inputs_get_defined_sip_answers(sip_stack: StackState, tmp_path: Path) -> None:
+    """Unknown number: livekit-sip never answers (the phone gives up); wrong password: 401."""
+    async with phone(sip_stack, number(), answer_timeout_s=4.0) as p:
+        with pytest.raises(ConnectionError, match="no final answer"):
+            await p.answered()
+    pool = f"p-{uuid.uuid4().hex[:6]}"
+    to = number()
+    spec = tel.parse_telephony({"inbound": {"numbers": [to], "authSecretRef": {"name": "x"}}})
+    async with lkapi(sip_stack) as lk:
+        plan = tel.plan_sip(
+            "t",
+            pool,
+            "nobody",
+            spec,
+            await op_sip.observe(lk),
+            inbound_auth=tel.Credentials("alice", "right"),
+        )
+        await op_sip.apply(lk, plan, await op_sip.observe(lk))
+        try:
+            async with phone(sip_stack, to, username="alice", password="wrong") as p:
+                with pytest.raises(ConnectionError, match="401"):
+                    await p.answered()
+        finally:
+            gone = tel.plan_sip("t", pool, "nobody", None, await op_sip.observe(lk))
+            await op_sip.apply(lk, gone, await op_sip.observe(lk))
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({"VOICEPOOL_IDLE_TIMEOUT_SECONDS": "5"}, "Are you still there?"),
+        ({"VOICEPOOL_MAX_CALL_SECONDS": "12"}, "time limit for this call"),
+    ],
+)
+async def test_idle_and_length_limits_end_the_call_with_a_bye(
+    sip_stack: StackState,
+    tmp_path: Path,
+    workers: list[WorkerProcess],
+    env: dict[str, str],
+    said: str,
+) -> None:
+    """A silent caller is prompted, then hung up on; a call at its length limit is ended."""
+    agent, to = agent_name(), number()
+    w = worker(sip_stack, tmp_path, workers, agent, **env)
+    async with pool_numbers(sip_stack, agent, [to]), phone(sip_stack, to) as p:
+        await answered_and_greeted(p)
+        await p.wait_for("bye", 60)  # the phone stays silent until the agent hangs up
+    w.wait_log(lambda x: said in str(x.get("reply", "")), 10, f"the agent saying {said!r}")
+    w.wait_log(lambda x: x.get("msg") == "hanging up", 10, "hang-up")
+    w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
+    assert w.metric("voicepool_worker_active_sessions") == 0.0
+    assert await rooms(sip_stack) == []
+
+
+SIPP_DIR = Path(__file__).with_name("sipp")
+CALLEE = "+15550101234"
+
+
+@asynccontextmanager
+async def outbound_trunk(state: StackState, agent: str, address: str) -> AsyncIterator[str]:
+    """The pool's outbound trunk made by the operator's code; yields its LiveKit name."""
+    pool = f"p-{uuid.uuid4().hex[:6]}"
+    spec = tel.parse_telephony(
+        {"outbound": {"address": address, "numbers": ["+15550109999"], "transport": "udp"}}
+    )
+    async with lkapi(state) as lk:
+        plan = tel.plan_sip("t", pool, agent, spec, await op_sip.observe(lk))
+        await op_sip.apply(lk, plan, await op_sip.observe(lk))
+    try:
+        yield tel.object_name("t", pool, "outbound")
+    finally:
+        async with lkapi(state) as lk:
+            gone = tel.plan_sip("t", pool, agent, None, await op_sip.observe(lk))
+            await op_sip.apply(lk, gone, await op_sip.observe(lk))
+
+
+async def sipp_callee(scenario: str, port: int, cwd: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        "sipp",
+        "-sf",
+        str(SIPP_DIR / scenario),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-mi",
+        "127.0.0.1",
+        "-mp",
+        str(free_port()),
+        "-rtp_echo",
+        "-m",
+        "1",
+        "-nostdin",
+        "-timeout",
+        "60s",
+        "-trace_msg",
+        "-message_file",
+        str(cwd / "sipp.msg"),
+        cwd=cwd,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+async def dispatch_outbound(state: StackState, agent: str, opening: str) -> str:
+    room = f"out-{uuid.uuid4().hex[:6]}"
+    meta = json.dumps({"phone_number": CALLEE, "opening": opening})
+    async with lkapi(state) as lk:
+        await lk.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(agent_name=agent, room=room, metadata=meta)
+        )
+    return room
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    ("scenario", "result"),
+    [
+        ("callee_answer.xml", "answered"),
+        ("callee_busy.xml", "busy"),
+        ("callee_noanswer.xml", "no-answer"),
+        (None, "dead"),
+    ],
+)
+async def test_outbound_calls_report_a_clear_result_and_free_the_pod(
+    sip_stack: StackState,
+    tmp_path: Path,
+    workers: list[WorkerProcess],
+    scenario: str | None,
+    result: str,
+) -> None:
+    agent, port = agent_name(), free_port()
+    opening = "Hello, this is the dentist calling about your appointment."
+    async with outbound_trunk(sip_stack, agent, f"127.0.0.1:{port}") as trunk:
+        w = worker(
+            sip_stack,
+            tmp_path,
+            workers,
+            agent,
+            VOICEPOOL_SIP_OUTBOUND_TRUNK=trunk,
+            VOICEPOOL_SIP_RINGING_TIMEOUT="5",
+        )
+        sipp = await sipp_callee(scenario, port, tmp_path) if scenario else None
+        try:
+            await dispatch_outbound(sip_stack, agent, opening)
+            if result == "answered":
+                w.wait_log(lambda x: x.get("msg") == "outbound call answered", 60, "answered")
+                w.wait_log(lambda x: x.get("reply") == opening, 30, "the requested opening")
+                assert sipp is not None
+                # the agent hangs up on "goodbye"? here: the test ends the call by its room
+                async with lkapi(sip_stack) as lk:
+                    for name in await rooms(sip_stack):
+                        await lk.room.delete_room(api.DeleteRoomRequest(room=name))
+                assert await asyncio.wait_for(sipp.wait(), 30) == 0, "sipp saw INVITE..BYE"
+            else:
+                failed = w.wait_log(
+                    lambda x: str(x.get("msg", "")).startswith("outbound call failed"),
+                    60,
+                    "a failed outbound call",
+                )
+                print(f"\n{result}: {failed['msg']} ({failed.get('error')})")
+                if result != "dead":
+                    assert failed["msg"] == f"outbound call failed: {result}", failed
+                assert CALLEE not in str(failed), "numbers are masked in logs"
+        finally:
+            if sipp is not None and sipp.returncode is None:
+                sipp.kill()
+                await sipp.wait()
+        w.wait_log(lambda x: x.get("msg") in ("session ended", "session failed"), 60, "end")
+        assert w.metric("voicepool_worker_active_sessions") == 0.0, "no capacity leaked"
+        label = "answered" if result == "answered" else None
+        total = w.metric("voicepool_worker_outbound_calls_total")
+        assert total == 1.0, (label, total)
+        await asyncio.sleep(0.5)
+        assert await rooms(sip_stack) == []

@@ -1,0 +1,243 @@
+"""What a phone call's keys and words make the agent do, decided without I/O.
+
+* ``Keypad``: a menu tree (``VOICEPOOL_DTMF_MENU``) walked one key at a time -- submenus that
+  nest, multi-digit entry ended by ``#`` or an inter-digit timeout, read-back of what was keyed,
+  ``*`` to go back. Each key press returns the effects to carry out; the clock comes in as an
+  argument, so every path is unit-tested with plain data.
+* ``call_intent``: the few things a caller can *say* that are call control rather than
+  conversation (ask for a person, say goodbye).
+
+The effects are executed by ``callcontrol.CallControl``, the one module that hangs up,
+transfers and dials for the keypad, the dialog and (later) the control API alike.
+
+Menu syntax, entries separated by ``;``: ``PATH=ACTION``. ``PATH`` is keys joined by ``>``
+(``4>1`` is key 1 in the submenu of key 4). ``ACTION`` is what the caller "says" (the dialog
+answers it), ``transfer``, ``hangup``, ``collect:<label>`` (multi-digit entry: the digits are
+read back and handed to the dialog as ``<label> <digits>``), or -- for a key that has a
+submenu -- the prompt spoken when the caller enters it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DTMF_KEYS = frozenset("0123456789*#")
+TRANSFER, HANGUP, COLLECT = "transfer", "hangup", "collect:"
+MAX_DIGITS = 32
+BACK_KEY, END_KEY = "*", "#"
+NO_SUCH_KEY_TEXT = "Sorry, that key is not in this menu."
+NO_DIGITS_TEXT = "I did not get any digits. Please try again."
+
+
+class MenuError(ValueError):
+    """A bad ``VOICEPOOL_DTMF_MENU``; the message names the entry and the fix."""
+
+
+@dataclass(frozen=True)
+class Say:
+    """The agent speaks ``text`` word for word."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Ask:
+    """The dialog answers ``text`` as if the caller had said it."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Transfer:
+    pass
+
+
+@dataclass(frozen=True)
+class Hangup:
+    reason: str
+
+
+Effect = Say | Ask | Transfer | Hangup
+
+
+def parse_menu_tree(spec: str, *, setting: str = "VOICEPOOL_DTMF_MENU") -> dict[str, str]:
+    """``"1=hours;4=booking menu;4>1=book a cleaning"`` -> {"1": .., "4": .., "41": ..}.
+
+    Keys are paths without separators (a key is one character). A submenu key without its own
+    entry gets a generic prompt. Empty spec: no keypad.
+    """
+    menu: dict[str, str] = {}
+    for raw in spec.split(";"):
+        entry = raw.strip()
+        if not entry:
+            continue
+        path_raw, sep, action = entry.partition("=")
+        keys = [k.strip() for k in path_raw.split(">")]
+        action = " ".join(action.split())
+        bad = not sep or not action or any(len(k) != 1 or k not in DTMF_KEYS for k in keys)
+        if bad or any(k in (BACK_KEY, END_KEY) for k in keys[:-1]):
+            raise MenuError(
+                f"{setting}: {entry!r} is not KEY=ACTION or KEY>KEY=ACTION with keys 0-9, * "
+                "or # (e.g. '1=what are your opening hours;4>1=book a cleaning;0=transfer')"
+            )
+        path = "".join(keys)
+        if path in menu:
+            raise MenuError(f"{setting}: key {'>'.join(keys)!r} is defined twice")
+        if action.lower().startswith(COLLECT) and not action[len(COLLECT) :].strip():
+            raise MenuError(f"{setting}: {entry!r} needs a label after collect:")
+        menu[path] = action
+    for path in list(menu):
+        for i in range(1, len(path)):
+            menu.setdefault(path[:i], "Please choose an option.")
+    for path, action in menu.items():
+        if _children(menu, path) and action.lower() in (TRANSFER, HANGUP):
+            raise MenuError(
+                f"{setting}: key {'>'.join(path)!r} has a submenu, so it cannot be "
+                f"{action!r}; its text is the submenu's prompt"
+            )
+    return menu
+
+
+def _children(menu: Mapping[str, str], path: str) -> list[str]:
+    return [p for p in menu if len(p) == len(path) + 1 and p.startswith(path)]
+
+
+def spoken_digits(digits: str) -> str:
+    """``"1234#"`` -> ``"1 2 3 4"``: read back one key at a time, as people do on the phone."""
+    names = {"*": "star", "#": "hash"}
+    return " ".join(names.get(d, d) for d in digits)
+
+
+@dataclass
+class Keypad:
+    """One call's keypad: where in the menu the caller is, and any digits being collected."""
+
+    menu: Mapping[str, str]
+    inter_digit_timeout_s: float = 5.0
+    transfer_available: bool = True
+    path: str = ""
+    collecting: str | None = None  # the label of a multi-digit entry in progress
+    digits: str = ""
+    last_key_at: float = 0.0
+    history: list[str] = field(default_factory=list)
+
+    def deadline(self) -> float | None:
+        """When ``tick`` must be called to end a multi-digit entry (None: nothing pending)."""
+        if self.collecting is None:
+            return None
+        return self.last_key_at + self.inter_digit_timeout_s
+
+    def press(self, key: str, now: float) -> list[Effect]:
+        """A key from the phone (RFC 4733); anything that is not a key is ignored."""
+        if len(key) != 1 or key not in DTMF_KEYS:
+            return []
+        self.history.append(key)
+        self.last_key_at = now
+        if self.collecting is not None:
+            return self._collect(key)
+        if key == BACK_KEY and self.path and self.path + key not in self.menu:
+            self.path = self.path[:-1]
+            return [Say(self._prompt(self.path))]
+        action = self.menu.get(self.path + key)
+        if action is None:  # ignored in the main menu (a stray key); explained in a submenu
+            return [Say(NO_SUCH_KEY_TEXT)] if self.path else []
+        here = self.path + key
+        if _children(self.menu, here):
+            self.path = here
+            return [Say(action)]
+        self.path = ""  # a leaf: the next key starts from the top again
+        low = action.lower()
+        if low == TRANSFER:
+            return (
+                [Transfer()]
+                if self.transfer_available
+                else [Ask("i would like to talk to a person")]
+            )
+        if low == HANGUP:
+            return [Hangup("caller chose hang up on the keypad")]
+        if low.startswith(COLLECT):
+            self.collecting = action[len(COLLECT) :].strip()
+            self.digits = ""
+            return []
+        return [Ask(action)]
+
+    def _collect(self, key: str) -> list[Effect]:
+        if key == END_KEY:
+            return self._finish()
+        if key == BACK_KEY:  # start the entry again
+            self.digits = ""
+            return [Say("Okay, start again.")]
+        if len(self.digits) < MAX_DIGITS:
+            self.digits += key
+        return []
+
+    def tick(self, now: float) -> list[Effect]:
+        """Called at ``deadline()``: a pause after the last digit ends the entry."""
+        deadline = self.deadline()
+        if deadline is None or now < deadline:
+            return []
+        return self._finish()
+
+    def _finish(self) -> list[Effect]:
+        label, digits = self.collecting or "", self.digits
+        self.collecting, self.digits = None, ""
+        if not digits:
+            return [Say(NO_DIGITS_TEXT)]
+        return [Say(f"You entered {spoken_digits(digits)}."), Ask(f"{label} {digits}")]
+
+    def _prompt(self, path: str) -> str:
+        return self.menu.get(path, "Main menu.") if path else "Main menu."
+
+
+_PERSON = re.compile(
+    r"\b(speak|talk)\w* (to|with) (a |an |the )?(person|human|someone|agent|operator|"
+    r"representative|receptionist)\b|\b(human|real person|operator)\b( please)?$"
+)
+_GOODBYE = re.compile(r"\b(good ?bye|bye bye|that'?s all for (now|today)|please hang up)\b|^bye\b")
+
+
+def call_intent(transcript: str) -> str | None:
+    """``"transfer"`` or ``"hangup"`` when the caller asked for it in words, else None."""
+    text = " ".join(re.sub(r"[^a-z' ]", " ", transcript.lower()).split())
+    if _PERSON.search(text):
+        return TRANSFER
+    if _GOODBYE.search(text):
+        return HANGUP
+    return None
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """Idle and length limits of one call (0 disables either)."""
+
+    idle_timeout_s: float = 0.0
+    max_call_s: float = 0.0
+
+
+def idle_step(limits: CallLimits, quiet_for_s: float, prompted: bool) -> str | None:
+    """``"prompt"`` after idle_timeout of caller silence, ``"hangup"`` after another one."""
+    if limits.idle_timeout_s <= 0:
+        return None
+    if quiet_for_s >= 2 * limits.idle_timeout_s and prompted:
+        return "hangup"
+    if quiet_for_s >= limits.idle_timeout_s and not prompted:
+        return "prompt"
+    return None
+
+
+def mask_number(value: str) -> str:
+    """``+15550100001`` -> ``+1555…0001``: enough to tell calls apart, not to dial back."""
+    digits = value.strip()
+    if len(digits) <= 8:
+        return "…" + digits[-2:] if len(digits) > 2 else "…"
+    return f"{digits[:5]}…{digits[-4:]}"
+
+
+_NUMBER_IN_TEXT = re.compile(r"\+?[0-9]{7,15}")
+
+
+def mask_numbers_in(text: str) -> str:
+    """Mask every phone number inside ``text`` (room names carry the caller's number)."""
+    return _NUMBER_IN_TEXT.sub(lambda m: mask_number(m.group(0)), text)

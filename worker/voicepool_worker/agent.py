@@ -18,7 +18,7 @@ import aiohttp
 from livekit import api, rtc
 from livekit.agents import Agent, AgentSession, JobContext, JobProcess, ModelSettings, room_io
 
-from . import config, providers, telephony
+from . import config, providers, resilience, telephony
 from .apm import CallerAudioProcessor
 from .latency import TurnTracker
 
@@ -34,14 +34,21 @@ def prewarm(proc: JobProcess) -> None:
 
     cfg = config.load(os.environ)
     proc.userdata["cfg"] = cfg
-    proc.userdata["vad"] = silero.VAD.load(min_silence_duration=cfg.vad_min_silence_s)
-    stt = providers.build_stt(cfg)
+    proc.userdata["vad"] = vad = silero.VAD.load(min_silence_duration=cfg.vad_min_silence_s)
+    stt = providers.build_stt(cfg, vad=vad)
     tts = providers.build_tts(cfg)
     llm = providers.build_llm(cfg)
-    for model in (stt, tts):
-        warm = getattr(model, "prewarm", None)
-        if callable(warm):
-            warm()
+    for stage in (stt, tts):
+        for model in providers.instances_of(stage):
+            warm = getattr(model, "prewarm", None)
+            if callable(warm) and providers.is_embedded(model):
+                warm()  # loads weights; remote endpoints are not called before a caller is
+    from .providers.failover import FailoverMonitor
+
+    proc.userdata["monitors"] = [
+        FailoverMonitor(name, stage) for name, stage in (("stt", stt), ("llm", llm), ("tts", tts))
+    ]
+    proc.userdata["apology"] = resilience.prerender(tts)
     remember = getattr(tts, "remember", None)  # the embedded TTS caches what it will say
     if callable(remember):
         remember(known_phrases(cfg))
@@ -50,7 +57,7 @@ def prewarm(proc: JobProcess) -> None:
 
 def known_phrases(cfg: config.WorkerConfig) -> list[str]:
     """What the agent will say word for word: the embedded TTS caches it in the background."""
-    phrases = [cfg.greeting, HOLD_TEXT, TRANSFER_FAILED_TEXT]
+    phrases = [cfg.greeting, HOLD_TEXT, TRANSFER_FAILED_TEXT, resilience.SORRY_TEXT]
     if cfg.llm == "rules":
         from .providers.rules_llm import known_answers
 
@@ -228,7 +235,9 @@ async def entrypoint(ctx: JobContext) -> None:
             "interruption": {"enabled": True},
         },
         user_away_timeout=None,
+        conn_options=resilience.session_options(cfg),
     )
+    resilience.attach(session, ctx.proc.userdata.get("apology"))
     turns = TurnTracker()
 
     @session.on("conversation_item_added")

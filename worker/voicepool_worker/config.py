@@ -75,10 +75,33 @@ class WorkerConfig:
     transfer_to: str | None = None  # SIP REFER target for the keypad's transfer key
     sip_outbound_trunk: str | None = None  # LiveKit outbound trunk id for dialled-out calls
     tts_cache: int = 0  # clauses of synthesised audio the embedded TTS keeps (0: off)
+    # Ordered fallback chains per stage (the first is the primary, == stt/llm/tts above).
+    stt_chain: tuple[str, ...] = ("pocketsphinx",)
+    llm_chain: tuple[str, ...] = ("rules",)
+    tts_chain: tuple[str, ...] = ("piper",)
+    llm_first_token_timeout_s: float = 2.5  # an LLM silent this long is skipped for the turn
+    provider_timeout_s: float = 5.0  # per-attempt deadline of remote STT/TTS requests
+    llama_threads: int = 1  # llama.cpp threads per call: leaves a core to STT/TTS
 
     @property
     def pod_reporting(self) -> bool:
         return bool(self.pod_name)
+
+
+def _chain(
+    env: Mapping[str, str], key: str, default: str, allowed: tuple[str, ...]
+) -> tuple[str, ...]:
+    """An ordered fallback list (``openai,llama``): the first is the primary, each at most once."""
+    raw = (env.get(key) or default).strip().lower()
+    names = tuple(n.strip() for n in raw.split(","))
+    if not all(names):
+        raise ConfigError(f"{key}={raw!r} has an empty entry (use e.g. 'openai,llama')")
+    for name in names:
+        if name not in allowed:
+            raise ConfigError(f"{key}={name!r} is not one of: {', '.join(allowed)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{key}={raw!r} names a provider twice")
+    return names
 
 
 def _choice(env: Mapping[str, str], key: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -111,6 +134,13 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
         raise ConfigError(f"{key}={raw!r} is not a number") from None
     if value < 0:
         raise ConfigError(f"{key}={value} must be >= 0")
+    return value
+
+
+def _positive(env: Mapping[str, str], key: str, default: float) -> float:
+    value = _float(env, key, default)
+    if value <= 0:
+        raise ConfigError(f"{key}={value} must be > 0")
     return value
 
 
@@ -164,9 +194,9 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
     if not url.startswith(("ws://", "wss://", "http://", "https://")):
         raise ConfigError(f"LIVEKIT_URL={url!r} must start with ws://, wss://, http:// or https://")
 
-    stt = _choice(env, "VOICEPOOL_STT", "pocketsphinx", STT_PROVIDERS)
-    llm = _choice(env, "VOICEPOOL_LLM", "rules", LLM_PROVIDERS)
-    tts = _choice(env, "VOICEPOOL_TTS", "piper", TTS_PROVIDERS)
+    stt_chain = _chain(env, "VOICEPOOL_STT", "pocketsphinx", STT_PROVIDERS)
+    llm_chain = _chain(env, "VOICEPOOL_LLM", "rules", LLM_PROVIDERS)
+    tts_chain = _chain(env, "VOICEPOOL_TTS", "piper", TTS_PROVIDERS)
     llama_path = (env.get("VOICEPOOL_LLAMA_MODEL_PATH") or "").strip() or None
 
     try:
@@ -194,12 +224,14 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         pod_namespace=(env.get("POD_NAMESPACE") or "").strip() or None,
         http_port=_int(env, "VOICEPOOL_HTTP_PORT", 8081, 0),
         agent_http_port=_int(env, "VOICEPOOL_AGENT_HTTP_PORT", 0, 0),
-        stt=stt,
-        llm=llm,
-        tts=tts,
-        stt_openai=_openai(env, "STT", "gpt-4o-mini-transcribe") if stt == "openai" else None,
-        llm_openai=_openai(env, "LLM", "gpt-4.1-mini") if llm == "openai" else None,
-        tts_openai=_openai(env, "TTS", "gpt-4o-mini-tts") if tts == "openai" else None,
+        stt=stt_chain[0],
+        llm=llm_chain[0],
+        tts=tts_chain[0],
+        stt_openai=(
+            _openai(env, "STT", "gpt-4o-mini-transcribe") if "openai" in stt_chain else None
+        ),
+        llm_openai=_openai(env, "LLM", "gpt-4.1-mini") if "openai" in llm_chain else None,
+        tts_openai=_openai(env, "TTS", "gpt-4o-mini-tts") if "openai" in tts_chain else None,
         tts_voice=(env.get("VOICEPOOL_TTS_VOICE") or "").strip(),
         system_prompt=env.get("VOICEPOOL_SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
         greeting=env.get("VOICEPOOL_GREETING", DEFAULT_GREETING),
@@ -217,4 +249,10 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         transfer_to=transfer_to,
         sip_outbound_trunk=(env.get("VOICEPOOL_SIP_OUTBOUND_TRUNK") or "").strip() or None,
         tts_cache=_int(env, "VOICEPOOL_TTS_CACHE", 0, 0),
+        stt_chain=stt_chain,
+        llm_chain=llm_chain,
+        tts_chain=tts_chain,
+        llm_first_token_timeout_s=_positive(env, "VOICEPOOL_LLM_FIRST_TOKEN_TIMEOUT", 2.5),
+        provider_timeout_s=_positive(env, "VOICEPOOL_PROVIDER_TIMEOUT", 5.0),
+        llama_threads=_int(env, "VOICEPOOL_LLAMA_THREADS", 1, 1),
     )

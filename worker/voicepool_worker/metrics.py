@@ -72,6 +72,22 @@ TRANSFERS = Counter("voicepool_worker_transfers", "SIP transfers of a caller", [
 OUTBOUND = Counter(
     "voicepool_worker_outbound_calls", "Calls the agent placed over SIP", ["result"]
 )  # result: answered | failed
+PROVIDER_FAILOVERS = Counter(
+    "voicepool_worker_provider_failovers",
+    "A stage's provider failed or missed its deadline and the next one in its chain took over",
+    ["stage", "from", "to"],
+)  # to: the next available provider, or "none" when the whole chain is down
+PROVIDER_LATENCY = Histogram(
+    "voicepool_worker_provider_latency_seconds",
+    "Per provider: LLM time to first token, TTS time to first byte, STT request time",
+    ["stage", "provider"],
+    buckets=_BUCKETS,
+)
+PROVIDER_ERRORS = Counter(
+    "voicepool_worker_provider_errors",
+    "Turns a stage could not serve (every provider failed): the caller heard the apology",
+    ["stage", "provider"],
+)
 
 
 def render() -> bytes:

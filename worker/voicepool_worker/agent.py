@@ -18,7 +18,7 @@ import aiohttp
 from livekit import api, rtc
 from livekit.agents import Agent, AgentSession, JobContext, JobProcess, ModelSettings, room_io
 
-from . import config, providers, resilience, telephony
+from . import config, dialog_actions, providers, resilience, telephony
 from .apm import CallerAudioProcessor
 from .latency import TurnTracker
 
@@ -43,6 +43,10 @@ def prewarm(proc: JobProcess) -> None:
             warm = getattr(model, "prewarm", None)
             if callable(warm) and providers.is_embedded(model):
                 warm()  # loads weights; remote endpoints are not called before a caller is
+    for model in providers.instances_of(llm):
+        warm_llm = getattr(model, "warm", None)
+        if callable(warm_llm):
+            warm_llm(cfg.system_prompt)
     from .providers.failover import FailoverMonitor
 
     proc.userdata["monitors"] = [
@@ -59,9 +63,9 @@ def known_phrases(cfg: config.WorkerConfig) -> list[str]:
     """What the agent will say word for word: the embedded TTS caches it in the background."""
     phrases = [cfg.greeting, HOLD_TEXT, TRANSFER_FAILED_TEXT, resilience.SORRY_TEXT]
     if cfg.llm == "rules":
-        from .providers.rules_llm import known_answers
+        from . import dialog
 
-        phrases += known_answers()
+        phrases += dialog.load(cfg.dialog_path).known_answers()
     return [p for p in phrases if p.strip()]
 
 
@@ -269,15 +273,20 @@ async def entrypoint(ctx: JobContext) -> None:
         log.info("session closed", extra={"reason": str(ev.reason), "error": str(ev.error or "")})
         ctx.shutdown(reason=f"session closed: {ev.reason}")
 
+    phone = CallControl(ctx, session, cfg)
+    actions = dialog_actions.SessionActions(ctx, session, phone, TRANSFER_FAILED_TEXT)
+    dialog_actions.connect(ctx.proc.userdata["llm"], actions)
+    agent = VoiceAgent(instructions=cfg.system_prompt, echo=processor)
+    if any(name != "rules" for name in cfg.llm_chain):  # a model: the actions as tools
+        await agent.update_tools(dialog_actions.tools(actions))
     await session.start(
-        agent=VoiceAgent(instructions=cfg.system_prompt, echo=processor),
+        agent=agent,
         room=ctx.room,
         room_options=room_io.RoomOptions(
             audio_input=room_io.AudioInputOptions(noise_cancellation=processor),
         ),
         record=False,
     )
-    phone = CallControl(ctx, session, cfg)
     if cfg.dtmf_menu:
         ctx.room.on("sip_dtmf_received", phone.on_dtmf)
     try:
@@ -291,6 +300,7 @@ async def entrypoint(ctx: JobContext) -> None:
         return
     participant = await ctx.wait_for_participant()
     fields["participant"] = participant.identity
+    actions.caller = participant.identity
     log.info("caller joined", extra={"kind": int(participant.kind)})
     if cfg.greeting:
         session.say(cfg.greeting)

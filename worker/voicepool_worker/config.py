@@ -21,7 +21,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR", "CRITICAL")  # livekit-agents' s
 DEFAULT_SYSTEM_PROMPT = (
     "You are the friendly phone receptionist of Voicepool Dental. Answer in one or two short "
     "spoken sentences, without lists or markdown. Opening hours: Monday to Friday 9 AM to "
-    "6 PM, Saturday 10 AM to 2 PM, closed on Sunday. Address: 12 Harbour Street."
+    "6 PM, Saturday 10 AM to 2 PM, closed on Sunday. Address: 12 Harbour Street, next to the "
+    "central station. Prices: check-up 60 euros, cleaning 80 euros, filling from 120 euros. "
+    "To book an appointment, ask for the day, the time and the caller's name. If the caller "
+    "wants a person, use transfer_call; when they say goodbye, say goodbye and use end_call."
 )
 DEFAULT_GREETING = "Hello, you have reached Voicepool Dental. How can I help you?"
 
@@ -82,6 +85,7 @@ class WorkerConfig:
     llm_first_token_timeout_s: float = 2.5  # an LLM silent this long is skipped for the turn
     provider_timeout_s: float = 5.0  # per-attempt deadline of remote STT/TTS requests
     llama_threads: int = 1  # llama.cpp threads per call: leaves a core to STT/TTS
+    dialog_path: str | None = None  # the scripted receptionist's YAML (None: the default)
 
     @property
     def pod_reporting(self) -> bool:
@@ -255,4 +259,5 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         llm_first_token_timeout_s=_positive(env, "VOICEPOOL_LLM_FIRST_TOKEN_TIMEOUT", 2.5),
         provider_timeout_s=_positive(env, "VOICEPOOL_PROVIDER_TIMEOUT", 5.0),
         llama_threads=_int(env, "VOICEPOOL_LLAMA_THREADS", 1, 1),
+        dialog_path=(env.get("VOICEPOOL_DIALOG") or "").strip() or None,
     )

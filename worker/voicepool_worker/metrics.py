@@ -88,6 +88,9 @@ PROVIDER_ERRORS = Counter(
     "Turns a stage could not serve (every provider failed): the caller heard the apology",
     ["stage", "provider"],
 )
+DIALOG_ACTIONS = Counter(
+    "voicepool_worker_dialog_actions", "Hang-ups and transfers the dialog asked for", ["action"]
+)
 
 
 def render() -> bytes:

@@ -111,7 +111,12 @@ def attach(session: Any, audio: tuple[bytes, int] | None) -> None:
                 session.say(SORRY_TEXT, audio=_frames(*audio), add_to_chat_ctx=False)
             elif stage != "tts":
                 session.say(SORRY_TEXT, add_to_chat_ctx=False)
+            else:
+                log.warning("no apology: the TTS failed and no embedded voice is in its chain")
+                return
         except RuntimeError as e:  # the session is closing
             log.info(f"no apology: {e}")
+            return
+        log.info("apology said", extra={"stage": stage, "provider": provider})
 
     session.on("error", on_error)

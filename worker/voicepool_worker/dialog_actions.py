@@ -1,0 +1,120 @@
+"""Where the dialog's actions (hang up, transfer) leave the pure dialog and reach the phone.
+
+Both brains produce the same two actions: the scripted receptionist returns them on its reply
+(``dialog.Reply.action``), an LLM provider calls the function tools ``end_call`` and
+``transfer_call``. Either way they go to one ``CallActions`` object -- the call-control code
+of the call -- so keypad, dialog and tools share one implementation. ``SessionActions`` is the
+one used until a richer call-control module takes its place: it waits for the goodbye to be
+heard, then ends the call, or asks LiveKit SIP to transfer it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from .dialog import Reply
+
+log = logging.getLogger("voicepool.worker.dialog")
+
+END_CALL_DESCRIPTION = (
+    "End the phone call. Use it after saying goodbye, when the caller says they are done or "
+    "asks to hang up."
+)
+TRANSFER_DESCRIPTION = (
+    "Transfer the caller to a human colleague. Use it when the caller asks for a person, "
+    "has an emergency, or you cannot help."
+)
+
+
+class CallActions(Protocol):
+    """What the dialog may ask of the call (implemented by the call-control code)."""
+
+    async def hang_up(self, reason: str) -> None: ...
+
+    async def transfer(self, reason: str) -> None: ...
+
+
+def connect(llm_stage: Any, actions: CallActions) -> None:
+    """Route the scripted dialog's reply actions (every ``rules`` LLM in the chain)."""
+    from . import providers
+    from .providers.rules_llm import RulesLLM
+
+    tasks: set[asyncio.Task[None]] = set()
+
+    def on_action(reply: Reply) -> None:
+        log.info("dialog action", extra={"action": reply.action, "intents": list(reply.intents)})
+        reason = ",".join(reply.intents) or "dialog"
+        if reply.action == "hangup":
+            task = asyncio.create_task(actions.hang_up(reason))
+        elif reply.action == "transfer":
+            task = asyncio.create_task(actions.transfer(reason))
+        else:
+            return
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    for instance in providers.instances_of(llm_stage):
+        if isinstance(instance, RulesLLM):
+            instance.on_action = on_action
+
+
+def tools(actions: CallActions) -> list[Any]:
+    """``end_call`` and ``transfer_call`` as function tools for an LLM provider."""
+    from livekit.agents import function_tool
+
+    async def end_call(reason: str = "") -> str:
+        """End the call (after the goodbye was said)."""
+        log.info("dialog action", extra={"action": "hangup", "tool": "end_call"})
+        await actions.hang_up(reason or "end_call")
+        return "The call has been ended."
+
+    async def transfer_call(reason: str = "") -> str:
+        """Transfer the caller to a person."""
+        log.info("dialog action", extra={"action": "transfer", "tool": "transfer_call"})
+        await actions.transfer(reason or "transfer_call")
+        return "The caller is being transferred."
+
+    return [
+        function_tool(end_call, name="end_call", description=END_CALL_DESCRIPTION),
+        function_tool(transfer_call, name="transfer_call", description=TRANSFER_DESCRIPTION),
+    ]
+
+
+class SessionActions:
+    """``CallActions`` over one AgentSession: hang up once the goodbye is heard; transfer
+    through the call's phone control (``agent.CallControl``), telling the caller if it fails."""
+
+    def __init__(self, ctx: Any, session: Any, phone: Any, failed_text: str) -> None:
+        self._ctx, self._session, self._phone = ctx, session, phone
+        self._failed_text = failed_text
+        self.caller: str | None = None  # the caller's participant identity, once joined
+
+    async def _goodbye_heard(self) -> None:
+        speech = self._session.current_speech
+        if speech is not None:
+            await speech.wait_for_playout()
+
+    async def hang_up(self, reason: str) -> None:
+        from . import metrics
+
+        await self._goodbye_heard()
+        metrics.DIALOG_ACTIONS.labels("hangup").inc()
+        log.info("hanging up", extra={"reason": reason})
+        try:
+            await self._ctx.delete_room()  # every participant (the SIP leg too) is dropped
+        except Exception as e:  # the job ends either way
+            log.warning(f"could not delete the room: {e}")
+        self._ctx.shutdown(reason=f"hang-up: {reason}")
+
+    async def transfer(self, reason: str) -> None:
+        from . import metrics
+
+        await self._goodbye_heard()
+        metrics.DIALOG_ACTIONS.labels("transfer").inc()
+        if self.caller is None:
+            self._session.say(self._failed_text)
+            return
+        if await self._phone.transfer(self.caller) is not None:
+            self._session.say(self._failed_text)

@@ -1,0 +1,188 @@
+"""The scripted receptionist (pure): multi-intent sentences, slots, ask-back, actions, YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from voicepool_worker import config, dialog, providers
+from voicepool_worker.config import ConfigError
+from voicepool_worker.dialog import find_day, find_name, find_time, respond
+
+from bench.dialog_score import fits, load_heldout
+
+D = dialog.load()
+
+
+def say(*turns: str) -> dialog.Reply:
+    """The reply to the last of ``turns``, the agent's replies in between replayed too."""
+    history: list[tuple[str, str]] = []
+    reply = dialog.Reply("")
+    for t in turns:
+        history.append(("user", t))
+        reply = respond(D, history)
+        history.append(("assistant", reply.text))
+    return reply
+
+
+def test_the_question_part_of_a_multi_intent_sentence_is_answered() -> None:
+    """The old keyword matcher said goodbye to this one."""
+    r = say("thanks, what are your opening hours")
+    assert r.intents == ("hours",) and r.action is None and "Monday" in r.text
+
+
+def test_two_questions_in_one_sentence_are_both_answered() -> None:
+    r = say("where are you located and how much is a cleaning")
+    assert r.intents == ("address", "prices")
+    assert "Harbour Street" in r.text and "80 euros" in r.text
+
+
+def test_a_question_wins_over_hanging_up() -> None:
+    assert say("bye, oh wait, are you open on saturday").action is None
+    assert say("thanks, that's all, goodbye").action == "hangup"
+
+
+def test_hang_up_and_transfer_are_actions_on_the_reply() -> None:
+    bye = say("ok that's it, bye")
+    assert bye.action == "hangup" and "Goodbye" in bye.text
+    person = say("can i please talk to a real person")
+    assert person.action == "transfer" and person.intents == ("human",)
+    assert say("thank you").action is None  # thanks alone is not goodbye
+
+
+def test_a_booking_collects_day_time_and_name_over_turns() -> None:
+    assert say("i'd like to book an appointment").text == "Which day would suit you?"
+    r = say("i'd like to book an appointment", "tuesday please")
+    assert r.text == "At what time on Tuesday?"
+    r = say("i'd like to book an appointment", "tuesday please", "around ten thirty")
+    assert "name" in r.text
+    r = say("i'd like to book an appointment", "tuesday please", "around ten thirty", "john smith")
+    assert r.text.startswith("I have booked John Smith on Tuesday at 10:30 AM.")
+
+
+def test_slots_in_the_first_sentence_and_a_question_during_a_booking() -> None:
+    r = say("book me for friday at 3 pm please")
+    assert r.text == "And may I have your name, please?"
+    r = say("book me for friday at 3 pm please", "wait, where are you located")
+    assert "Harbour Street" in r.text and "name" in r.text  # answered, then asked again
+    r = say("book me for friday at 3 pm please", "where are you", "my name is anna lee")
+    assert "Anna Lee on Friday at 3 PM" in r.text
+
+
+def test_unsure_asks_back_and_yes_answers_it() -> None:
+    r = say("when")
+    assert r.text == "Are you asking about our opening hours?"
+    assert "Monday" in say("when", "yes please").text
+    assert "didn't quite get" in say("when", "no").text
+
+
+def test_repeat_says_the_last_answer_again() -> None:
+    assert say("where are you located", "sorry, could you repeat that").text == (
+        say("where are you located").text
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "day", "time"),
+    [
+        ("monday at three pm", "Monday", "3 PM"),
+        ("on thursdays around 10:30", "Thursday", "10:30 AM"),
+        ("tomorrow at noon", "tomorrow", "12 PM"),
+        ("half past two on friday", "Friday", "2:30 PM"),
+        ("at 9 am", None, "9 AM"),
+        ("i have three kids", None, None),  # a number is not a time without context
+    ],
+)
+def test_day_and_time_slots(text: str, day: str | None, time: str | None) -> None:
+    assert (find_day(text), find_time(text)) == (day, time)
+
+
+def test_name_slot() -> None:
+    assert find_name("my name is anna", expecting=False) == "Anna"
+    assert find_name("it's bob jones", expecting=True) == "Bob Jones"
+    assert find_name("bob", expecting=True) == "Bob"
+    assert find_name("i'm looking for the address", expecting=False) is None
+
+
+@given(st.text(max_size=80))
+def test_any_utterance_gets_a_reply(text: str) -> None:
+    r = respond(D, [("user", text)])
+    assert r.text and r.action in (None, "hangup", "transfer")
+
+
+def test_held_out_sentences_score_at_least_90_percent() -> None:
+    """The bench's score (bench/dialog_score.py), kept as a floor on the dialog's quality."""
+    sentences, table = load_heldout()
+    assert len(sentences) >= 40
+    good = sum(fits(respond(D, [("user", s["say"])]).text, s["expect"], table) for s in sentences)
+    assert good / len(sentences) >= 0.9, f"{good}/{len(sentences)}"
+
+
+# -- the user's YAML ----------------------------------------------------------------------------
+
+CUSTOM = """
+facts:
+  hours: We open at dawn.
+intents:
+  - name: hours
+    answer: "{hours}"
+    keywords: {open: 1, hour: 1}
+  - name: pizza
+    label: our pizzas
+    answer: We have margherita and funghi.
+    keywords: {pizza: 1, menu: 0.6}
+  - name: bye
+    kind: hangup
+    answer: Ciao!
+    keywords: {bye: 1}
+fallback: Pizza or opening hours?
+"""
+
+
+def test_intents_answers_and_facts_come_from_the_users_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "dialog.yaml"
+    path.write_text(CUSTOM)
+    d = dialog.load(path)
+    assert respond(d, [("user", "when do you open")]).text == "We open at dawn."
+    assert respond(d, [("user", "do you have pizza")]).text.startswith("We have")
+    assert respond(d, [("user", "menu")]).text == "Are you asking about our pizzas?"
+    assert respond(d, [("user", "bye")]).action == "hangup"
+    assert respond(d, [("user", "weather")]).text == "Pizza or opening hours?"
+    cfg = config.load(
+        {
+            "LIVEKIT_URL": "ws://x",
+            "LIVEKIT_API_KEY": "k",
+            "LIVEKIT_API_SECRET": "s",
+            "VOICEPOOL_DIALOG": str(path),
+        }
+    )
+    providers.check(cfg)
+    assert providers.build_llm(cfg).dialog.intent("pizza").label == "our pizzas"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("intents: []", "intents must be a non-empty list"),
+        ("intents: [{name: a, answer: x}]", "keywords must be a non-empty mapping"),
+        ("intents: [{name: a, kind: dance, answer: x, keywords: {a: 1}}]", "kind 'dance'"),
+        ("intents: [{name: a, answer: x, keywords: {a: -1}}]", "needs a positive weight"),
+        ("intents: [{name: b, kind: booking, answer: x, keywords: {b: 1}}]", "asks for exactly"),
+        ("intents: [oops", "is not valid YAML"),
+    ],
+)
+def test_a_bad_dialog_file_stops_the_worker_with_one_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "dialog.yaml"
+    path.write_text(text)
+    env = {"LIVEKIT_URL": "ws://x", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}
+    cfg = config.load({**env, "VOICEPOOL_DIALOG": str(path)})
+    with pytest.raises(ConfigError) as e:
+        providers.check(cfg)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    missing = config.load({**env, "VOICEPOOL_DIALOG": str(tmp_path / "none.yaml")})
+    with pytest.raises(ConfigError, match="cannot read dialog file"):
+        providers.check(missing)

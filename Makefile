@@ -53,6 +53,7 @@ bench: build
 	$(BIN)/python bench/simulate_calls.py
 	$(BIN)/python bench/operator_reaction.py
 	$(BIN)/python bench/worker_latency.py --turns 24
+	$(BIN)/python bench/dialog_score.py --llm-sentences 12 --contention
 
 ## kind-test: for users with Docker + kind: images, kind cluster (static CPU manager), chart,
 ## then the same integration suite against it.

@@ -186,3 +186,20 @@ def test_a_bad_dialog_file_stops_the_worker_with_one_line(
     missing = config.load({**env, "VOICEPOOL_DIALOG": str(tmp_path / "none.yaml")})
     with pytest.raises(ConfigError, match="cannot read dialog file"):
         providers.check(missing)
+
+
+def test_the_production_example_pool_configures_a_valid_worker() -> None:
+    """examples/pool-production.yaml: its fallback chains load, its ConfigMap dialog parses."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    cm, pool = yaml.safe_load_all((root / "examples" / "pool-production.yaml").read_text())
+    env = {"LIVEKIT_URL": "wss://x", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}
+    for item in pool["spec"]["template"]["env"]:
+        ref = item.get("valueFrom", {}).get("configMapKeyRef")
+        env[item["name"]] = cm["data"][ref["key"]] if ref else item.get("value", "sk-secret")
+    cfg = config.load(env)
+    assert cfg.llm_chain == ("openai", "llama", "rules")
+    assert cfg.stt_chain == ("openai", "pocketsphinx") and cfg.tts_chain == ("openai", "piper")
+    d = dialog.from_config(cfg.dialog_path, cfg.dialog_yaml)
+    assert "8 AM" in respond(d, [("user", "thanks, when are you open")]).text

@@ -65,7 +65,7 @@ def known_phrases(cfg: config.WorkerConfig) -> list[str]:
     if cfg.llm == "rules":
         from . import dialog
 
-        phrases += dialog.load(cfg.dialog_path).known_answers()
+        phrases += dialog.from_config(cfg.dialog_path, cfg.dialog_yaml).known_answers()
     return [p for p in phrases if p.strip()]
 
 

@@ -86,6 +86,7 @@ class WorkerConfig:
     provider_timeout_s: float = 5.0  # per-attempt deadline of remote STT/TTS requests
     llama_threads: int = 1  # llama.cpp threads per call: leaves a core to STT/TTS
     dialog_path: str | None = None  # the scripted receptionist's YAML (None: the default)
+    dialog_yaml: str | None = None  # the same YAML inline (from a ConfigMap key via env)
 
     @property
     def pod_reporting(self) -> bool:
@@ -260,4 +261,5 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         provider_timeout_s=_positive(env, "VOICEPOOL_PROVIDER_TIMEOUT", 5.0),
         llama_threads=_int(env, "VOICEPOOL_LLAMA_THREADS", 1, 1),
         dialog_path=(env.get("VOICEPOOL_DIALOG") or "").strip() or None,
+        dialog_yaml=(env.get("VOICEPOOL_DIALOG_YAML") or "").strip() or None,
     )

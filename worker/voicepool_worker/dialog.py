@@ -249,6 +249,20 @@ def parse(data: Any, source: str = "dialog") -> Dialog:
     )
 
 
+def loads(text: str, source: str = "VOICEPOOL_DIALOG_YAML") -> Dialog:
+    """A dialog from YAML text (e.g. a ConfigMap key passed in through the environment)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise DialogError(f"{source} is not valid YAML: {e}".split("\n")[0]) from None
+    return parse(data, source=source)
+
+
+def from_config(path: str | None, text: str | None) -> Dialog:
+    """``VOICEPOOL_DIALOG_YAML`` (inline) wins over ``VOICEPOOL_DIALOG`` (a file path)."""
+    return loads(text) if text else load(path)
+
+
 def load(path: str | Path | None = None) -> Dialog:
     """The dialog of ``path`` (``VOICEPOOL_DIALOG``), else the default receptionist."""
     p = Path(path) if path else DEFAULT_PATH

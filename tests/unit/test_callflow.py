@@ -14,7 +14,6 @@ from voicepool_worker.callflow import (
     MenuError,
     Say,
     Transfer,
-    call_intent,
     idle_step,
     mask_number,
     mask_numbers_in,
@@ -138,7 +137,10 @@ def test_transfer_and_hangup_keys() -> None:
     ],
 )
 def test_spoken_call_intents(text: str, intent: str | None) -> None:
-    assert call_intent(text) == intent
+    """The dialog decides what a caller's words ask of the call; call control carries it out."""
+    from voicepool_worker import dialog
+
+    assert dialog.respond(dialog.load(), [("user", text)]).action == intent
 
 
 def test_idle_prompts_once_then_hangs_up() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from livekit import rtc
 from livekit.agents import Agent, AgentSession, JobContext, JobProcess, ModelSettings, room_io
 
-from . import callflow, config, providers, telephony
+from . import callflow, config, dialog_actions, providers, resilience, telephony
 from .apm import CallerAudioProcessor
 from .callcontrol import (
     GOODBYE_TEXT,
@@ -37,14 +37,25 @@ def prewarm(proc: JobProcess) -> None:
 
     cfg = config.load(os.environ)
     proc.userdata["cfg"] = cfg
-    proc.userdata["vad"] = silero.VAD.load(min_silence_duration=cfg.vad_min_silence_s)
-    stt = providers.build_stt(cfg)
+    proc.userdata["vad"] = vad = silero.VAD.load(min_silence_duration=cfg.vad_min_silence_s)
+    stt = providers.build_stt(cfg, vad=vad)
     tts = providers.build_tts(cfg)
     llm = providers.build_llm(cfg)
-    for model in (stt, tts):
-        warm = getattr(model, "prewarm", None)
-        if callable(warm):
-            warm()
+    for stage in (stt, tts):
+        for model in providers.instances_of(stage):
+            warm = getattr(model, "prewarm", None)
+            if callable(warm) and providers.is_embedded(model):
+                warm()  # loads weights; remote endpoints are not called before a caller is
+    for model in providers.instances_of(llm):
+        warm_llm = getattr(model, "warm", None)
+        if callable(warm_llm):
+            warm_llm(cfg.system_prompt)
+    from .providers.failover import FailoverMonitor
+
+    proc.userdata["monitors"] = [
+        FailoverMonitor(name, stage) for name, stage in (("stt", stt), ("llm", llm), ("tts", tts))
+    ]
+    proc.userdata["apology"] = resilience.prerender(tts)
     remember = getattr(tts, "remember", None)  # the embedded TTS caches what it will say
     if callable(remember):
         remember(known_phrases(cfg))
@@ -53,12 +64,12 @@ def prewarm(proc: JobProcess) -> None:
 
 def known_phrases(cfg: config.WorkerConfig) -> list[str]:
     """What the agent will say word for word: the embedded TTS caches it in the background."""
-    phrases = [cfg.greeting, HOLD_TEXT, TRANSFER_FAILED_TEXT, GOODBYE_TEXT]
+    phrases = [cfg.greeting, HOLD_TEXT, TRANSFER_FAILED_TEXT, GOODBYE_TEXT, resilience.SORRY_TEXT]
     phrases += [IDLE_PROMPT_TEXT, MAX_LENGTH_TEXT]
     if cfg.llm == "rules":
-        from .providers.rules_llm import known_answers
+        from . import dialog
 
-        phrases += known_answers()
+        phrases += dialog.from_config(cfg.dialog_path, cfg.dialog_yaml).known_answers()
     return [p for p in phrases if p.strip()]
 
 
@@ -117,9 +128,11 @@ async def entrypoint(ctx: JobContext) -> None:
             "interruption": {"enabled": True},
         },
         user_away_timeout=None,
+        conn_options=resilience.session_options(cfg),
     )
+    resilience.attach(session, ctx.proc.userdata.get("apology"))
     turns = TurnTracker()
-    phone: CallControl | None = None
+    phone = CallControl(ctx, session, cfg)  # keypad, dialog actions and limits
 
     @session.on("conversation_item_added")
     def _on_item(ev: Any) -> None:
@@ -129,8 +142,7 @@ async def entrypoint(ctx: JobContext) -> None:
             text = msg.text_content or ""
             turns.user_turn(dict(msg.metrics or {}))
             log.info("user turn", extra={"transcript": text} if cfg.log_transcripts else {})
-            if phone is not None:
-                phone.on_user_turn(text)
+            phone.caller_spoke()
         elif role == "assistant":
             latency = turns.agent_reply(dict(msg.metrics or {}))
             extra: dict[str, Any] = {"interrupted": msg.interrupted}
@@ -151,15 +163,18 @@ async def entrypoint(ctx: JobContext) -> None:
         log.info("session closed", extra={"reason": str(ev.reason), "error": str(ev.error or "")})
         ctx.shutdown(reason=f"session closed: {ev.reason}")
 
+    dialog_actions.connect(ctx.proc.userdata["llm"], phone)
+    agent = VoiceAgent(instructions=cfg.system_prompt, echo=processor)
+    if any(name != "rules" for name in cfg.llm_chain):  # a model: the actions as tools
+        await agent.update_tools(dialog_actions.tools(phone))
     await session.start(
-        agent=VoiceAgent(instructions=cfg.system_prompt, echo=processor),
+        agent=agent,
         room=ctx.room,
         room_options=room_io.RoomOptions(
             audio_input=room_io.AudioInputOptions(noise_cancellation=processor),
         ),
         record=False,
     )
-    phone = CallControl(ctx, session, cfg)
     try:
         number = telephony.dial_request(ctx.job.metadata or "")
     except telephony.TelephonyError as e:

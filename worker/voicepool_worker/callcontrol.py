@@ -1,7 +1,8 @@
 """The phone side of one call -- hang-up, transfer, dial-out, keypad, limits: thin LiveKit glue.
 
 Every trigger goes through this one class: the keypad (``callflow.Keypad`` effects), the dialog
-(``callflow.call_intent`` of a caller's words) and, later, the session control API. What a key
+(``dialog_actions``: the scripted receptionist's reply actions, or an LLM's ``end_call`` and
+``transfer_call`` tools) and, later, the session control API. What a key
 or a sentence means is decided in ``callflow`` (pure); this module speaks, asks the dialog, or
 asks LiveKit to REFER, to place a call or to delete the room. Deleting the room is how a call
 ends: livekit-sip then sends the phone its BYE, and the job's session closes.
@@ -146,20 +147,36 @@ class CallControl:
             elif isinstance(effect, callflow.Hangup):
                 self._spawn(self.hangup(effect.reason))
 
-    # -- dialog --------------------------------------------------------------------------------
+    # -- the dialog's actions (dialog_actions.CallActions: scripted replies and LLM tools) ------
 
-    def on_user_turn(self, transcript: str) -> bool:
-        """A caller's words that are call control (ask for a person, goodbye): act, True."""
-        self.caller_spoke()
-        intent = callflow.call_intent(transcript)
-        if intent == callflow.TRANSFER and self._cfg.transfer_to is not None:
-            log.info("caller asked for a person")
-            self._spawn(self.transfer_then_report())
-            return True
-        if intent == callflow.HANGUP:
-            self._spawn(self.hangup("caller said goodbye", GOODBYE_TEXT))
-            return True
-        return False
+    async def _speech_heard(self) -> None:
+        """Let the reply that carried the action finish playing before the call changes."""
+        speech = self._session.current_speech
+        if speech is not None:
+            try:
+                await asyncio.wait_for(speech.wait_for_playout(), 15)
+            except (RuntimeError, TimeoutError) as e:  # e.g. awaited from its own tool
+                log.warning("not waiting for the reply", extra={"error": str(e)})
+
+    async def hang_up(self, reason: str) -> None:
+        """The dialog said goodbye: once it is heard, end the call."""
+        from . import metrics
+
+        await self._speech_heard()
+        metrics.DIALOG_ACTIONS.labels("hangup").inc()
+        await self.hangup(f"dialog {reason}")
+
+    async def transfer_caller(self, reason: str) -> None:
+        """The dialog promised a person: once that is heard, REFER the caller."""
+        from . import metrics
+
+        await self._speech_heard()
+        metrics.DIALOG_ACTIONS.labels("transfer").inc()
+        log.info("dialog asked for a transfer", extra={"reason": reason})
+        if self._caller is None or self._cfg.transfer_to is None:
+            self._session.say(TRANSFER_FAILED_TEXT)
+            return
+        await self.transfer_then_report()
 
     # -- actions (every trigger lands here) ----------------------------------------------------
 

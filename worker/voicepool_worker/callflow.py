@@ -4,8 +4,10 @@
   nest, multi-digit entry ended by ``#`` or an inter-digit timeout, read-back of what was keyed,
   ``*`` to go back. Each key press returns the effects to carry out; the clock comes in as an
   argument, so every path is unit-tested with plain data.
-* ``call_intent``: the few things a caller can *say* that are call control rather than
-  conversation (ask for a person, say goodbye).
+* ``CallLimits`` / ``idle_step``: when a quiet or long call is prompted and ended.
+
+What a caller *says* that is call control (asking for a person, saying goodbye) is decided by
+the dialog (``dialog.py``, its ``hangup`` and ``transfer`` intents) or by an LLM's tools.
 
 The effects are executed by ``callcontrol.CallControl``, the one module that hangs up,
 transfers and dials for the keypad, the dialog and (later) the control API alike.
@@ -189,23 +191,6 @@ class Keypad:
 
     def _prompt(self, path: str) -> str:
         return self.menu.get(path, "Main menu.") if path else "Main menu."
-
-
-_PERSON = re.compile(
-    r"\b(speak|talk)\w* (to|with) (a |an |the )?(person|human|someone|agent|operator|"
-    r"representative|receptionist)\b|\b(human|real person|operator)\b( please)?$"
-)
-_GOODBYE = re.compile(r"\b(good ?bye|bye bye|that'?s all for (now|today)|please hang up)\b|^bye\b")
-
-
-def call_intent(transcript: str) -> str | None:
-    """``"transfer"`` or ``"hangup"`` when the caller asked for it in words, else None."""
-    text = " ".join(re.sub(r"[^a-z' ]", " ", transcript.lower()).split())
-    if _PERSON.search(text):
-        return TRANSFER
-    if _GOODBYE.search(text):
-        return HANGUP
-    return None
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,17 @@ STT_PROVIDERS = ("pocketsphinx", "openai")
 LLM_PROVIDERS = ("rules", "llama", "openai")
 TTS_PROVIDERS = ("piper", "espeak", "openai")
 TURN_DETECTION = ("vad", "model")
+TTS_FORMATS = ("mp3", "wav", "opus", "aac", "flac", "pcm")
 EXECUTORS = ("process", "thread")
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR", "CRITICAL")  # livekit-agents' spelling
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are the friendly phone receptionist of Voicepool Dental. Answer in one or two short "
     "spoken sentences, without lists or markdown. Opening hours: Monday to Friday 9 AM to "
-    "6 PM, Saturday 10 AM to 2 PM, closed on Sunday. Address: 12 Harbour Street."
+    "6 PM, Saturday 10 AM to 2 PM, closed on Sunday. Address: 12 Harbour Street, next to the "
+    "central station. Prices: check-up 60 euros, cleaning 80 euros, filling from 120 euros. "
+    "To book an appointment, ask for the day, the time and the caller's name. If the caller "
+    "wants a person, use transfer_call; when they say goodbye, say goodbye and use end_call."
 )
 DEFAULT_GREETING = "Hello, you have reached Voicepool Dental. How can I help you?"
 DEFAULT_OUTBOUND_GREETING = "Hello, this is Voicepool Dental calling. Do you have a moment?"
@@ -83,10 +87,36 @@ class WorkerConfig:
     log_transcripts: bool = False  # what callers and the agent say, in the log lines
     outbound_greeting: str = DEFAULT_OUTBOUND_GREETING  # when the dispatch sets no opening
     ringing_timeout_s: float = 30.0  # an outbound call not answered by then is "no-answer"
+    # Ordered fallback chains per stage (the first is the primary, == stt/llm/tts above).
+    stt_chain: tuple[str, ...] = ("pocketsphinx",)
+    llm_chain: tuple[str, ...] = ("rules",)
+    tts_chain: tuple[str, ...] = ("piper",)
+    llm_first_token_timeout_s: float = 2.5  # an LLM silent this long is skipped for the turn
+    provider_timeout_s: float = 5.0  # per-attempt deadline of remote STT/TTS requests
+    llama_threads: int = 1  # llama.cpp threads per call: leaves a core to STT/TTS
+    dialog_path: str | None = None  # the scripted receptionist's YAML (None: the default)
+    dialog_yaml: str | None = None  # the same YAML inline (from a ConfigMap key via env)
+    tts_format: str = "mp3"  # what the OpenAI TTS endpoint is asked for (wav: no decoder needed)
 
     @property
     def pod_reporting(self) -> bool:
         return bool(self.pod_name)
+
+
+def _chain(
+    env: Mapping[str, str], key: str, default: str, allowed: tuple[str, ...]
+) -> tuple[str, ...]:
+    """An ordered fallback list (``openai,llama``): the first is the primary, each at most once."""
+    raw = (env.get(key) or default).strip().lower()
+    names = tuple(n.strip() for n in raw.split(","))
+    if not all(names):
+        raise ConfigError(f"{key}={raw!r} has an empty entry (use e.g. 'openai,llama')")
+    for name in names:
+        if name not in allowed:
+            raise ConfigError(f"{key}={name!r} is not one of: {', '.join(allowed)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{key}={raw!r} names a provider twice")
+    return names
 
 
 def _choice(env: Mapping[str, str], key: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -119,6 +149,13 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
         raise ConfigError(f"{key}={raw!r} is not a number") from None
     if value < 0:
         raise ConfigError(f"{key}={value} must be >= 0")
+    return value
+
+
+def _positive(env: Mapping[str, str], key: str, default: float) -> float:
+    value = _float(env, key, default)
+    if value <= 0:
+        raise ConfigError(f"{key}={value} must be > 0")
     return value
 
 
@@ -172,9 +209,9 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
     if not url.startswith(("ws://", "wss://", "http://", "https://")):
         raise ConfigError(f"LIVEKIT_URL={url!r} must start with ws://, wss://, http:// or https://")
 
-    stt = _choice(env, "VOICEPOOL_STT", "pocketsphinx", STT_PROVIDERS)
-    llm = _choice(env, "VOICEPOOL_LLM", "rules", LLM_PROVIDERS)
-    tts = _choice(env, "VOICEPOOL_TTS", "piper", TTS_PROVIDERS)
+    stt_chain = _chain(env, "VOICEPOOL_STT", "pocketsphinx", STT_PROVIDERS)
+    llm_chain = _chain(env, "VOICEPOOL_LLM", "rules", LLM_PROVIDERS)
+    tts_chain = _chain(env, "VOICEPOOL_TTS", "piper", TTS_PROVIDERS)
     llama_path = (env.get("VOICEPOOL_LLAMA_MODEL_PATH") or "").strip() or None
 
     try:
@@ -202,12 +239,14 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         pod_namespace=(env.get("POD_NAMESPACE") or "").strip() or None,
         http_port=_int(env, "VOICEPOOL_HTTP_PORT", 8081, 0),
         agent_http_port=_int(env, "VOICEPOOL_AGENT_HTTP_PORT", 0, 0),
-        stt=stt,
-        llm=llm,
-        tts=tts,
-        stt_openai=_openai(env, "STT", "gpt-4o-mini-transcribe") if stt == "openai" else None,
-        llm_openai=_openai(env, "LLM", "gpt-4.1-mini") if llm == "openai" else None,
-        tts_openai=_openai(env, "TTS", "gpt-4o-mini-tts") if tts == "openai" else None,
+        stt=stt_chain[0],
+        llm=llm_chain[0],
+        tts=tts_chain[0],
+        stt_openai=(
+            _openai(env, "STT", "gpt-4o-mini-transcribe") if "openai" in stt_chain else None
+        ),
+        llm_openai=_openai(env, "LLM", "gpt-4.1-mini") if "openai" in llm_chain else None,
+        tts_openai=_openai(env, "TTS", "gpt-4o-mini-tts") if "openai" in tts_chain else None,
         tts_voice=(env.get("VOICEPOOL_TTS_VOICE") or "").strip(),
         system_prompt=env.get("VOICEPOOL_SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
         greeting=env.get("VOICEPOOL_GREETING", DEFAULT_GREETING),
@@ -232,4 +271,13 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         log_transcripts=_bool(env, "VOICEPOOL_LOG_TRANSCRIPTS", False),
         outbound_greeting=env.get("VOICEPOOL_OUTBOUND_GREETING", DEFAULT_OUTBOUND_GREETING),
         ringing_timeout_s=max(1.0, _float(env, "VOICEPOOL_SIP_RINGING_TIMEOUT", 30.0)),
+        stt_chain=stt_chain,
+        llm_chain=llm_chain,
+        tts_chain=tts_chain,
+        llm_first_token_timeout_s=_positive(env, "VOICEPOOL_LLM_FIRST_TOKEN_TIMEOUT", 2.5),
+        provider_timeout_s=_positive(env, "VOICEPOOL_PROVIDER_TIMEOUT", 5.0),
+        llama_threads=_int(env, "VOICEPOOL_LLAMA_THREADS", 1, 1),
+        dialog_path=(env.get("VOICEPOOL_DIALOG") or "").strip() or None,
+        dialog_yaml=(env.get("VOICEPOOL_DIALOG_YAML") or "").strip() or None,
+        tts_format=_choice(env, "VOICEPOOL_TTS_FORMAT", "mp3", TTS_FORMATS),
     )

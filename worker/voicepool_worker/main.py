@@ -51,11 +51,11 @@ INIT_PROCESS_TIMEOUT_S = 60.0
 def preload_modules(cfg: WorkerConfig) -> list[str]:
     """Imported once in livekit-agents' forkserver, shared copy-on-write by call processes."""
     mods = ["livekit.plugins.silero", "voicepool_worker.agent"]
-    if cfg.stt == "pocketsphinx":
+    if "pocketsphinx" in cfg.stt_chain:
         mods += ["pocketsphinx", "voicepool_worker.providers.pocketsphinx_stt"]
-    if cfg.tts == "piper":
+    if "piper" in cfg.tts_chain:
         mods += ["piper", "voicepool_worker.providers.piper_tts"]
-    if "openai" in (cfg.stt, cfg.llm, cfg.tts):
+    if "openai" in (*cfg.stt_chain, *cfg.llm_chain, *cfg.tts_chain):
         mods.append("livekit.plugins.openai")
     return mods  # models load in the warm process; 2 shared cores are slow
 
@@ -314,7 +314,11 @@ class Runtime:
             extra={
                 "agent_name": self.cfg.agent_name,
                 "capacity": self.cfg.capacity,
-                "providers": {"stt": self.cfg.stt, "llm": self.cfg.llm, "tts": self.cfg.tts},
+                "providers": {
+                    "stt": ",".join(self.cfg.stt_chain),
+                    "llm": ",".join(self.cfg.llm_chain),
+                    "tts": ",".join(self.cfg.tts_chain),
+                },
                 "pod": self.cfg.pod_name,
             },
         )

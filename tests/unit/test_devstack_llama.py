@@ -1,0 +1,28 @@
+"""The llama-cpp-python build cache: keyed so a change of version or flags never reuses it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from voicepool_devstack import llama_build
+
+
+def test_the_wheel_key_covers_version_and_flags() -> None:
+    key = llama_build.wheel_key()
+    assert key == llama_build.wheel_key()  # stable
+    assert key != llama_build.wheel_key(version="0.3.17")
+    assert key != llama_build.wheel_key(cmake_args=llama_build.CMAKE_ARGS + " -DGGML_NATIVE=ON")
+    assert "-DGGML_NATIVE=OFF" in llama_build.CMAKE_ARGS  # the native build segfaults on CI
+
+
+def test_the_cache_lives_under_voicepool_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VOICEPOOL_CACHE", str(tmp_path))
+    assert llama_build.wheel_dir().parent == tmp_path / "wheels"
+    assert llama_build.cached_wheel() is None  # a .partial build dir is never taken for one
+    (llama_build.wheel_dir().with_name(llama_build.wheel_dir().name + ".partial")).mkdir(
+        parents=True
+    )
+    assert llama_build.cached_wheel() is None

@@ -1,0 +1,260 @@
+"""The scripted receptionist (pure): multi-intent sentences, slots, ask-back, actions, YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from voicepool_worker import config, dialog, providers
+from voicepool_worker.config import ConfigError
+from voicepool_worker.dialog import find_day, find_name, find_time, respond
+
+from bench.dialog_score import fits, load_heldout
+
+D = dialog.load()
+
+
+def say(*turns: str) -> dialog.Reply:
+    """The reply to the last of ``turns``, the agent's replies in between replayed too."""
+    history: list[tuple[str, str]] = []
+    reply = dialog.Reply("")
+    for t in turns:
+        history.append(("user", t))
+        reply = respond(D, history)
+        history.append(("assistant", reply.text))
+    return reply
+
+
+def test_the_question_part_of_a_multi_intent_sentence_is_answered() -> None:
+    """The old keyword matcher said goodbye to this one."""
+    r = say("thanks, what are your opening hours")
+    assert r.intents == ("hours",) and r.action is None and "Monday" in r.text
+
+
+def test_two_questions_in_one_sentence_are_both_answered() -> None:
+    r = say("where are you located and how much is a cleaning")
+    assert r.intents == ("address", "prices")
+    assert "Harbour Street" in r.text and "80 euros" in r.text
+
+
+def test_a_question_wins_over_hanging_up() -> None:
+    assert say("bye, oh wait, are you open on saturday").action is None
+    assert say("thanks, that's all, goodbye").action == "hangup"
+
+
+def test_hang_up_and_transfer_are_actions_on_the_reply() -> None:
+    bye = say("ok that's it, bye")
+    assert bye.action == "hangup" and "Goodbye" in bye.text
+    person = say("can i please talk to a real person")
+    assert person.action == "transfer" and person.intents == ("human",)
+    assert say("thank you").action is None  # thanks alone is not goodbye
+
+
+def test_a_booking_collects_day_time_and_name_over_turns() -> None:
+    assert say("i'd like to book an appointment").text == "Which day would suit you?"
+    r = say("i'd like to book an appointment", "tuesday please")
+    assert r.text == "At what time on Tuesday?"
+    r = say("i'd like to book an appointment", "tuesday please", "around ten thirty")
+    assert "name" in r.text
+    r = say("i'd like to book an appointment", "tuesday please", "around ten thirty", "john smith")
+    assert r.text.startswith("I have booked John Smith on Tuesday at 10:30 AM.")
+
+
+def test_slots_in_the_first_sentence_and_a_question_during_a_booking() -> None:
+    r = say("book me for friday at 3 pm please")
+    assert r.text == "And may I have your name, please?"
+    r = say("book me for friday at 3 pm please", "wait, where are you located")
+    assert "Harbour Street" in r.text and "name" in r.text  # answered, then asked again
+    r = say("book me for friday at 3 pm please", "where are you", "my name is anna lee")
+    assert "Anna Lee on Friday at 3 PM" in r.text
+
+
+def test_unsure_asks_back_and_yes_answers_it() -> None:
+    r = say("when")
+    assert r.text == "Are you asking about our opening hours?"
+    assert "Monday" in say("when", "yes please").text
+    assert "didn't quite get" in say("when", "no").text
+
+
+def test_repeat_says_the_last_answer_again() -> None:
+    assert say("where are you located", "sorry, could you repeat that").text == (
+        say("where are you located").text
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "day", "time"),
+    [
+        ("monday at three pm", "Monday", "3 PM"),
+        ("on thursdays around 10:30", "Thursday", "10:30 AM"),
+        ("tomorrow at noon", "tomorrow", "12 PM"),
+        ("half past two on friday", "Friday", "2:30 PM"),
+        ("at 9 am", None, "9 AM"),
+        ("i have three kids", None, None),  # a number is not a time without context
+    ],
+)
+def test_day_and_time_slots(text: str, day: str | None, time: str | None) -> None:
+    assert (find_day(text), find_time(text)) == (day, time)
+
+
+def test_name_slot() -> None:
+    assert find_name("my name is anna", expecting=False) == "Anna"
+    assert find_name("it's bob jones", expecting=True) == "Bob Jones"
+    assert find_name("bob", expecting=True) == "Bob"
+    assert find_name("i'm looking for the address", expecting=False) is None
+
+
+@given(st.text(max_size=80))
+def test_any_utterance_gets_a_reply(text: str) -> None:
+    r = respond(D, [("user", text)])
+    assert r.text and r.action in (None, "hangup", "transfer")
+
+
+def test_held_out_sentences_score_at_least_90_percent() -> None:
+    """The bench's score (bench/dialog_score.py), kept as a floor on the dialog's quality."""
+    sentences, table = load_heldout()
+    assert len(sentences) >= 40
+    good = sum(fits(respond(D, [("user", s["say"])]).text, s["expect"], table) for s in sentences)
+    assert good / len(sentences) >= 0.9, f"{good}/{len(sentences)}"
+
+
+# -- the user's YAML ----------------------------------------------------------------------------
+
+CUSTOM = """
+facts:
+  hours: We open at dawn.
+intents:
+  - name: hours
+    answer: "{hours}"
+    keywords: {open: 1, hour: 1}
+  - name: pizza
+    label: our pizzas
+    answer: We have margherita and funghi.
+    keywords: {pizza: 1, menu: 0.6}
+  - name: bye
+    kind: hangup
+    answer: Ciao!
+    keywords: {bye: 1}
+fallback: Pizza or opening hours?
+"""
+
+
+def test_intents_answers_and_facts_come_from_the_users_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "dialog.yaml"
+    path.write_text(CUSTOM)
+    d = dialog.load(path)
+    assert respond(d, [("user", "when do you open")]).text == "We open at dawn."
+    assert respond(d, [("user", "do you have pizza")]).text.startswith("We have")
+    assert respond(d, [("user", "menu")]).text == "Are you asking about our pizzas?"
+    assert respond(d, [("user", "bye")]).action == "hangup"
+    assert respond(d, [("user", "weather")]).text == "Pizza or opening hours?"
+    cfg = config.load(
+        {
+            "LIVEKIT_URL": "ws://x",
+            "LIVEKIT_API_KEY": "k",
+            "LIVEKIT_API_SECRET": "s",
+            "VOICEPOOL_DIALOG": str(path),
+        }
+    )
+    providers.check(cfg)
+    assert providers.build_llm(cfg).dialog.intent("pizza").label == "our pizzas"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("intents: []", "intents must be a non-empty list"),
+        ("intents: [{name: a, answer: x}]", "keywords must be a non-empty mapping"),
+        ("intents: [{name: a, kind: dance, answer: x, keywords: {a: 1}}]", "kind 'dance'"),
+        ("intents: [{name: a, answer: x, keywords: {a: -1}}]", "needs a positive weight"),
+        ("intents: [{name: b, kind: booking, answer: x, keywords: {b: 1}}]", "asks for exactly"),
+        ("intents: [oops", "is not valid YAML"),
+    ],
+)
+def test_a_bad_dialog_file_stops_the_worker_with_one_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "dialog.yaml"
+    path.write_text(text)
+    env = {"LIVEKIT_URL": "ws://x", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}
+    cfg = config.load({**env, "VOICEPOOL_DIALOG": str(path)})
+    with pytest.raises(ConfigError) as e:
+        providers.check(cfg)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    missing = config.load({**env, "VOICEPOOL_DIALOG": str(tmp_path / "none.yaml")})
+    with pytest.raises(ConfigError, match="cannot read dialog file"):
+        providers.check(missing)
+
+
+def test_the_production_example_pool_configures_a_valid_worker() -> None:
+    """examples/pool-production.yaml: its fallback chains load, its ConfigMap dialog parses."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    cm, pool = yaml.safe_load_all((root / "examples" / "pool-production.yaml").read_text())
+    env = {"LIVEKIT_URL": "wss://x", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}
+    for item in pool["spec"]["template"]["env"]:
+        ref = item.get("valueFrom", {}).get("configMapKeyRef")
+        env[item["name"]] = cm["data"][ref["key"]] if ref else item.get("value", "sk-secret")
+    cfg = config.load(env)
+    assert cfg.llm_chain == ("openai", "llama", "rules")
+    assert cfg.stt_chain == ("openai", "pocketsphinx") and cfg.tts_chain == ("openai", "piper")
+    d = dialog.from_config(cfg.dialog_path, cfg.dialog_yaml)
+    assert "8 AM" in respond(d, [("user", "thanks, when are you open")]).text
+
+
+class Recorder:
+    """A CallActions that records what the dialog asked for."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[str, str]] = []
+
+    async def hang_up(self, reason: str) -> None:
+        self.done.append(("hangup", reason))
+
+    async def transfer_caller(self, reason: str) -> None:
+        self.done.append(("transfer", reason))
+
+
+async def _chat(model: object, text: str) -> str:
+    from livekit.agents import llm
+
+    ctx = llm.ChatContext()
+    ctx.add_message(role="user", content=text)
+    out = ""
+    async with model.chat(chat_ctx=ctx) as stream:  # type: ignore[attr-defined]
+        async for chunk in stream:
+            if chunk.delta and chunk.delta.content:
+                out += chunk.delta.content
+    return out
+
+
+async def test_the_scripted_dialogs_actions_reach_call_control() -> None:
+    import asyncio
+
+    from voicepool_worker import dialog_actions
+    from voicepool_worker.providers.rules_llm import RulesLLM
+
+    rules, actions = RulesLLM(D), Recorder()
+    dialog_actions.connect(rules, actions)
+    assert "Goodbye" in await _chat(rules, "that's all, bye")
+    assert "colleague" in await _chat(rules, "can i talk to a person")
+    assert "Monday" in await _chat(rules, "thanks, what are your opening hours")
+    await asyncio.sleep(0.05)
+    assert actions.done == [("hangup", "goodbye"), ("transfer", "human")]
+
+
+async def test_the_llm_tools_reach_call_control() -> None:
+    import asyncio
+
+    from voicepool_worker import dialog_actions
+
+    actions = Recorder()
+    end_call, transfer_call = dialog_actions.tools(actions)
+    assert (end_call.info.name, transfer_call.info.name) == ("end_call", "transfer_call")
+    assert "ending" in await end_call("caller is done")
+    await transfer_call()
+    await asyncio.sleep(0.05)
+    assert actions.done == [("hangup", "caller is done"), ("transfer", "transfer_call")]

@@ -5,8 +5,8 @@
   OpenAI-compatible server (``llama_cpp.server``) started here on loopback, same GGUF;
 * failover: the primary server is killed mid-call and the next turn is answered by the
   fallback, counted in ``voicepool_worker_provider_failovers_total``;
-* bad input: a wrong base URL, a bad key (401), a hanging endpoint and an unknown model each
-  give one log line naming stage and provider, and the caller hears the apology in time.
+* bad input: a wrong base URL, a bad key (401) and a hanging endpoint each give one log line
+  naming stage and provider, and the caller hears the apology in time.
 """
 
 from __future__ import annotations
@@ -237,7 +237,10 @@ def hanging() -> Iterator[HangingServer]:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("case", ["wrong base url", "bad key", "hanging", "unknown model"])
+# An unknown model name is not among the cases: llama_cpp.server answers any model name with
+# its default model (llama_cpp/server/model.py, LlamaProxy.__call__), so no server here
+# refuses one; the worker treats a 404 like any other HTTP error (unit-tested).
+@pytest.mark.parametrize("case", ["wrong base url", "bad key", "hanging"])
 async def test_a_broken_llm_endpoint_is_logged_and_the_caller_hears_an_apology(
     stack_env: Environment,
     tmp_path: Path,
@@ -250,11 +253,10 @@ async def test_a_broken_llm_endpoint_is_logged_and_the_caller_hears_an_apology(
         env = openai_env(closed_port_url())
     elif case == "hanging":
         env = openai_env(hanging.base_url)
-    else:  # a real server that checks keys, asked with a wrong key or for a model it lacks
+    else:  # a real server that checks keys, asked with a wrong one
         server = LlamaServer(model_path("smollm2"), tmp_path, api_key="sk-right")
         server.wait_ready()
-        key, model = ("sk-wrong", ALIAS) if case == "bad key" else ("sk-right", "gpt-9-turbo")
-        env = openai_env(server.base_url, key=key, model=model)
+        env = openai_env(server.base_url, key="sk-wrong")
     agent = agent_name()
     room = f"bad-{uuid.uuid4().hex[:6]}"
     try:

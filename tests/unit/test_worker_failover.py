@@ -162,8 +162,9 @@ class _Stream(llm.LLMStream):
     async def _run(self) -> None:
         owner = self._llm
         assert isinstance(owner, ScriptedLLM)
-        if owner.fail == "401":
-            raise APIStatusError("invalid api key", status_code=401, retryable=False)
+        if owner.fail in ("401", "404"):  # a bad key; a model the server does not know
+            msg = "invalid api key" if owner.fail == "401" else "model 'gpt-9' not found"
+            raise APIStatusError(msg, status_code=int(owner.fail), retryable=False)
         if owner.fail:
             raise APIConnectionError(owner.fail, retryable=False)
         if owner.stall_s:
@@ -189,7 +190,9 @@ async def ask(model: llm.LLM[Any]) -> str:
     return out
 
 
-@pytest.mark.parametrize("failure", [{"fail": "401"}, {"fail": "refused"}, {"stall_s": 30.0}])
+@pytest.mark.parametrize(
+    "failure", [{"fail": "401"}, {"fail": "404"}, {"fail": "refused"}, {"stall_s": 30.0}]
+)
 async def test_a_failed_or_late_primary_is_skipped_counted_and_probed(
     failure: dict[str, Any],
 ) -> None:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterable, AsyncIterator
+import time
 from typing import Any
 
-from livekit import rtc
-from livekit.agents import Agent, AgentSession, JobContext, JobProcess, ModelSettings, room_io
+from livekit.agents import Agent, AgentSession, JobContext, JobProcess, room_io
 
 from . import callflow, config, dialog_actions, providers, resilience, telephony
 from .apm import CallerAudioProcessor
@@ -27,6 +26,7 @@ from .callcontrol import (
     CallControl,
 )
 from .latency import TurnTracker
+from .playout_tap import attach_echo_reference
 
 log = logging.getLogger("voicepool.worker.agent")
 
@@ -74,19 +74,10 @@ def known_phrases(cfg: config.WorkerConfig) -> list[str]:
 
 
 class VoiceAgent(Agent):
-    """The receptionist: instructions from config; its speech feeds the echo canceller."""
+    """The receptionist: instructions from config."""
 
-    def __init__(self, *, instructions: str, echo: CallerAudioProcessor | None) -> None:
+    def __init__(self, *, instructions: str) -> None:
         super().__init__(instructions=instructions)
-        self._echo = echo
-
-    async def tts_node(
-        self, text: AsyncIterable[str], model_settings: ModelSettings
-    ) -> AsyncIterator[rtc.AudioFrame]:
-        async for frame in Agent.default.tts_node(self, text, model_settings):
-            if self._echo is not None:
-                self._echo.far_end(frame)
-            yield frame
 
 
 def _turn_detection(cfg: config.WorkerConfig) -> Any:
@@ -108,10 +99,18 @@ async def entrypoint(ctx: JobContext) -> None:
     }
     ctx.log_context_fields = fields
 
+    pause_fill = getattr(ctx.proc.userdata["tts"], "pause_fill", None)
+    if callable(pause_fill):  # the TTS cache fill must not compete with this call for CPU
+        pause_fill()
+
     processor: CallerAudioProcessor | None = None
     if cfg.noise_suppression or cfg.echo_cancellation:
         processor = CallerAudioProcessor(
-            echo_cancellation=cfg.echo_cancellation, noise_suppression=cfg.noise_suppression
+            echo_cancellation=cfg.echo_cancellation,
+            noise_suppression=cfg.noise_suppression,
+            stream_delay_ms=cfg.echo_delay_ms,
+            auto_gain_control=cfg.auto_gain_control,
+            echo_gate_db=-cfg.echo_gate_db if cfg.echo_gate_db > 0 else None,
         )
 
     session: AgentSession[None] = AgentSession(
@@ -125,7 +124,11 @@ async def entrypoint(ctx: JobContext) -> None:
                 "min_delay": cfg.endpointing_min_delay_s,
                 "max_delay": cfg.endpointing_max_delay_s,
             },
-            "interruption": {"enabled": True},
+            "interruption": {
+                "enabled": True,
+                "min_duration": cfg.interruption_min_duration_s,
+            },
+            "preemptive_generation": {"enabled": True, "preemptive_tts": cfg.preemptive_tts},
         },
         user_away_timeout=None,
         conn_options=resilience.session_options(cfg),
@@ -141,11 +144,16 @@ async def entrypoint(ctx: JobContext) -> None:
         if role == "user":
             text = msg.text_content or ""
             turns.user_turn(dict(msg.metrics or {}))
-            log.info("user turn", extra={"transcript": text} if cfg.log_transcripts else {})
+            log.info(
+                "user turn",
+                extra={"transcript": text, "t": time.time()}
+                if cfg.log_transcripts
+                else {"t": time.time()},
+            )
             phone.caller_spoke()
         elif role == "assistant":
             latency = turns.agent_reply(dict(msg.metrics or {}))
-            extra: dict[str, Any] = {"interrupted": msg.interrupted}
+            extra: dict[str, Any] = {"interrupted": msg.interrupted, "t": time.time()}
             if cfg.log_transcripts:
                 extra["reply"] = msg.text_content or ""
             if latency is not None:
@@ -164,7 +172,7 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.shutdown(reason=f"session closed: {ev.reason}")
 
     dialog_actions.connect(ctx.proc.userdata["llm"], phone)
-    agent = VoiceAgent(instructions=cfg.system_prompt, echo=processor)
+    agent = VoiceAgent(instructions=cfg.system_prompt)
     if any(name != "rules" for name in cfg.llm_chain):  # a model: the actions as tools
         await agent.update_tools(dialog_actions.tools(phone))
     await session.start(
@@ -175,6 +183,9 @@ async def entrypoint(ctx: JobContext) -> None:
         ),
         record=False,
     )
+    if processor is not None and cfg.echo_cancellation:
+        # the reference is what the room output plays, when it plays (see playout_tap)
+        processor.reference = attach_echo_reference(session.output.audio)
     try:
         number = telephony.dial_request(ctx.job.metadata or "")
     except telephony.TelephonyError as e:

@@ -2,15 +2,31 @@
 
 ``rtc.AudioProcessingModule`` only accepts frames of exactly 10 ms, while the room input
 hands over 50 ms frames; ``TenMsFramer`` re-cuts any frame size into 10 ms pieces and back.
-The far end (what the agent says) is fed to the APM's reverse stream by ``AgentEchoTap`` so
-the canceller knows what to remove when a speakerphone plays the agent back into the mic.
+For echo cancellation the APM's reverse stream gets the far end (what the agent says) in step
+with the caller's audio: ``playout_tap`` records what the room output plays and when; for each
+10 ms of caller audio the processor feeds the reference piece that played one echo-path delay
+earlier (``echo_delay`` estimates that delay from the signals), leaving the canceller a small
+residual delay (``RESIDUAL_DELAY_MS``, also its stream-delay hint) that it tracks by itself.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
 from livekit import rtc
 
-FAR_END_RATE = 24000
+from .echo_delay import EchoDelayEstimator, echo_only
+from .measure import rms
+from .playout_tap import ReferenceSchedule
+
+log = logging.getLogger("voicepool.worker.apm")
+#: The delay left to AEC3 after the reference is shifted: well inside what it aligns itself.
+RESIDUAL_DELAY_MS = 200
+GATE_SPREAD_S = 0.25  # how far the echo path may wander around its estimate
+ESTIMATE_EVERY = 50  # 10 ms pieces between two delay estimates
 
 
 class TenMsFramer:
@@ -41,17 +57,35 @@ class CallerAudioProcessor(rtc.FrameProcessor[rtc.AudioFrame]):
     keeps its tail untouched (the room input uses 50 ms frames, so that never happens).
     """
 
-    def __init__(self, *, echo_cancellation: bool, noise_suppression: bool) -> None:
+    def __init__(
+        self,
+        *,
+        echo_cancellation: bool,
+        noise_suppression: bool,
+        stream_delay_ms: int = 0,
+        auto_gain_control: bool = False,
+        echo_gate_db: float | None = -8.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        # AGC is off by default: nothing upstream levels the caller (the room input does not
+        # run AGC), but WebRTC's AGC lifts residual echo and line noise between words, which
+        # the VAD then takes for speech (VOICEPOOL_AUTO_GAIN_CONTROL turns it on).
         self._apm = rtc.AudioProcessingModule(
             echo_cancellation=echo_cancellation,
             noise_suppression=noise_suppression,
             high_pass_filter=True,
-            auto_gain_control=False,  # the room input already runs AGC
+            auto_gain_control=auto_gain_control,
         )
+        self._aec = echo_cancellation
+        if echo_cancellation:  # a hint only: AEC3 tracks the residual delay itself
+            self._apm.set_stream_delay_ms(RESIDUAL_DELAY_MS)
+        self.reference: ReferenceSchedule | None = None  # set once the room output exists
+        self.estimator = EchoDelayEstimator(initial_s=stream_delay_ms / 1000)
+        self._pieces = 0
+        self._clock = 0.0
+        self.echo_gate_db = echo_gate_db
+        self._now = clock
         self._enabled = True
-        self._resampler: rtc.AudioResampler | None = None
-        self._resampler_rate = 0
-        self._far: TenMsFramer | None = None
 
     @property
     def enabled(self) -> bool:
@@ -68,14 +102,24 @@ class CallerAudioProcessor(rtc.FrameProcessor[rtc.AudioFrame]):
         data = bytearray(frame.data.cast("B"))
         chunk = step * frame.num_channels * 2
         out = bytearray()
-        for start in range(0, len(data) - chunk + 1, chunk):
+        n = len(data) // chunk
+        for start in range(0, n * chunk, chunk):
+            raw = bytes(data[start : start + chunk])
             piece = rtc.AudioFrame(
-                data=bytes(data[start : start + chunk]),
+                data=raw,
                 sample_rate=frame.sample_rate,
                 num_channels=frame.num_channels,
                 samples_per_channel=step,
             )
+            if self._aec and self.reference is not None:
+                self._feed_reference(self._capture_clock(), raw, frame)
             self._apm.process_stream(piece)
+            if self._aec and self.reference is not None and self.echo_gate_db is not None:
+                far = self.estimator.far_around_echo(GATE_SPREAD_S)
+                if echo_only(rms(bytes(piece.data.cast("B"))), far, self.echo_gate_db):
+                    piece = rtc.AudioFrame(
+                        b"\0" * chunk, frame.sample_rate, frame.num_channels, step
+                    )
             out += piece.data.cast("B")
         out += data[len(out) :]
         return rtc.AudioFrame(
@@ -85,29 +129,61 @@ class CallerAudioProcessor(rtc.FrameProcessor[rtc.AudioFrame]):
             samples_per_channel=frame.samples_per_channel,
         )
 
-    def far_end(self, frame: rtc.AudioFrame) -> None:
-        """Agent audio about to be played: the reference signal for echo cancellation.
+    def _capture_clock(self) -> float:
+        """When the next 10 ms of caller audio was captured, on the media's own clock.
 
-        TTS rates such as 22050 Hz have no whole 10 ms frame, so the reference is resampled
-        to 24 kHz (the room input's rate) before being cut into 10 ms pieces.
+        The incoming stream is continuous (the jitter buffer fills gaps), so pieces are 10 ms
+        apart even when a busy event loop hands several frames over at once; the clock only
+        resyncs to the wall clock when it would run ahead of it or falls a second behind.
         """
-        if self._resampler is None or self._resampler_rate != frame.sample_rate:
-            self._resampler = rtc.AudioResampler(
-                frame.sample_rate, FAR_END_RATE, num_channels=frame.num_channels
-            )
-            self._resampler_rate = frame.sample_rate
-            self._far = TenMsFramer(FAR_END_RATE, frame.num_channels)
-        assert self._far is not None
-        for resampled in self._resampler.push(frame):
-            for pcm in self._far.push(resampled.data.tobytes()):
-                self._apm.process_reverse_stream(
-                    rtc.AudioFrame(
-                        data=pcm,
-                        sample_rate=FAR_END_RATE,
-                        num_channels=frame.num_channels,
-                        samples_per_channel=FAR_END_RATE // 100,
-                    )
+        now = self._now()
+        t = self._clock + 0.01
+        if t > now or now - t > 1.0:
+            t = now
+        self._clock = t
+        return t
+
+    def _feed_reference(self, t: float, near: bytes, frame: rtc.AudioFrame) -> None:
+        """Before 10 ms of caller audio captured at ``t``: what played one echo path earlier."""
+        ref = self.reference
+        assert ref is not None
+        playing = ref.at(t)
+        self.estimator.push(rms(playing) if playing else 0.0, rms(near))
+        self._pieces += 1
+        if self._pieces % ESTIMATE_EVERY == 0:
+            before = self.estimator.delay_s
+            if (after := self.estimator.estimate()) is not None and abs(after - before) > 0.05:
+                log.info(
+                    "echo path delay",
+                    extra={
+                        "echo_delay_ms": round(after * 1000),
+                        "echo_peak": round(self.estimator.peak, 2),
+                    },
                 )
+        shift = max(0.0, self.estimator.delay_s - RESIDUAL_DELAY_MS / 1000)
+        far = ref.at(t - shift)
+        step = frame.sample_rate // 100
+        pcm = b"\0" * (step * frame.num_channels * 2) if far is None else far
+        if far is not None and ref.sample_rate != frame.sample_rate:
+            pcm = _resample_piece(far, step * frame.num_channels)
+        self._apm.process_reverse_stream(
+            rtc.AudioFrame(pcm, frame.sample_rate, frame.num_channels, step)
+        )
 
     def _close(self) -> None:
         self._enabled = False
+        if self._aec:
+            log.info(
+                "echo canceller closed",
+                extra={
+                    "echo_delay_ms": round(self.estimator.delay_s * 1000),
+                    "echo_peak": round(self.estimator.peak, 2),
+                },
+            )
+
+
+def _resample_piece(pcm: bytes, samples: int) -> bytes:
+    """Linear resampling of one 10 ms piece to ``samples`` (a rate mismatch; rare)."""
+    src = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    x = np.linspace(0, len(src) - 1, samples)
+    return np.interp(x, np.arange(len(src)), src).astype("<i2").tobytes()

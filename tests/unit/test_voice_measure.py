@@ -1,0 +1,127 @@
+"""Pure helpers of the voice-loop measurement and the echo reference schedule."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from voicepool_worker.echo_delay import EchoDelayEstimator
+from voicepool_worker.measure import (
+    SPEECH_FLOOR_RMS,
+    TtfwSummary,
+    edit_distance,
+    first_word_at,
+    fits,
+    mix,
+    rms,
+    stopped_at,
+    voiced,
+    wer,
+)
+from voicepool_worker.playout_tap import TICK_S, ReferenceSchedule
+
+
+def pcm(value: int, n: int = 480) -> bytes:
+    return np.full(n, value, dtype="<i2").tobytes()
+
+
+def test_rms_and_the_speech_floor() -> None:
+    assert rms(b"") == 0.0
+    assert rms(pcm(1000)) == pytest.approx(1000.0)
+    assert voiced(pcm(int(SPEECH_FLOOR_RMS) + 1)) and not voiced(pcm(10))
+
+
+def test_mix_clips_and_pads() -> None:
+    out = np.frombuffer(mix(pcm(30000, 4), pcm(30000, 2), 1.0), dtype="<i2")
+    assert list(out) == [32767, 32767, 30000, 30000]
+
+
+def test_wer_counts_substitutions_insertions_deletions() -> None:
+    assert edit_distance(["a", "b", "c"], ["a", "x", "c", "d"]) == 2
+    assert wer([("What time do you close?", "what time do you close")]) == 0.0
+    assert wer([("a b c d", "a b"), ("e f", "e f")]) == pytest.approx(2 / 6)
+    assert wer([]) == 0.0
+
+
+def test_stopped_at_finds_the_last_loud_frame_before_a_silence() -> None:
+    talk = [i * 0.01 for i in range(300)]  # the agent talks 0..3 s, then stops
+    assert stopped_at(talk, 1.0, 0.6) is None  # no silence on record yet
+    later = [*talk, 5.0]  # ... and answers again at 5 s
+    assert stopped_at(later, 1.0, 0.6) == pytest.approx(2.99)
+    assert stopped_at([0.1, 0.2], 1.0, 0.6) == 1.0  # already silent when the caller began
+    gaps = [0.0, 0.3, 0.6, 0.9, 2.0]  # short pauses between words are not silence
+    assert stopped_at(gaps, 0.0, 0.6) == pytest.approx(0.9)
+
+
+def test_first_word_is_an_onset_not_a_talk_over() -> None:
+    assert first_word_at([1.0, 1.01, 3.5, 3.51], end=3.0) == 3.5  # an answer after silence
+    assert first_word_at([1.0], end=3.0) is None  # not answered yet
+    # the agent answered the first clause and is still talking when the caller ends
+    talk = [2.9 + i * 0.01 for i in range(50)]  # 2.90 .. 3.39
+    assert first_word_at([*talk, 3.5], end=3.0) is None  # no real gap yet: not the answer
+    assert first_word_at([*talk, 4.2, 4.21], end=3.0) == 4.2
+
+
+def test_ttfw_summary_and_budget() -> None:
+    s = TtfwSummary.of([500.0, 600.0, 700.0, None, 3500.0])
+    assert (s.n, s.answered, s.max_ms) == (5, 4, 3500.0)
+    assert s.late_share == pytest.approx(2 / 5)
+    assert s.p50_ms == pytest.approx(650.0)
+    assert any("p90" in f for f in s.failures())
+    assert TtfwSummary.of([400.0, 500.0]).failures() == []
+    assert TtfwSummary.of([900.0]).failures() == ["TTFW p50 900 ms > 800 ms"]
+    assert TtfwSummary.of([500.0] * 8 + [1300.0] * 2).failures() == ["TTFW p90 1300 ms > 1200 ms"]
+    empty = TtfwSummary.of([None])
+    assert math.isnan(empty.p50_ms) and empty.failures() == ["no turn was answered"]
+
+
+def test_a_reply_fits_when_it_answers_every_intent() -> None:
+    hours = "We are open Monday to Friday from 9 AM to 6 PM."
+    assert fits(hours, ["hours"]) and not fits(hours, ["hours", "address"])
+    fallback = "Sorry, I can tell you our opening hours, our address, or book an appointment."
+    assert not any(fits(fallback, [i]) for i in ("hours", "address", "prices", "booking"))
+    assert fits("A cleaning costs 80 euros. Which day suits you?", ["prices", "booking"])
+
+
+def test_reference_schedule_knows_what_plays_when() -> None:
+    s = ReferenceSchedule(24000)
+    a, b = pcm(1000, 1200), pcm(2000, 1200)  # 50 ms at 24 kHz: five 10 ms pieces each
+    s.push(a, plays_at=10.0)
+    s.push(b, plays_at=10.05)  # continuous: follows on
+    assert len(s) == 10
+    assert s.at(9.99) is None  # nothing played yet: silence
+    assert s.at(10.0) == pcm(1000, 240) and s.at(10.07) == pcm(2000, 240)
+    assert s.at(10.1) is None
+
+
+def test_reference_schedule_clear_drops_what_would_have_played() -> None:
+    s = ReferenceSchedule(24000)
+    s.push(pcm(1000, 2400), plays_at=1.0)  # 100 ms
+    assert s.clear(1.03) == 7  # 1.03..1.09 never plays
+    assert s.at(1.02) is not None and s.at(1.05) is None
+    s.push(pcm(1000, 240), plays_at=2.0)  # a new run after silence starts at its own time
+    assert s.at(1.5) is None and s.at(2.0) is not None
+    s.push(pcm(1000, 240), plays_at=5.0)  # history older than KEEP_S is let go
+    assert s.at(2.0) is None and TICK_S == 0.01
+
+
+def test_echo_delay_is_found_from_the_envelopes() -> None:
+    rng = np.random.default_rng(1)
+    talk = np.repeat(rng.uniform(0, 1, 120) > 0.5, 10)  # syllables on and off, 10 ms ticks
+    far = np.where(talk, 3000.0, 0.0) * rng.uniform(0.5, 1.5, talk.size)
+    lag = 57  # 570 ms: beyond what the canceller aligns by itself
+    near = np.concatenate([np.zeros(lag), far * 0.3])[: far.size] + rng.uniform(0, 30, far.size)
+    est = EchoDelayEstimator(initial_s=0.1, window_s=6.0, max_lag_s=1.0)
+    for f, n in zip(far, near, strict=True):
+        est.push(f, n)
+    assert est.estimate() == pytest.approx(0.57)
+    assert est.peak > 0.8
+
+
+def test_echo_delay_is_kept_without_an_echo() -> None:
+    rng = np.random.default_rng(2)
+    est = EchoDelayEstimator(initial_s=0.12)
+    for _ in range(800):
+        est.push(float(rng.uniform(0, 5000)), float(rng.uniform(0, 30)))  # a headset: no echo
+    assert est.estimate() is None and est.delay_s == 0.12

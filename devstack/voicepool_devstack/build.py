@@ -22,6 +22,7 @@ from .versions import (
     GO_MODULES,
     HELM,
     KUBERNETES,
+    KUBELET,
     KUBERNETES_VERSION,
     KWOK,
     LIVEKIT,
@@ -91,7 +92,7 @@ def _run_go(
     progress(f"{what} done in {time.monotonic() - start:.0f}s")
 
 
-def _build_kubernetes(progress: Progress) -> None:
+def _build_kubernetes(progress: Progress, component: Component = KUBERNETES) -> None:
     module = GO_MODULES / "kube"
     minor = KUBERNETES_VERSION.lstrip("v").split(".")[1]
     ldflags = " ".join(
@@ -104,8 +105,8 @@ def _build_kubernetes(progress: Progress) -> None:
             f"-X k8s.io/client-go/pkg/version.gitVersion={KUBERNETES_VERSION}",
         ]
     )
-    for binary in KUBERNETES.binaries:
-        out = KUBERNETES.path(binary)
+    for binary in component.binaries:
+        out = component.path(binary)
         if out.exists():
             continue
         _run_go(
@@ -177,6 +178,7 @@ _BUILDERS: dict[str, Callable[[Progress], None]] = {
     LIVEKIT.name: _build_livekit,
     KUBERNETES.name: _build_kubernetes,
     HELM.name: _build_helm,
+    KUBELET.name: lambda progress: _build_kubernetes(progress, KUBELET),
 }
 
 

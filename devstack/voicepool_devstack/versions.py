@@ -59,6 +59,10 @@ LIVEKIT = Component("livekit-server", LIVEKIT_VERSION, ("livekit-server",))
 
 HELM = Component("helm", HELM_VERSION, ("helm",))
 
+#: The real node's kubelet (``up --node``), built from the same pinned module as the control
+#: plane; its own cache dir, so it is built (about 8 min on 2 cores) only where a node runs.
+KUBELET = Component("kubelet", KUBERNETES_VERSION, ("kubelet",))
+
 #: Servers of the local stack.
 STACK_COMPONENTS = (ETCD, KWOK, LIVEKIT, KUBERNETES)
 #: Everything `voicepool-devstack build` prepares (servers + the helm CLI for chart tests).

@@ -30,6 +30,7 @@ from .constants import (
     ANN_DRAIN_REQUESTED_AT,
     ANN_SAFE_TO_EVICT,
     LABEL_BUSY,
+    WORKER_HTTP_PORT,
 )
 from .expectations import Expectations
 from .kube import Conflict, Kube
@@ -43,7 +44,7 @@ from .planner import (
     SetEvictionHints,
     plan,
 )
-from .podtemplate import build_pod, busy_pdb, template_hash
+from .podtemplate import build_pod, busy_pdb, free_host_port, template_hash
 from .podview import pod_view_from_dict
 from .spec import PoolSpec, SpecError, deletion_spec, parse_spec
 from .status import history_from_status, history_to_status, iso
@@ -210,17 +211,21 @@ class Reconciler:
         state: _PoolState,
         spec: PoolSpec,
         action: Action,
-        raw_by_name: Mapping[str, Mapping[str, Any]],
+        raw_by_name: dict[str, Mapping[str, Any]],
         now: dt.datetime,
     ) -> None:
         namespace, name = key
         metrics.ACTIONS.labels(namespace, name, type(action).__name__, action.reason).inc()
         if isinstance(action, CreatePod):
+            port = WORKER_HTTP_PORT
+            if spec.template.get("hostNetwork"):
+                port = free_host_port(raw_by_name.values())
             manifest = build_pod(
-                name, namespace, pool["metadata"]["uid"], spec, action.template_hash
+                name, namespace, pool["metadata"]["uid"], spec, action.template_hash, port
             )
             created = await self.kube.create_pod(namespace, manifest)
             state.expectations.created(created)
+            raw_by_name[created["metadata"]["name"]] = created  # next CreatePod sees its port
             await self.kube.event(
                 pool,
                 reason=action.reason,

@@ -27,12 +27,17 @@ def _up(args: argparse.Namespace) -> int:
             f"a stack is already recorded in {workdir}; run `make cluster-down` "
             f"(voicepool-devstack down --dir {workdir}) first"
         )
-    stack = LocalStack(StackConfig(workdir=workdir, nodes=args.nodes, livekit=not args.no_livekit))
+    stack = LocalStack(
+        StackConfig(workdir=workdir, nodes=args.nodes, livekit=not args.no_livekit, node=args.node)
+    )
     state = stack.start()
     print(f"\nLocal stack is up (state in {workdir / STATE_FILE}).")
     if state.kubeconfig:
         print(f"  export KUBECONFIG={state.kubeconfig}")
-        print("  kubectl get nodes")
+        print(
+            "  kubectl get nodes"
+            + ("   # kwok nodes + the real node 'localhost'" if args.node else "")
+        )
     if state.livekit:
         print(f"  LiveKit: {state.livekit.url}  (key/secret in {workdir / 'livekit.env'})")
     print("Stop it with: make cluster-down")
@@ -52,10 +57,19 @@ def _down(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build(_: argparse.Namespace) -> int:
+def _build(args: argparse.Namespace) -> int:
     ensure_built(ALL_COMPONENTS)
     for c in ALL_COMPONENTS:
         print(f"{c.name} {c.version}: {c.directory}")
+    if not args.no_node:
+        from . import node
+
+        reason = node.unsupported_reason(check_lock=False)
+        if reason:
+            print(f"real node: skipped ({reason}); its tests will skip too")
+        else:
+            for image in node.ensure_node_artifacts().all():
+                print(f"image {image.ref}: {image.size_bytes / 1e6:.0f} MB ({image.archive})")
     return 0
 
 
@@ -66,11 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--dir", default=str(_default_dir()))
     up.add_argument("--nodes", type=int, default=2)
     up.add_argument("--no-livekit", action="store_true")
+    up.add_argument(
+        "--node",
+        action="store_true",
+        help="also start one real node (containerd + kubelet) running the project's images",
+    )
     up.set_defaults(func=_up)
     down = sub.add_parser("down", help="stop a stack started with `up` and remove its dir")
     down.add_argument("--dir", default=str(_default_dir()))
     down.set_defaults(func=_down)
     build = sub.add_parser("build", help="only build/cached-check the pinned binaries")
+    build.add_argument(
+        "--no-node", action="store_true", help="skip the real node's kubelet and images"
+    )
     build.set_defaults(func=_build)
     args = parser.parse_args(argv)
     try:

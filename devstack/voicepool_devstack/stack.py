@@ -86,6 +86,7 @@ class StackState:
     livekit: LiveKitInfo | None = None
     pids: dict[str, int] = field(default_factory=dict)
     apiserver_url: str | None = None
+    node: dict[str, Any] | None = None  # the real node's record (node.NodeRecord), if any
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -106,6 +107,7 @@ class StackConfig:
     node_pods: str = "110"
     kubernetes: bool = True
     livekit: bool = True
+    node: bool = False  # one real kubelet + containerd node beside the kwok nodes (node.py)
     startup_timeout: float = 90.0
     progress: Progress = _stderr_progress
 
@@ -137,6 +139,11 @@ class LocalStack:
             if (c is LIVEKIT and self.cfg.livekit) or (c is not LIVEKIT and self.cfg.kubernetes)
         )
         ensure_built(components, self.cfg.progress)
+        images = None
+        if self.cfg.node:
+            from .node import ensure_node_artifacts
+
+            images = ensure_node_artifacts(self.cfg.progress)
         _exit_on_sigterm()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
@@ -146,6 +153,8 @@ class LocalStack:
                 self._start_kubernetes()
             if self.cfg.livekit:
                 self._start_livekit()
+            if images is not None:
+                self._start_node(images)
         except BaseException:
             self.stop(remove=False)
             raise
@@ -155,6 +164,8 @@ class LocalStack:
 
     def stop(self, remove: bool = True) -> None:
         """Stop every server (reverse order) and remove the work directory."""
+        if self.state.node is not None:
+            self._stop_node()
         names = list(self._procs) or list(self.state.pids)
         for name in reversed(names):
             proc = self._procs.get(name)
@@ -260,6 +271,8 @@ class LocalStack:
                 f"--tls-cert-file={pki.apiserver.cert}",
                 f"--tls-private-key-file={pki.apiserver.key}",
                 f"--client-ca-file={pki.ca.cert}",
+                f"--kubelet-client-certificate={pki.kubelet_client.cert}",
+                f"--kubelet-client-key={pki.kubelet_client.key}",
                 "--authorization-mode=Node,RBAC",
                 "--enable-admission-plugins=NodeRestriction",
                 f"--service-account-issuer={issuer}",
@@ -421,6 +434,44 @@ class LocalStack:
             if e.code == 404 and method == "GET":
                 return None
             raise DevstackError(f"{method} {path} -> {e.code}: {e.read()[:500]!r}") from e
+
+    # -- real node -----------------------------------------------------------------------------
+
+    def _start_node(self, images: Any) -> None:
+        from .node import RealNode
+
+        assert self.state.apiserver_url is not None
+        node = RealNode(
+            self.workdir,
+            self.workdir / "pki",
+            self.state.apiserver_url,
+            lambda name, args: self._spawn(name, args),
+            self._wait,
+            self.api,
+            self.cfg.progress,
+        )
+        self.state.node = node.record.to_dict()
+        self.state.dump(self.workdir / STATE_FILE)  # a failed start is still undone by `down`
+        try:
+            node.start(images, lambda: dict(self.state.pids))
+        finally:
+            self.state.node = node.record.to_dict()
+
+    def _stop_node(self) -> None:
+        from .node import NodeRecord, stop_node
+
+        assert self.state.node is not None
+        record = NodeRecord.from_dict(self.state.node)
+        names = {pid: name for name, pid in self.state.pids.items()}
+
+        def kill(pid: int) -> None:
+            name = names.get(pid)
+            _kill_group(pid, self._procs.pop(name, None) if name else None)
+            if name:
+                self.state.pids.pop(name, None)
+
+        stop_node(record, kill, self.cfg.progress)
+        self.state.node = None
 
     # -- livekit -------------------------------------------------------------------------------
 

@@ -78,6 +78,7 @@ class _PoolState:
     spec_error: str | None = None  # the last InvalidSpec message we reported
     invalid_seen: dict[str, str] = field(default_factory=dict)  # pod -> reported value
     pdb_for: str | None = None  # pool uid whose PodDisruptionBudget exists
+    degraded_warned: str | None = None  # the Degraded reason we last sent a Warning Event for
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ class Reconciler:
         )
         requeue = await self.apply(key, state, pool, seen, thash, result, now, deleting)
         flush = await self.write_status(key, state, seen, result, now)
+        await self._warn_degraded(pool, state, result.conditions)
         # Pods already terminating finish on their own grace period; the pool need not wait.
         remaining = sum(1 for r in seen.raws if not r["metadata"].get("deletionTimestamp"))
         return Outcome(_soonest(requeue, flush), remaining)
@@ -203,6 +205,21 @@ class Reconciler:
                 log.info("re-planning %s/%s: %s", key[0], key[1], e)
                 requeue = 0.05
         return requeue
+
+    async def _warn_degraded(
+        self, pool: Mapping[str, Any], state: _PoolState, conditions: Iterable[Condition]
+    ) -> None:
+        """One Warning Event when the pool turns Degraded for a new reason, not one per pass."""
+        new = next((c for c in conditions if c.type == "Degraded"), None)
+        reason = new.reason if new is not None and new.status == "True" else None
+        if reason == state.degraded_warned:
+            return
+        state.degraded_warned = reason
+        if new is None or reason is None:
+            return
+        await self.kube.event(
+            pool, reason=new.reason, action="Degraded", note=new.message, type_="Warning"
+        )
 
     async def _apply(
         self,

@@ -66,3 +66,65 @@ def test_free_host_port_refuses_when_every_port_is_taken() -> None:
     ports = range(WORKER_HTTP_PORT, WORKER_HTTP_PORT + HOST_PORT_SPAN)
     with pytest.raises(ValueError, match="taken"):
         free_host_port([build_pod("p", "ns", "uid", spec, thash, p) for p in ports])
+
+
+# -- a crashing worker container: Degraded with the pod's reason, no replacement loop ---------
+
+
+def _crashing_pod(name: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"voicepool.dev/template-hash": "h"}},
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [
+                {
+                    "name": "worker",
+                    "ready": False,
+                    "restartCount": 3,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
+                    "lastState": {"terminated": {"exitCode": 2, "reason": "Error"}},
+                }
+            ],
+        },
+    }
+
+
+def test_container_problem_names_reason_and_exit_code() -> None:
+    from voicepool_operator.podview import container_problem
+
+    assert (
+        container_problem(_crashing_pod("a")["status"]) == "CrashLoopBackOff (exit code 2: Error)"
+    )
+    pulling = {
+        "containerStatuses": [
+            {"state": {"waiting": {"reason": "ErrImageNeverPull", "message": "not present"}}}
+        ]
+    }
+    assert container_problem(pulling) == "ErrImageNeverPull: not present"
+    assert (
+        container_problem(
+            {"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]}
+        )
+        is None
+    )
+    assert container_problem({}) is None
+
+
+def test_crashing_pod_degrades_the_pool_and_is_not_replaced() -> None:
+    import datetime as dt
+
+    from voicepool_operator.planner import CreatePod, DeletePod, plan
+    from voicepool_operator.podview import pod_view_from_dict
+
+    spec = parse_spec({**RAW, "minReplicas": 1, "maxReplicas": 3, "sessionsPerPod": 1,
+                       "warmPool": {"idleSessions": 1}})  # fmt: skip
+    thash = template_hash(spec)
+    raw = _crashing_pod("p-1")
+    raw["metadata"]["labels"]["voicepool.dev/template-hash"] = thash
+    raw["metadata"]["creationTimestamp"] = "2026-03-02T12:00:00Z"
+    now = dt.datetime(2026, 3, 2, 12, 0, 5, tzinfo=dt.UTC)
+    result = plan(spec, thash, [pod_view_from_dict(raw)], now, [])
+    assert not [a for a in result.actions if isinstance(a, CreatePod | DeletePod)]
+    degraded = next(c for c in result.conditions if c.type == "Degraded")
+    assert degraded.status == "True" and degraded.reason == "PodsCrashing"
+    assert "pod p-1: CrashLoopBackOff (exit code 2: Error)" in degraded.message

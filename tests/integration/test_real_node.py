@@ -290,7 +290,7 @@ def test_pinned_worker_gets_one_exclusive_cpu_and_ready_waits_for_livekit(
         worker_pool(
             real,
             name,
-            cpuPinning=True,
+            cpuPinning={"enabled": True},
             sessionsPerPod=1,
             minReplicas=1,
             maxReplicas=1,

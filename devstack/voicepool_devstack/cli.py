@@ -13,7 +13,7 @@ from pathlib import Path
 from .build import ensure_built
 from .errors import DevstackError
 from .stack import STATE_FILE, LocalStack, StackConfig, StackState
-from .versions import ALL_COMPONENTS, REPO_ROOT
+from .versions import ALL_COMPONENTS, KUBELET, REPO_ROOT
 
 
 def _default_dir() -> Path:
@@ -58,18 +58,22 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    ensure_built(ALL_COMPONENTS)
+    from . import node
+
+    reason = "--no-node" if args.no_node else node.unsupported_reason(check_lock=False)
+    images = None
+    if reason:
+        ensure_built(ALL_COMPONENTS)
+    else:  # the node's image builds run beside the Go builds
+        images = node.ensure_node_artifacts(go_first=lambda: ensure_built(ALL_COMPONENTS))
     for c in ALL_COMPONENTS:
         print(f"{c.name} {c.version}: {c.directory}")
-    if not args.no_node:
-        from . import node
-
-        reason = node.unsupported_reason(check_lock=False)
-        if reason:
-            print(f"real node: skipped ({reason}); its tests will skip too")
-        else:
-            for image in node.ensure_node_artifacts().all():
-                print(f"image {image.ref}: {image.size_bytes / 1e6:.0f} MB ({image.archive})")
+    if images is None:
+        print(f"real node: skipped ({reason}); its tests will skip too")
+    else:
+        print(f"{KUBELET.name} {KUBELET.version}: {KUBELET.directory}")
+        for image in images.all():
+            print(f"image {image.ref}: {image.size_bytes / 1e6:.0f} MB ({image.archive})")
     return 0
 
 

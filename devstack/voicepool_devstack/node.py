@@ -94,8 +94,12 @@ def _lock_holder() -> str | None:
     return None
 
 
-def ensure_node_artifacts(progress: Progress = _stderr_progress) -> NodeImages:
-    """Packages, kubelet and images for the node; the kubelet build runs beside the images."""
+def ensure_node_artifacts(
+    progress: Progress = _stderr_progress, go_first: Callable[[], None] | None = None
+) -> NodeImages:
+    """Packages, kubelet and images for the node, the image builds (mostly I/O: Debian and
+    PyPI downloads, layer copies) beside the Go builds (CPU). ``go_first`` runs other Go
+    builds before the kubelet on the same thread, so two compilers never share the 2 cores."""
     import threading
 
     apt.ensure_packages(PACKAGES, "the real node (containerd + runc)", progress)
@@ -103,6 +107,8 @@ def ensure_node_artifacts(progress: Progress = _stderr_progress) -> NodeImages:
 
     def kubelet() -> None:
         try:
+            if go_first is not None:
+                go_first()
             ensure_built((KUBELET,), progress)
         except BaseException as e:  # re-raised below, on the caller's thread
             errors.append(e)

@@ -9,8 +9,10 @@ The module's last test stops the stack and checks the machine is as it was befor
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -348,6 +350,178 @@ def _expand(cpus: str) -> set[str]:
         elif part:
             out.add(part)
     return out
+
+
+def _pod_sessions(cluster: Cluster, pod: str) -> str | None:
+    try:
+        return cluster.annotations(pod).get("voicepool.dev/sessions")
+    except client.ApiException:
+        return None
+
+
+def _core_events(core: client.CoreV1Api, ns: str, pod: str) -> list[Any]:
+    return [
+        e
+        for e in core.list_namespaced_event(ns).items
+        if e.involved_object.kind == "Pod" and e.involved_object.name == pod
+    ]
+
+
+async def _poll(probe: Any, within: float, what: str) -> Any:
+    return await asyncio.to_thread(wait_for, probe, timeout=within, interval=0.3, what=what)
+
+
+@pytest.mark.timeout(420)
+async def test_rolling_update_drains_the_busy_pod_until_the_caller_hangs_up(
+    real: dict[str, Any], ns: str, chart_operator: client.V1Pod
+) -> None:
+    from voicepool_worker.caller import Call, CallerConfig
+
+    cluster = Cluster(real["api"], ns)
+    name, agent = "talk", f"talk-{uuid.uuid4().hex[:6]}"
+    cluster.create_pool(
+        worker_pool(
+            real,
+            name,
+            agentName=agent,
+            cpuPinning={"enabled": False},
+            template={"resources": {"cpu": "500m", "memory": "2Gi"}},
+            sessionsPerPod=1,
+            minReplicas=1,
+            maxReplicas=2,
+            warmPool={"idleSessions": 0},
+            drain={"timeoutSeconds": 120},
+        )
+    )
+    first = await _poll(lambda: cluster.ready_pods(name), 180, "the first worker Ready")
+    old = first[0].metadata.name
+    lk = real["state"].livekit
+    call = Call(CallerConfig(lk.url, lk.api_key, lk.api_secret, agent), "rollout-call")
+    await call.start(join_within=60)
+    try:
+        assert await call.wait_greeting(30), "the worker in the container never greeted"
+        await _poll(lambda: _pod_sessions(cluster, old) == "1", 30, "the pod to report the call")
+
+        ready_counts: list[int] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                status = cluster.pool(name).get("status") or {}
+                ready_counts.append(int(status.get("readyPods") or 0))
+                stop.wait(0.3)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        env = [*_apiserver_env(real["state"]), {"name": "VOICEPOOL_REVISION", "value": "2"}]
+        cluster.patch_pool_spec(name, {"template": {"env": env}})
+        await _poll(
+            lambda: cluster.annotations(old).get("voicepool.dev/drain") == "true",
+            180,
+            "the busy old pod marked draining once its replacement is Ready",
+        )
+        assert any(p.metadata.name != old for p in cluster.ready_pods(name))
+        await asyncio.sleep(3)
+        pod = cluster.core.read_namespaced_pod(old, ns)
+        assert pod.metadata.deletion_timestamp is None, "a busy pod was deleted mid-call"
+        turn = await call.say("what are your opening hours")
+        assert turn.ttfw_ms is not None, "the draining pod stopped answering its caller"
+    finally:
+        await call.hangup()
+
+    def gone() -> bool:
+        try:
+            cluster.core.read_namespaced_pod(old, ns)
+            return False
+        except client.ApiException as e:
+            return e.status == 404
+
+    await _poll(gone, 90, "the drained pod to go after the hang-up")
+    stop.set()
+    sampler.join(timeout=5)
+    killing = [e for e in _core_events(cluster.core, ns, old) if e.reason == "Killing"]
+    assert killing, "the kubelet stopped the container (SIGTERM) itself"
+    assert ready_counts and min(ready_counts) >= 1, f"pool had 0 ready pods: {ready_counts}"
+
+
+@pytest.mark.timeout(300)
+async def test_kubectl_delete_of_a_busy_pod_lets_the_call_finish(
+    real: dict[str, Any], ns: str, chart_operator: client.V1Pod
+) -> None:
+    """SIGTERM from outside the operator: the worker drains within the grace period."""
+    from voicepool_worker.caller import Call, CallerConfig
+
+    cluster = Cluster(real["api"], ns)
+    name = "talk"  # the pool of the rollout test, one idle worker left
+    pool = cluster.pool(name)
+    agent = pool["spec"]["agentName"]
+    pods = await _poll(lambda: cluster.ready_pods(name), 180, "an idle worker")
+    victim = pods[0].metadata.name
+    lk = real["state"].livekit
+    call = Call(CallerConfig(lk.url, lk.api_key, lk.api_secret, agent), "delete-call")
+    await call.start(join_within=60)
+    try:
+        assert await call.wait_greeting(30)
+        await _poll(lambda: _pod_sessions(cluster, victim) == "1", 30, "the call reported")
+        cluster.core.delete_namespaced_pod(victim, ns)  # kubectl delete pod, grace from spec
+        await asyncio.sleep(4)
+        pod = cluster.core.read_namespaced_pod(victim, ns)
+        assert pod.metadata.deletion_timestamp is not None
+        assert pod.spec.termination_grace_period_seconds == 120 + 30
+        turn = await call.say("what are your opening hours")
+        assert turn.ttfw_ms is not None, "SIGTERM cut the call"
+    finally:
+        await call.hangup()
+
+    def gone() -> bool:
+        try:
+            cluster.core.read_namespaced_pod(victim, ns)
+            return False
+        except client.ApiException as e:
+            return e.status == 404
+
+    await _poll(gone, 60, "the pod to go once its call ended")
+    cluster.delete_pool(name)
+    await _poll(lambda: not cluster.pods(name, include_terminating=True), 120, "pool pods gone")
+
+
+@pytest.mark.timeout(180)
+def test_crashing_worker_image_degrades_the_pool_without_a_pod_loop(
+    real: dict[str, Any], ns: str, chart_operator: client.V1Pod
+) -> None:
+    cluster = Cluster(real["api"], ns)
+    name = "crashy"
+    env = [*_apiserver_env(real["state"]), {"name": "VOICEPOOL_STT", "value": "whisper"}]
+    cluster.create_pool(
+        worker_pool(
+            real,
+            name,
+            agentName="crashy",
+            cpuPinning={"enabled": False},
+            template={"resources": {"cpu": "200m", "memory": "1Gi"}, "env": env},
+            minReplicas=1,
+            maxReplicas=3,
+        )
+    )
+    t0 = time.monotonic()
+
+    def degraded() -> dict[str, Any] | None:
+        for c in (cluster.pool(name).get("status") or {}).get("conditions") or []:
+            if c["type"] == "Degraded" and c["status"] == "True" and c["reason"] == "PodsCrashing":
+                return dict(c)
+        return None
+
+    cond = wait_for(degraded, timeout=90, interval=0.5, what="Degraded=True PodsCrashing")
+    seconds = time.monotonic() - t0
+    assert "exit code 2" in cond["message"], cond
+    print(f"\ncrashing worker -> Degraded/PodsCrashing after {seconds:.1f}s: {cond['message']}")
+    wait_for(lambda: cluster.events("PodsCrashing"), timeout=30, what="a PodsCrashing Event")
+    time.sleep(10)  # the kubelet restarts it a few times; the operator must not add pods
+    created = [p for p in cluster.pods(name, include_terminating=True)]
+    assert len(created) == 1, [p.metadata.name for p in created]
+    assert len(cluster.events("PodsCrashing")) == 1, "one Event, not one per reconcile"
+    cluster.delete_pool(name)
+    wait_for(lambda: not cluster.pods(name, include_terminating=True), timeout=90, what="gone")
 
 
 def test_down_leaves_the_machine_as_it_was(real: dict[str, Any]) -> None:

@@ -34,13 +34,17 @@ def images(state: StackState) -> dict[str, str]:
 
 def chart_values(state: StackState, worker_namespaces: list[str], peering: str) -> dict[str, Any]:
     """Helm values that run the chart's operator from the local image on the real node."""
+    from .stack import free_port
+
     repo, tag = images(state)["operator"].rsplit(":", 1)
     return {
         "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
         "peering": {"name": peering},
+        "metrics": {"port": free_port()},  # hostNetwork: the node's ports, pick free ones
         "operator": {
             "replicas": 1,  # hostNetwork: two replicas on one node would share its ports
             "hostNetwork": True,
+            "livenessPort": free_port(),
             "extraEnv": apiserver_env(state),
             "logFormat": "plain",
             **node_mod.placement(),

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client, config
+from voicepool_devstack import demo_node
 from voicepool_devstack import node as node_mod
 from voicepool_devstack.errors import DevstackError
 from voicepool_devstack.stack import LocalStack, StackConfig
@@ -91,13 +92,7 @@ def real() -> Iterator[dict[str, Any]]:
         stack.stop()
 
 
-def _apiserver_env(state: Any) -> list[dict[str, str]]:
-    """No kube-proxy on the node: in-cluster clients are told where the apiserver listens."""
-    port = state.apiserver_url.rsplit(":", 1)[1]
-    return [
-        {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
-        {"name": "KUBERNETES_SERVICE_PORT", "value": port},
-    ]
+_apiserver_env = demo_node.apiserver_env
 
 
 def _helm(kubeconfig: str, *args: str) -> str:
@@ -143,21 +138,7 @@ def ns(real: dict[str, Any]) -> str:
 def chart_operator(real: dict[str, Any], ns: str) -> Iterator[client.V1Pod]:
     """The chart installed with the locally built operator image, one replica on the node."""
     state = real["state"]
-    ref = state.node["images"]["operator"]
-    repo, tag = ref.rsplit(":", 1)
-    placement = node_mod.placement()
-    values = {
-        "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
-        "peering": {"name": PEERING},
-        "operator": {
-            "replicas": 1,  # hostNetwork: the node's ports are shared
-            "hostNetwork": True,
-            "extraEnv": _apiserver_env(state),
-            "logFormat": "plain",
-            **placement,
-        },
-        "worker": {"namespaces": [ns]},
-    }
+    values = demo_node.chart_values(state, [ns], PEERING)
     vfile = Path(state.workdir) / "chart-values.yaml"
     vfile.write_text(yaml.safe_dump(values))
     kube = state.kubeconfig

@@ -62,7 +62,10 @@ def host_snapshot() -> dict[str, Any]:
     return {
         "sysctls": {n: node_mod._sysctl(n) for n in node_mod.SYSCTLS},
         "mounts": mounts,
-        "cgroups": [str(p) for p in node_mod.node_cgroups()],
+        # every top-level cgroup in every hierarchy (the node's own root and anything else)
+        "cgroups": sorted(
+            str(d) for m in node_mod._cgroup_mounts() for d in m.iterdir() if d.is_dir()
+        ),
         "host_dirs": {d: Path(d).exists() for d in node_mod.HOST_DIRS},
         "lock": node_mod.LOCK.exists(),
         "node_processes": sorted(procs),

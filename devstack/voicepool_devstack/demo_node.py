@@ -46,6 +46,9 @@ def chart_values(state: StackState, worker_namespaces: list[str], peering: str) 
             "hostNetwork": True,
             "livenessPort": free_port(),
             "extraEnv": apiserver_env(state),
+            # kopf's in-cluster login dials https://kubernetes.default.svc (port 443): no
+            # cluster DNS here, so the name points at the apiserver on 127.0.0.1:443.
+            "hostAliases": [{"ip": "127.0.0.1", "hostnames": ["kubernetes.default.svc"]}],
             "logFormat": "plain",
             **node_mod.placement(),
         },

@@ -191,6 +191,11 @@ class RealNode:
         reason = unsupported_reason()
         if reason:
             raise DevstackError(f"cannot start the real node: {reason}")
+        if not self.apiserver_url.endswith(":443"):
+            raise DevstackError(
+                "cannot start the real node: 127.0.0.1:443 is taken, and in-cluster clients on "
+                "the node (kopf dials https://kubernetes.default.svc) need the apiserver there"
+            )
         rec = self.record
         rec.created_dirs = [d for d in HOST_DIRS if not os.path.lexists(d)]
         rec.sysctls = {name: _sysctl(name) for name in SYSCTLS}

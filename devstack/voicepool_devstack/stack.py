@@ -256,6 +256,10 @@ class LocalStack:
         )
 
         port = free_port()
+        if self.cfg.node and _port_free(443):
+            # In-cluster clients on the real node (kopf hard-codes https://kubernetes.default.svc)
+            # reach the apiserver where a Service would: 127.0.0.1:443 (node.py, hostAliases).
+            port = 443
         server = f"https://127.0.0.1:{port}"
         self.state.apiserver_url = server
         progress(f"starting kube-apiserver {KUBERNETES.version} on {server}")
@@ -519,6 +523,15 @@ class LocalStack:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _http_get(url: str, ctx: ssl.SSLContext | None = None) -> bytes:

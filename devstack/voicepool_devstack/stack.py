@@ -526,7 +526,9 @@ class LocalStack:
 
 
 def _port_free(port: int) -> bool:
+    """Whether a listener could bind ``port`` now (SO_REUSEADDR, like Go's: TIME_WAIT is ok)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -151,20 +151,26 @@ def build_pod(
         "env": _env(pool, spec, http_port),
         "ports": [{"name": "http", "containerPort": http_port, "protocol": "TCP"}],
         "resources": _resources(spec),
+        # timeoutSeconds 3, not the default 1: a worker whose pinned core is busy with a call
+        # (or a node starting another worker) answered late on a real kubelet, and a pod that
+        # blinks NotReady is not capacity -- the pool showed 0 ready pods for seconds.
         "readinessProbe": {
             "httpGet": {"path": "/readyz", **probe_port},
             "periodSeconds": 2,
             "failureThreshold": 2,
+            "timeoutSeconds": 3,
         },
         "livenessProbe": {
             "httpGet": {"path": "/healthz", **probe_port},
             "periodSeconds": 10,
             "failureThreshold": 3,
+            "timeoutSeconds": 3,
         },
         "startupProbe": {
             "httpGet": {"path": "/healthz", **probe_port},
             "periodSeconds": 2,
             "failureThreshold": 90,
+            "timeoutSeconds": 3,
         },
         "securityContext": {
             "allowPrivilegeEscalation": False,

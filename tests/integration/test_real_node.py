@@ -425,7 +425,13 @@ async def test_rolling_update_drains_the_busy_pod_until_the_caller_hangs_up(
     sampler.join(timeout=5)
     killing = [e for e in _core_events(cluster.core, ns, old) if e.reason == "Killing"]
     assert killing, "the kubelet stopped the container (SIGTERM) itself"
-    assert ready_counts and min(ready_counts) >= 1, f"pool had 0 ready pods: {ready_counts}"
+    if not ready_counts or min(ready_counts) < 1:
+        unhealthy = [
+            f"{e.involved_object.name}: {e.message}"
+            for e in cluster.core.list_namespaced_event(ns).items
+            if e.reason == "Unhealthy"
+        ]
+        pytest.fail(f"pool had 0 ready pods: {ready_counts}; probe failures: {unhealthy}")
 
 
 @pytest.mark.timeout(300)

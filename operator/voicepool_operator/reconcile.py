@@ -209,9 +209,13 @@ class Reconciler:
     async def _warn_degraded(
         self, pool: Mapping[str, Any], state: _PoolState, conditions: Iterable[Condition]
     ) -> None:
-        """One Warning Event when the pool turns Degraded for a new reason, not one per pass."""
+        """One Warning Event when the pool turns Degraded because its pods crash (no action of
+        ours reports that: the operator deliberately creates no replacement), not one per pass.
+        """
         new = next((c for c in conditions if c.type == "Degraded"), None)
         reason = new.reason if new is not None and new.status == "True" else None
+        if reason != "PodsCrashing":
+            reason = None
         if reason == state.degraded_warned:
             return
         state.degraded_warned = reason

@@ -22,6 +22,7 @@ from .versions import (
     ETCD,
     GO_MODULES,
     HELM,
+    KUBELET,
     KUBERNETES,
     KUBERNETES_VERSION,
     KWOK,
@@ -93,7 +94,7 @@ def _run_go(
     progress(f"{what} done in {time.monotonic() - start:.0f}s")
 
 
-def _build_kubernetes(progress: Progress) -> None:
+def _build_kubernetes(progress: Progress, component: Component = KUBERNETES) -> None:
     module = GO_MODULES / "kube"
     minor = KUBERNETES_VERSION.lstrip("v").split(".")[1]
     ldflags = " ".join(
@@ -106,8 +107,8 @@ def _build_kubernetes(progress: Progress) -> None:
             f"-X k8s.io/client-go/pkg/version.gitVersion={KUBERNETES_VERSION}",
         ]
     )
-    for binary in KUBERNETES.binaries:
-        out = KUBERNETES.path(binary)
+    for binary in component.binaries:
+        out = component.path(binary)
         if out.exists():
             continue
         _run_go(
@@ -186,6 +187,7 @@ _BUILDERS: dict[str, Callable[[Progress], None]] = {
     KUBERNETES.name: _build_kubernetes,
     HELM.name: _build_helm,
     SIP.name: _build_sip,
+    KUBELET.name: lambda progress: _build_kubernetes(progress, KUBELET),
 }
 #: Built in a thread beside the others: a separate Go module (its downloads and cgo compile
 #: overlap the long Kubernetes build instead of queueing behind it).

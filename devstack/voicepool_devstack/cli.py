@@ -14,7 +14,7 @@ from . import prometheus
 from .build import _stderr_progress, ensure_built
 from .errors import DevstackError
 from .stack import STATE_FILE, LocalStack, StackConfig, StackState
-from .versions import ALL_COMPONENTS, REPO_ROOT
+from .versions import ALL_COMPONENTS, KUBELET, REPO_ROOT
 
 
 def _default_dir() -> Path:
@@ -35,13 +35,17 @@ def _up(args: argparse.Namespace) -> int:
             livekit=not args.no_livekit,
             prometheus=not args.no_prometheus,
             sip=not args.no_sip,
+            node=args.node,
         )
     )
     state = stack.start()
     print(f"\nLocal stack is up (state in {workdir / STATE_FILE}).")
     if state.kubeconfig:
         print(f"  export KUBECONFIG={state.kubeconfig}")
-        print("  kubectl get nodes")
+        print(
+            "  kubectl get nodes"
+            + ("   # kwok nodes + the real node 'localhost'" if args.node else "")
+        )
     if state.livekit:
         print(f"  LiveKit: {state.livekit.url}  (key/secret in {workdir / 'livekit.env'})")
     if state.prometheus:
@@ -65,14 +69,27 @@ def _down(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build(_: argparse.Namespace) -> int:
-    ensure_built(ALL_COMPONENTS)
+def _build(args: argparse.Namespace) -> int:
+    from . import node
+
+    reason = "--no-node" if args.no_node else node.unsupported_reason(check_lock=False)
+    images = None
+    if reason:
+        ensure_built(ALL_COMPONENTS)
+    else:  # the node's image builds run beside the Go builds
+        images = node.ensure_node_artifacts(go_first=lambda: ensure_built(ALL_COMPONENTS))
     try:
         prometheus.ensure_installed(_stderr_progress)
     except DevstackError as e:  # monitoring is optional: say so, build the rest
         print(f"voicepool-devstack: warning: {e}", file=sys.stderr)
     for c in ALL_COMPONENTS:
         print(f"{c.name} {c.version}: {c.directory}")
+    if images is None:
+        print(f"real node: skipped ({reason}); its tests will skip too")
+    else:
+        print(f"{KUBELET.name} {KUBELET.version}: {KUBELET.directory}")
+        for image in images.all():
+            print(f"image {image.ref}: {image.size_bytes / 1e6:.0f} MB ({image.archive})")
     return 0
 
 
@@ -89,11 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument(
         "--no-sip", action="store_true", help="skip redis + livekit-sip (no phone calls)"
     )
+    up.add_argument(
+        "--node",
+        action="store_true",
+        help="also start one real node (containerd + kubelet) running the project's images",
+    )
     up.set_defaults(func=_up)
     down = sub.add_parser("down", help="stop a stack started with `up` and remove its dir")
     down.add_argument("--dir", default=str(_default_dir()))
     down.set_defaults(func=_down)
     build = sub.add_parser("build", help="only build/cached-check the pinned binaries")
+    build.add_argument(
+        "--no-node", action="store_true", help="skip the real node's kubelet and images"
+    )
     build.set_defaults(func=_build)
     args = parser.parse_args(argv)
     try:

@@ -6,6 +6,10 @@ because kwok runs no containers, so the operator runs here as a process with the
 apply ``examples/pool.yaml``; run real ``voicepool-worker`` processes for the pool's pods (the
 runner plays the kubelet); place synthetic calls through LiveKit and show the pool react:
 scale-up, a rolling update whose busy pod drains only after its call ends, scale-down.
+
+Where the machine can run the real node (``voicepool-devstack up --node``), the chart's operator
+and the workers run instead as real containers from the project's images on a real kubelet
+(``demo_node.py``), and the demo ends by showing a pinned worker's exclusive cpuset.
 """
 
 from __future__ import annotations
@@ -35,11 +39,12 @@ from voicepool_contract import (
     LABEL_TEMPLATE_HASH,
 )
 
-from . import prometheus
+from . import demo_node, prometheus
+from . import node as node_mod
 from .errors import DevstackError
 from .runner import PodRunner
 from .sip import SipInfo
-from .stack import LiveKitInfo, LocalStack, StackConfig, free_port
+from .stack import LiveKitInfo, LocalStack, StackConfig, StackState, free_port
 from .versions import HELM, KUBERNETES, REPO_ROOT
 
 NS = "voicepool-demo"
@@ -97,12 +102,14 @@ class Demo:
         workdir: Path,
         prom: prometheus.PrometheusInfo | None = None,
         sip: SipInfo | None = None,
+        real: StackState | None = None,
     ) -> None:
         self.prom = prom  # the stack's Prometheus (None when it did not start)
         self.kc = kubeconfig
         self.lk = livekit
         self.sip = sip
         self.workdir = workdir
+        self.real = real  # the stack's state when pods run on the real node
         cfg = client.Configuration()
         config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
         self.api = client.ApiClient(cfg)
@@ -139,6 +146,8 @@ class Demo:
         kubectl(self.kc, "get", "voiceagentpools", "-n", NS, "-o", "wide")
 
     def show_pods(self) -> None:
+        if self.real is not None:
+            kubectl(self.kc, "get", "pods", "-n", NS, "-o", "wide")
         kubectl(
             self.kc,
             "get",
@@ -158,6 +167,13 @@ class Demo:
     def install(self) -> None:
         self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
         say("helm install voicepool (CRDs, RBAC, admission policy, dashboard) ...")
+        if self.real is not None:
+            values = self.workdir / "values.yaml"
+            values.write_text(yaml.safe_dump(demo_node.chart_values(self.real, [NS], "voicepool")))
+            extra = ["-f", str(values)]
+            say("  the chart's operator Deployment runs on the real node from the local image")
+        else:
+            extra = ["--set", "operator.replicas=0", "--set", f"worker.namespaces={{{NS}}}"]
         helm(
             self.kc,
             "install",
@@ -166,10 +182,7 @@ class Demo:
             "-n",
             "voicepool-system",
             "--create-namespace",
-            "--set",
-            "operator.replicas=0",
-            "--set",
-            f"worker.namespaces={{{NS}}}",
+            *extra,
             "--wait=false",
         )
         self.core.create_namespaced_secret(
@@ -183,6 +196,12 @@ class Demo:
 
     @contextlib.contextmanager
     def operator(self) -> Iterator[None]:
+        if self.real is not None:  # the chart's Deployment: wait for its container
+            wait(self._operator_running, 120, "the operator pod on the real node")
+            say("voicepool-operator runs as a real container (the chart's Deployment)")
+            kubectl(self.kc, "get", "pods", "-n", "voicepool-system", "-o", "wide")
+            yield
+            return
         log = (self.workdir / "operator.log").open("ab")
         port, metrics_port = free_port(), free_port()
         proc = subprocess.Popen(
@@ -214,6 +233,15 @@ class Demo:
                 proc.wait(timeout=5)
             say("operator stopped")
 
+    def _operator_running(self) -> bool:
+        pods = self.core.list_namespaced_pod(
+            "voicepool-system", label_selector=demo_node.OPERATOR_SELECTOR
+        ).items
+        return any(
+            p.status.phase == "Running" and all(c.ready for c in p.status.container_statuses or [])
+            for p in pods
+        )
+
     def apply_pool(self) -> None:
         manifest = yaml.safe_load((REPO_ROOT / "examples" / "pool.yaml").read_text())
         spec = manifest["spec"]
@@ -223,6 +251,12 @@ class Demo:
         spec["scaleDown"] = {"stabilizationWindowSeconds": 10}
         spec["drain"] = {"timeoutSeconds": 300}
         spec["template"]["resources"] = {"cpu": 1, "memory": "2Gi"}
+        if self.real is not None:
+            # 1900m allocatable on 2 cores: three unpinned 500m workers fit; pinning is shown
+            # at the end with one cpu: 1 worker.
+            spec["template"] = demo_node.worker_template(self.real, spec["template"])
+            spec["template"]["resources"] = {"cpu": "500m", "memory": "2Gi"}
+            spec["cpuPinning"] = {"enabled": False}
         say(
             "kubectl apply -f examples/pool.yaml (local LiveKit URL, no schedule window, "
             "10 s scale-down window)"
@@ -238,8 +272,44 @@ class Demo:
             GROUP, VERSION, NS, PLURAL, POOL, {"spec": {"template": {"env": env}}}
         )
 
-    def delete_pool(self) -> None:
-        self.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, POOL)
+    def delete_pool(self, name: str = POOL) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+
+    def show_pinning(self) -> None:
+        """Real node only: one pinned worker, its node, QoS and exclusive cpuset."""
+        assert self.real is not None
+        manifest = yaml.safe_load((REPO_ROOT / "examples" / "pool.yaml").read_text())
+        manifest["metadata"]["name"] = "pinned"
+        spec = manifest["spec"]
+        spec.update(agentName="pinned", minReplicas=1, maxReplicas=1, warmPool={"idlePods": 0})
+        spec["livekit"]["url"] = self.lk.url
+        spec["template"] = demo_node.worker_template(self.real, spec["template"])
+        spec["cpuPinning"] = {"enabled": True}
+        say("pinning: a pool with cpuPinning and cpu: 1 (Guaranteed QoS, static CPU manager)")
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, manifest)
+
+        def ready_pod() -> str | None:
+            for p in self.core.list_namespaced_pod(
+                NS, label_selector="voicepool.dev/pool=pinned"
+            ).items:
+                if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []):
+                    return str(p.metadata.name)
+            return None
+
+        pod = wait(ready_pod, 180, "the pinned worker to be Ready")
+        kubectl(
+            self.kc,
+            "get",
+            "pods",
+            "-n",
+            NS,
+            "-o",
+            "custom-columns=POD:.metadata.name,NODE:.spec.nodeName,QOS:.status.qosClass,"
+            "CPU:.spec.containers[0].resources.limits.cpu",
+        )
+        kubectl(self.kc, "exec", "-n", NS, pod, "--", "grep", "Cpus_allowed_list", "/proc/1/status")
+        say("the pinned worker's PID 1 may run on that one CPU only; other pods share the rest")
+        self.delete_pool("pinned")
 
 
 async def _scenario(demo: Demo) -> list[tuple[str, float | None]]:
@@ -342,12 +412,16 @@ async def _scenario(demo: Demo) -> list[tuple[str, float | None]]:
 def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="voicepool-demo-"))
     say(f"work dir {workdir}")
+    reason = node_mod.unsupported_reason()
+    if reason:
+        say(f"note: no real node here ({reason}); workers run as processes beside kwok pods")
     try:
-        with LocalStack(StackConfig(workdir=workdir / "stack")) as stack:
+        with LocalStack(StackConfig(workdir=workdir / "stack", node=reason is None)) as stack:
             kc, lk = stack.state.kubeconfig, stack.state.livekit
             assert kc is not None and lk is not None
-            kubectl(kc, "get", "nodes")
-            demo = Demo(kc, lk, workdir, stack.state.prometheus, stack.state.sip)
+            kubectl(kc, "get", "nodes", "-o", "wide")
+            real = stack.state if reason is None else None
+            demo = Demo(kc, lk, workdir, stack.state.prometheus, stack.state.sip, real)
             demo.install()
             runner = PodRunner(
                 demo.api,
@@ -359,7 +433,8 @@ def main() -> int:
             )
             with demo.operator():
                 demo.apply_pool()
-                runner.start()
+                if real is None:
+                    runner.start()
                 if stack.state.prometheus is not None:
                     say(f"Prometheus (live while the demo runs): {stack.state.prometheus.url}")
                 try:
@@ -367,8 +442,11 @@ def main() -> int:
                     say("deleting the pool: the finalizer waits for calls, then pods go")
                     demo.delete_pool()
                     wait(lambda: not demo.pods(), 60, "pool pods to go")
+                    if real is not None:
+                        demo.show_pinning()
                 finally:
-                    runner.stop()
+                    if real is None:
+                        runner.stop()
             print("\ntime to first word per turn:")
             for name, ms in ttfw:
                 print(f"  {name:24s} {'no answer' if ms is None else f'{ms:.0f} ms'}")

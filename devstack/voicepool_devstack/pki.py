@@ -55,16 +55,25 @@ class Pki:
     controller_manager: CertPair
     scheduler: CertPair
     kwok: CertPair
+    #: The apiserver's client identity towards kubelets (exec, logs, port-forward).
+    kubelet_client: CertPair
     sa_private: Path
     sa_public: Path
 
 
 class _Issuer:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, ca: CertPair | None = None) -> None:
         self.dir = directory
         now = dt.datetime.now(dt.UTC)
         self.not_before = now - dt.timedelta(minutes=5)
         self.not_after = now + _VALIDITY
+        if ca is not None:  # issue more certificates from an existing stack's CA
+            self.ca_cert = x509.load_pem_x509_certificate(ca.cert_pem())
+            loaded = serialization.load_pem_private_key(ca.key_pem(), password=None)
+            assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+            self.ca_key = loaded
+            self.not_after = min(self.not_after, self.ca_cert.not_valid_after_utc)
+            return
         self.ca_key = ec.generate_private_key(ec.SECP256R1())
         subject = _name("voicepool-devstack-ca")
         self.ca_cert = (
@@ -152,6 +161,9 @@ def generate(directory: Path, service_ip: str = "10.96.0.1") -> Pki:
     kcm = issuer.issue("controller-manager", "system:kube-controller-manager")
     sched = issuer.issue("scheduler", "system:kube-scheduler")
     kwok = issuer.issue("kwok", "voicepool-kwok", org="system:masters")
+    kubelet_client = issuer.issue(
+        "apiserver-kubelet-client", "kube-apiserver-kubelet-client", org="system:masters"
+    )
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     sa_private = directory / "sa.key"
     sa_public = directory / "sa.pub"
@@ -162,4 +174,13 @@ def generate(directory: Path, service_ip: str = "10.96.0.1") -> Pki:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    return Pki(ca, apiserver, admin, kcm, sched, kwok, sa_private, sa_public)
+    return Pki(ca, apiserver, admin, kcm, sched, kwok, kubelet_client, sa_private, sa_public)
+
+
+def issue_from_ca(
+    directory: Path, stem: str, cn: str, org: str | None = None, *, server: bool = False
+) -> CertPair:
+    """A further certificate signed by the stack's CA in ``directory`` (e.g. the real node's
+    ``system:node:localhost`` identity, which the Node authorizer and NodeRestriction check)."""
+    ca = CertPair(directory / "ca.crt", directory / "ca.key")
+    return _Issuer(directory, ca).issue(stem, cn, org=org, server=server)

@@ -93,6 +93,7 @@ class StackState:
     apiserver_url: str | None = None
     prometheus: prometheus_mod.PrometheusInfo | None = None
     sip: sip_mod.SipInfo | None = None
+    node: dict[str, Any] | None = None  # the real node's record (node.NodeRecord), if any
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -122,6 +123,7 @@ class StackConfig:
     livekit: bool = True
     prometheus: bool = True  # optional: missing or failing costs one line, not the stack
     sip: bool = True  # redis + livekit-sip beside livekit-server (sip.py)
+    node: bool = False  # one real kubelet + containerd node beside the kwok nodes (node.py)
     startup_timeout: float = 90.0
     progress: Progress = _stderr_progress
 
@@ -156,6 +158,11 @@ class LocalStack:
             or (c not in (LIVEKIT, SIP) and self.cfg.kubernetes)
         )
         ensure_built(components, self.cfg.progress)
+        images = None
+        if self.cfg.node:
+            from .node import ensure_node_artifacts
+
+            images = ensure_node_artifacts(self.cfg.progress)
         _exit_on_sigterm()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
@@ -167,6 +174,8 @@ class LocalStack:
                 self._start_livekit()
             if self.cfg.prometheus and self.cfg.kubernetes:
                 self.state.prometheus = prometheus_mod.start(self)
+            if images is not None:
+                self._start_node(images)
         except BaseException:
             self.stop(remove=False)
             raise
@@ -176,6 +185,8 @@ class LocalStack:
 
     def stop(self, remove: bool = True) -> None:
         """Stop every server (reverse order) and remove the work directory."""
+        if self.state.node is not None:
+            self._stop_node()
         names = list(self._procs) or list(self.state.pids)
         for name in reversed(names):
             proc = self._procs.get(name)
@@ -266,6 +277,10 @@ class LocalStack:
         )
 
         port = free_port()
+        if self.cfg.node and _port_free(443):
+            # In-cluster clients on the real node (kopf hard-codes https://kubernetes.default.svc)
+            # reach the apiserver where a Service would: 127.0.0.1:443 (node.py, hostAliases).
+            port = 443
         server = f"https://127.0.0.1:{port}"
         self.state.apiserver_url = server
         progress(f"starting kube-apiserver {KUBERNETES.version} on {server}")
@@ -281,6 +296,8 @@ class LocalStack:
                 f"--tls-cert-file={pki.apiserver.cert}",
                 f"--tls-private-key-file={pki.apiserver.key}",
                 f"--client-ca-file={pki.ca.cert}",
+                f"--kubelet-client-certificate={pki.kubelet_client.cert}",
+                f"--kubelet-client-key={pki.kubelet_client.key}",
                 "--authorization-mode=Node,RBAC",
                 "--enable-admission-plugins=NodeRestriction",
                 f"--service-account-issuer={issuer}",
@@ -443,6 +460,44 @@ class LocalStack:
                 return None
             raise DevstackError(f"{method} {path} -> {e.code}: {e.read()[:500]!r}") from e
 
+    # -- real node -----------------------------------------------------------------------------
+
+    def _start_node(self, images: Any) -> None:
+        from .node import RealNode
+
+        assert self.state.apiserver_url is not None
+        node = RealNode(
+            self.workdir,
+            self.workdir / "pki",
+            self.state.apiserver_url,
+            lambda name, args: self._spawn(name, args),
+            self._wait,
+            self.api,
+            self.cfg.progress,
+        )
+        self.state.node = node.record.to_dict()
+        self.state.dump(self.workdir / STATE_FILE)  # a failed start is still undone by `down`
+        try:
+            node.start(images, lambda: dict(self.state.pids))
+        finally:
+            self.state.node = node.record.to_dict()
+
+    def _stop_node(self) -> None:
+        from .node import NodeRecord, stop_node
+
+        assert self.state.node is not None
+        record = NodeRecord.from_dict(self.state.node)
+        names = {pid: name for name, pid in self.state.pids.items()}
+
+        def kill(pid: int) -> None:
+            name = names.get(pid)
+            _kill_group(pid, self._procs.pop(name, None) if name else None)
+            if name:
+                self.state.pids.pop(name, None)
+
+        stop_node(record, kill, self.cfg.progress)
+        self.state.node = None
+
     # -- livekit -------------------------------------------------------------------------------
 
     def _start_livekit(self) -> None:
@@ -500,6 +555,17 @@ class LocalStack:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _port_free(port: int) -> bool:
+    """Whether a listener could bind ``port`` now (SO_REUSEADDR, like Go's: TIME_WAIT is ok)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _http_get(url: str, ctx: ssl.SSLContext | None = None) -> bytes:

@@ -86,6 +86,9 @@ SIP_DEBIAN_PACKAGES = (
     "redis-server",
     "sip-tester",
 )
+#: The real node's kubelet (``up --node``), built from the same pinned module as the control
+#: plane; its own cache dir, so it is built (about 8 min on 2 cores) only where a node runs.
+KUBELET = Component("kubelet", KUBERNETES_VERSION, ("kubelet",))
 
 #: Servers of the local stack.
 STACK_COMPONENTS = (ETCD, KWOK, LIVEKIT, KUBERNETES, SIP)

@@ -119,6 +119,7 @@ def _slim(body: kopf.Body) -> dict[str, Any]:
     """A plain, immutable-enough copy of what the planner needs from a pod."""
     meta = body.get("metadata", {})
     status = body.get("status", {})
+    containers = body.get("spec", {}).get("containers") or []
     return {
         "metadata": {
             "name": meta.get("name"),
@@ -130,9 +131,25 @@ def _slim(body: kopf.Body) -> dict[str, Any]:
             "labels": dict(meta.get("labels") or {}),
             "annotations": dict(meta.get("annotations") or {}),
         },
+        # The worker's HTTP port: hostNetwork workers each hold their own (free_host_port).
+        "spec": {
+            "containers": [
+                {"name": c.get("name"), "ports": [dict(p) for p in c.get("ports") or []]}
+                for c in containers
+            ]
+        },
         "status": {
             "phase": status.get("phase"),
             "conditions": [dict(c) for c in status.get("conditions") or []],
+            # Why a container cannot run (CrashLoopBackOff, ...): the pool's Degraded reason.
+            "containerStatuses": [
+                {
+                    "name": c.get("name"),
+                    "state": dict(c.get("state") or {}),
+                    "lastState": dict(c.get("lastState") or {}),
+                }
+                for c in status.get("containerStatuses") or []
+            ],
         },
     }
 

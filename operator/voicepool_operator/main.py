@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import secrets
+import socket
 import sys
 import time
 
 import kopf
+from kopf._core.engines import peering
 from prometheus_client import start_http_server
 
 
@@ -20,6 +24,17 @@ def seniority_priority(start_ns: int | None = None) -> int:
     waits behind the one already working instead of taking over mid-reconcile.
     """
     return -((time.time_ns() if start_ns is None else start_ns) // 1000)
+
+
+def peer_identity() -> str:
+    """This replica's kopf peer id: the pod name (or host) plus a random part.
+
+    kopf's default asks ``getpass.getuser()``, which raises in a container whose uid has no
+    passwd entry -- the chart runs the image as 65532, so the operator crashed at start on a
+    real kubelet (kwok never ran the container).
+    """
+    base = os.environ.get("POD_NAME") or socket.gethostname()
+    return f"{base}/{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             standalone=args.standalone,
             peering_name=None if args.standalone else args.peering,
             priority=seniority_priority() if args.priority is None else args.priority,
+            identity=peering.Identity(peer_identity()),
             liveness_endpoint=liveness,
             memo=kopf.Memo(
                 peering_lifetime=args.peering_lifetime,

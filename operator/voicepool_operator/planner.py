@@ -327,6 +327,19 @@ def _retire_unknown(pool: _Pool) -> None:
             )
         else:
             pool.wake_in((since + limit - now).total_seconds())
+    crashing = [
+        p for s in (PodState.STARTING, PodState.UNKNOWN) for p in pool.by_state[s] if p.problem
+    ]
+    if crashing:
+        # Not replaced: a new pod would crash the same way. It stays, counted as starting (so no
+        # pod-creation loop), and the kubelet's own back-off paces its restarts.
+        pool.degraded.append(
+            (
+                "PodsCrashing",
+                "; ".join(f"pod {p.name}: {p.problem}" for p in crashing[:3])
+                + "; no new pods until it runs (a new one would crash the same way)",
+            )
+        )
     stuck = [
         p
         for p in pool.by_state[PodState.STARTING]

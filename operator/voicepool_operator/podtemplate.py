@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .constants import (
@@ -74,7 +74,29 @@ def pod_labels(pool: str, thash: str, extra: Mapping[str, str] | None = None) ->
     return labels
 
 
-def _env(pool: str, spec: PoolSpec) -> list[dict[str, Any]]:
+#: How many host ports a hostNetwork pool may spread its workers over (8081, 8082, ...).
+HOST_PORT_SPAN = 64
+
+
+def _http_port_of(pod: Mapping[str, Any]) -> int | None:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == "http":
+                return int(port.get("containerPort") or 0) or None
+    return None
+
+
+def free_host_port(pods: Iterable[Mapping[str, Any]]) -> int:
+    """The lowest worker HTTP port no pod of the pool holds (hostNetwork workers share one
+    network namespace, so two on one node must not both listen on 8081)."""
+    taken = {_http_port_of(p) for p in pods}
+    for port in range(WORKER_HTTP_PORT, WORKER_HTTP_PORT + HOST_PORT_SPAN):
+        if port not in taken:
+            return port
+    raise ValueError(f"all {HOST_PORT_SPAN} worker host ports from {WORKER_HTTP_PORT} are taken")
+
+
+def _env(pool: str, spec: PoolSpec, http_port: int) -> list[dict[str, Any]]:
     def secret(key: str) -> dict[str, Any]:
         return {"secretKeyRef": {"name": spec.credentials_secret, "key": key}}
 
@@ -91,7 +113,7 @@ def _env(pool: str, spec: PoolSpec) -> list[dict[str, Any]]:
         {"name": "VOICEPOOL_POOL", "value": pool},
         {"name": "VOICEPOOL_SESSIONS_PER_POD", "value": str(spec.sessions_per_pod)},
         {"name": "VOICEPOOL_DRAIN_TIMEOUT_SECONDS", "value": str(spec.drain_timeout_seconds)},
-        {"name": "VOICEPOOL_HTTP_PORT", "value": str(WORKER_HTTP_PORT)},
+        {"name": "VOICEPOOL_HTTP_PORT", "value": str(http_port)},
         {"name": "VOICEPOOL_CPUS", "value": spec.cpu},
     ]
     conversation = spec.raw.get("conversation") or {}
@@ -113,32 +135,46 @@ def _resources(spec: PoolSpec) -> dict[str, Any]:
 
 
 def build_pod(
-    pool: str, namespace: str, pool_uid: str, spec: PoolSpec, thash: str
+    pool: str,
+    namespace: str,
+    pool_uid: str,
+    spec: PoolSpec,
+    thash: str,
+    http_port: int = WORKER_HTTP_PORT,
 ) -> dict[str, Any]:
-    """The worker pod manifest for one replica of `pool` at template `thash`."""
+    """The worker pod manifest for one replica of `pool` at template `thash`.
+
+    ``http_port`` only differs from 8081 for hostNetwork pools (see `free_host_port`).
+    """
     t = spec.template
     probe_port = {"port": "http"}
     container: dict[str, Any] = {
         "name": "worker",
         "image": t["image"],
         "imagePullPolicy": t.get("imagePullPolicy") or "IfNotPresent",
-        "env": _env(pool, spec),
-        "ports": [{"name": "http", "containerPort": WORKER_HTTP_PORT, "protocol": "TCP"}],
+        "env": _env(pool, spec, http_port),
+        "ports": [{"name": "http", "containerPort": http_port, "protocol": "TCP"}],
         "resources": _resources(spec),
+        # timeoutSeconds 3, not the default 1: a worker whose pinned core is busy with a call
+        # (or a node starting another worker) answered late on a real kubelet, and a pod that
+        # blinks NotReady is not capacity -- the pool showed 0 ready pods for seconds.
         "readinessProbe": {
             "httpGet": {"path": "/readyz", **probe_port},
             "periodSeconds": 2,
             "failureThreshold": 2,
+            "timeoutSeconds": 3,
         },
         "livenessProbe": {
             "httpGet": {"path": "/healthz", **probe_port},
             "periodSeconds": 10,
             "failureThreshold": 3,
+            "timeoutSeconds": 3,
         },
         "startupProbe": {
             "httpGet": {"path": "/healthz", **probe_port},
             "periodSeconds": 2,
             "failureThreshold": 90,
+            "timeoutSeconds": 3,
         },
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -165,6 +201,8 @@ def build_pod(
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
     }
+    if t.get("hostNetwork"):
+        pod_spec["hostNetwork"] = True
     for src, dst in (
         ("serviceAccountName", "serviceAccountName"),
         ("nodeSelector", "nodeSelector"),

@@ -75,10 +75,44 @@ class PodView:
     deletion_cost: str | None
     busy_label: str | None = None  # the operator's voicepool.dev/busy label (PDB selector)
     report_error: str | None = None  # the session count as written, when it is unreadable
+    #: Why the worker container cannot run (CrashLoopBackOff, ErrImagePull, ...), from the
+    #: kubelet's container status; None while it is fine or not started yet.
+    problem: str | None = None
 
     @property
     def reported(self) -> bool:
         return self.reported_state is not None or self.sessions is not None
+
+
+#: Container waiting reasons that will not fix themselves without a new spec or image.
+PROBLEM_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+def container_problem(status: Mapping[str, Any]) -> str | None:
+    """The first container's problem in words, e.g. ``CrashLoopBackOff (exit code 2: Error)``."""
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason not in PROBLEM_REASONS:
+            continue
+        last = (cs.get("lastState") or {}).get("terminated") or {}
+        if last:
+            code = last.get("exitCode")
+            return f"{reason} (exit code {code}: {last.get('reason') or 'Error'})"
+        message = str(waiting.get("message") or "").strip()
+        return f"{reason}: {message[:200]}" if message else str(reason)
+    return None
 
 
 def pod_view_from_dict(pod: Mapping[str, Any]) -> PodView:
@@ -110,4 +144,5 @@ def pod_view_from_dict(pod: Mapping[str, Any]) -> PodView:
         deletion_cost=ann.get(ANN_DELETION_COST),
         busy_label=labels.get(LABEL_BUSY),
         report_error=_report_error(ann),
+        problem=container_problem(status),
     )

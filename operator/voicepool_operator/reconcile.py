@@ -30,6 +30,7 @@ from .constants import (
     ANN_DRAIN_REQUESTED_AT,
     ANN_SAFE_TO_EVICT,
     LABEL_BUSY,
+    WORKER_HTTP_PORT,
 )
 from .demand import Demand
 from .expectations import Expectations
@@ -44,7 +45,7 @@ from .planner import (
     SetEvictionHints,
     plan,
 )
-from .podtemplate import build_pod, busy_pdb, template_hash
+from .podtemplate import build_pod, busy_pdb, free_host_port, template_hash
 from .podview import pod_view_from_dict
 from .spec import PoolSpec, SpecError, deletion_spec, parse_spec
 from .status import history_from_status, history_to_status, iso
@@ -80,6 +81,7 @@ class _PoolState:
     invalid_seen: dict[str, str] = field(default_factory=dict)  # pod -> reported value
     pdb_for: str | None = None  # pool uid whose PodDisruptionBudget exists
     demand: Demand = field(default_factory=Demand)  # arrivals and cold starts (adaptive pool)
+    degraded_warned: str | None = None  # the Degraded reason we last sent a Warning Event for
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,7 @@ class Reconciler:
         )
         requeue = await self.apply(key, state, pool, seen, thash, result, now, deleting)
         flush = await self.write_status(key, state, seen, result, now, waiting_calls)
+        await self._warn_degraded(pool, state, result.conditions)
         # Pods already terminating finish on their own grace period; the pool need not wait.
         remaining = sum(1 for r in seen.raws if not r["metadata"].get("deletionTimestamp"))
         return Outcome(_soonest(requeue, flush), remaining)
@@ -212,6 +215,25 @@ class Reconciler:
                 requeue = 0.05
         return requeue
 
+    async def _warn_degraded(
+        self, pool: Mapping[str, Any], state: _PoolState, conditions: Iterable[Condition]
+    ) -> None:
+        """One Warning Event when the pool turns Degraded because its pods crash (no action of
+        ours reports that: the operator deliberately creates no replacement), not one per pass.
+        """
+        new = next((c for c in conditions if c.type == "Degraded"), None)
+        reason = new.reason if new is not None and new.status == "True" else None
+        if reason != "PodsCrashing":
+            reason = None
+        if reason == state.degraded_warned:
+            return
+        state.degraded_warned = reason
+        if new is None or reason is None:
+            return
+        await self.kube.event(
+            pool, reason=new.reason, action="Degraded", note=new.message, type_="Warning"
+        )
+
     async def _apply(
         self,
         pool: Mapping[str, Any],
@@ -219,17 +241,21 @@ class Reconciler:
         state: _PoolState,
         spec: PoolSpec,
         action: Action,
-        raw_by_name: Mapping[str, Mapping[str, Any]],
+        raw_by_name: dict[str, Mapping[str, Any]],
         now: dt.datetime,
     ) -> None:
         namespace, name = key
         metrics.ACTIONS.labels(namespace, name, type(action).__name__, action.reason).inc()
         if isinstance(action, CreatePod):
+            port = WORKER_HTTP_PORT
+            if spec.template.get("hostNetwork"):
+                port = free_host_port(raw_by_name.values())
             manifest = build_pod(
-                name, namespace, pool["metadata"]["uid"], spec, action.template_hash
+                name, namespace, pool["metadata"]["uid"], spec, action.template_hash, port
             )
             created = await self.kube.create_pod(namespace, manifest)
             state.expectations.created(created)
+            raw_by_name[created["metadata"]["name"]] = created  # next CreatePod sees its port
             await self.kube.event(
                 pool,
                 reason=action.reason,

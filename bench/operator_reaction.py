@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kubernetes import client, config, watch
 from voicepool_contract import ANN_DRAIN, ANN_SESSIONS, LABEL_BUSY
-from voicepool_devstack.testing import environment, wait_for
+from voicepool_devstack.testing import create_namespace, environment, wait_for
 
 from tests.integration.operator_harness import (
     Cluster,
@@ -181,16 +181,7 @@ def main() -> int:
         core = client.CoreV1Api(api)
         install_crds(api)
         ns = "bench"
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
-
-        def sa_ready() -> bool:
-            try:
-                core.read_namespaced_service_account("default", ns)
-                return True
-            except client.ApiException:
-                return False
-
-        wait_for(sa_ready, timeout=30, what="default service account")
+        create_namespace(core, ns)
         op = OperatorProcess(env.kubeconfig, python=image_like_python())
         op.start()
         try:

@@ -27,7 +27,7 @@ from livekit import api as lkapi
 from operator_reaction import PodWatch, pct
 from voicepool_contract import ROOM_AGENT_KEY
 from voicepool_devstack.stack import LiveKitInfo
-from voicepool_devstack.testing import environment, wait_for
+from voicepool_devstack.testing import create_namespace, environment, wait_for
 
 from tests.integration.operator_harness import (
     Cluster,
@@ -65,16 +65,7 @@ def main() -> int:
         core = client.CoreV1Api(api)
         install_crds(api)
         ns = "zero"
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
-
-        def sa_ready() -> bool:
-            try:
-                core.read_namespaced_service_account("default", ns)
-                return True
-            except client.ApiException:
-                return False
-
-        wait_for(sa_ready, timeout=30, what="default service account")
+        create_namespace(core, ns)
         op = OperatorProcess(env.kubeconfig, livekit=env.livekit)
         op.start()
         try:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client, config
 from voicepool_devstack.errors import DevstackError
-from voicepool_devstack.testing import Environment, environment, wait_for
+from voicepool_devstack.testing import Environment, create_namespace, environment
 
 
 @pytest.fixture(scope="session")
@@ -36,16 +36,6 @@ def core(api_client: client.ApiClient) -> client.CoreV1Api:
 @pytest.fixture()
 def namespace(core: client.CoreV1Api) -> Iterator[str]:
     """A fresh namespace per test, ready for pods (its default ServiceAccount exists)."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-
-    def sa_ready() -> bool:
-        try:
-            core.read_namespaced_service_account("default", name)
-            return True
-        except client.ApiException:
-            return False
-
-    wait_for(sa_ready, timeout=30, what=f"default ServiceAccount in {name}")
+    name = create_namespace(core, f"t-{uuid.uuid4().hex[:8]}")
     yield name
     core.delete_namespace(name, propagation_policy="Background")

@@ -45,6 +45,7 @@ from .errors import DevstackError
 from .runner import PodRunner
 from .sip import SipInfo
 from .stack import LiveKitInfo, LocalStack, StackConfig, StackState, free_port
+from .testing import create_namespace
 from .versions import HELM, KUBERNETES, REPO_ROOT
 
 NS = "voicepool-demo"
@@ -110,6 +111,7 @@ class Demo:
         self.sip = sip
         self.workdir = workdir
         self.real = real  # the stack's state when pods run on the real node
+        self.operator_metrics_port: int | None = None  # the chart operator's, on the node
         cfg = client.Configuration()
         config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
         self.api = client.ApiClient(cfg)
@@ -139,6 +141,10 @@ class Demo:
             and (p.metadata.annotations or {}).get(ANN_DRAIN) != "true"
         ]
 
+    def warm_in_status(self) -> bool:
+        status = self.pool().get("status") or {}
+        return int(status.get("readyPods") or 0) >= 1 and int(status.get("idlePods") or 0) >= 1
+
     def show(self) -> None:
         kubectl(self.kc, "get", "voiceagentpools", "-n", NS)
 
@@ -165,11 +171,13 @@ class Demo:
     # -- setup ------------------------------------------------------------------------------
 
     def install(self) -> None:
-        self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
+        create_namespace(self.core, NS)  # ready for pods: its default ServiceAccount exists
         say("helm install voicepool (CRDs, RBAC, admission policy, dashboard) ...")
         if self.real is not None:
+            chart = demo_node.chart_values(self.real, [NS], "voicepool")
+            self.operator_metrics_port = int(chart["metrics"]["port"])
             values = self.workdir / "values.yaml"
-            values.write_text(yaml.safe_dump(demo_node.chart_values(self.real, [NS], "voicepool")))
+            values.write_text(yaml.safe_dump(chart))
             extra = ["-f", str(values)]
             say("  the chart's operator Deployment runs on the real node from the local image")
         else:
@@ -197,10 +205,19 @@ class Demo:
     @contextlib.contextmanager
     def operator(self) -> Iterator[None]:
         if self.real is not None:  # the chart's Deployment: wait for its container
-            wait(self._operator_running, 120, "the operator pod on the real node")
+            wait(self._operator_running, 180, "the operator pod on the real node")
             say("voicepool-operator runs as a real container (the chart's Deployment)")
             kubectl(self.kc, "get", "pods", "-n", "voicepool-system", "-o", "wide")
-            yield
+            # hostNetwork: the operator's metrics port is a port of the node, on loopback
+            address = f"127.0.0.1:{self.operator_metrics_port}"
+            prometheus.register_operator(self.prom, "chart-operator", address)
+            discovery = demo_node.NodeDiscovery(self.core, self.prom, NS)
+            discovery.start()
+            try:
+                yield
+            finally:
+                discovery.stop()
+                prometheus.unregister_operator(self.prom, "chart-operator")
             return
         log = (self.workdir / "operator.log").open("ab")
         port, metrics_port = free_port(), free_port()
@@ -296,7 +313,7 @@ class Demo:
                     return str(p.metadata.name)
             return None
 
-        pod = wait(ready_pod, 180, "the pinned worker to be Ready")
+        pod = wait(ready_pod, 300, "the pinned worker to be Ready")
         kubectl(
             self.kc,
             "get",
@@ -308,7 +325,22 @@ class Demo:
             "CPU:.spec.containers[0].resources.limits.cpu",
         )
         kubectl(self.kc, "exec", "-n", NS, pod, "--", "grep", "Cpus_allowed_list", "/proc/1/status")
-        say("the pinned worker's PID 1 may run on that one CPU only; other pods share the rest")
+        operator = self.core.list_namespaced_pod(
+            "voicepool-system", label_selector=demo_node.OPERATOR_SELECTOR
+        ).items[0]
+        say("and the operator pod (Burstable QoS) for comparison: the node's shared pool")
+        kubectl(
+            self.kc,
+            "exec",
+            "-n",
+            "voicepool-system",
+            operator.metadata.name,
+            "--",
+            "grep",
+            "Cpus_allowed_list",
+            "/proc/1/status",
+        )
+        say("the pinned worker's PID 1 may run on its one CPU only; the other pods share the rest")
         self.delete_pool("pinned")
 
 
@@ -318,6 +350,20 @@ async def _scenario(demo: Demo) -> list[tuple[str, float | None]]:
     lk = demo.lk
     cfg = CallerConfig(url=lk.url, api_key=lk.api_key, api_secret=lk.api_secret, agent_name=POOL)
     ttfw: list[tuple[str, float | None]] = []
+    calls: list[Call] = []  # hung up on the way out, whatever happens
+    try:
+        await _scenario_steps(demo, cfg, ttfw, calls)
+    finally:
+        for call in calls:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(call.hangup(), 10)
+    return ttfw
+
+
+async def _scenario_steps(
+    demo: Demo, cfg: Any, ttfw: list[tuple[str, float | None]], calls: list[Any]
+) -> None:
+    from voicepool_worker.caller import Call
 
     async def wait_async(probe: Callable[[], Any], within: float, what: str) -> Any:
         try:
@@ -337,13 +383,16 @@ async def _scenario(demo: Demo) -> list[tuple[str, float | None]]:
 
     async def dial(room: str) -> Call:
         call = Call(cfg, room)
+        calls.append(call)
         await call.start()
         heard = await call.wait_greeting()
         say(f"{room}: agent joined{' and greeted the caller' if heard else ''}")
         return call
 
-    await wait_async(demo.idle_registered, 180, "the warm worker to register with LiveKit")
+    await wait_async(demo.idle_registered, 300, "the warm worker to register with LiveKit")
     say("the warm pod's worker registered with LiveKit and reports idle")
+    # The operator writes status after a second of quiet: show the pool once it counts the pod.
+    await wait_async(demo.warm_in_status, 60, "the pool's status to count its warm pod")
     demo.show()
 
     say("call-1 dials in (explicit dispatch of agent 'receptionist')")
@@ -354,22 +403,22 @@ async def _scenario(demo: Demo) -> list[tuple[str, float | None]]:
         for p in demo.pods()
         if (p.metadata.annotations or {}).get(ANN_SESSIONS) == "1"
     }
-    await wait_async(lambda: len(demo.pods()) >= 2, 60, "scale-up to 2 pods")
+    await wait_async(lambda: len(demo.pods()) >= 2, 120, "scale-up to 2 pods")
     say("scale-up: 1 active call + 1 warm pod -> 2 pods")
     demo.show()
 
-    await wait_async(demo.idle_registered, 180, "the new warm worker")
+    await wait_async(demo.idle_registered, 300, "the new warm worker")
     say("call-2 dials in while call-1 continues")
     call2 = await dial("call-2")
     await turn(call2, "call-2", "what are your opening hours")
-    await wait_async(lambda: len(demo.pods()) >= 3, 60, "scale-up to 3 pods")
+    await wait_async(lambda: len(demo.pods()) >= 3, 120, "scale-up to 3 pods")
     say("scale-up: 2 active calls + 1 warm pod -> 3 pods")
     demo.show()
     demo.show_pods()
 
     say("call-2 hangs up; after the 10 s stabilization window one idle pod is drained")
     await call2.hangup()
-    await wait_async(lambda: len(demo.pods()) <= 2, 60, "scale-down to 2 pods")
+    await wait_async(lambda: len(demo.pods()) <= 2, 120, "scale-down to 2 pods")
     still = {p.metadata.name for p in demo.pods()}
     kept = sorted(busy1 & still)
     say(f"scale-down done: pods {sorted(still)}; call-1's pod {kept} was never touched")
@@ -384,7 +433,7 @@ async def _scenario(demo: Demo) -> list[tuple[str, float | None]]:
             and (p.metadata.annotations or {}).get(ANN_SESSIONS) == "1"
             for p in demo.pods()
         ),
-        120,
+        300,  # once the new pods are Ready: model loading, slow when the cores are busy
         "call-1's pod to be marked draining",
     )
     demo.show()
@@ -395,7 +444,7 @@ async def _scenario(demo: Demo) -> list[tuple[str, float | None]]:
     await call1.hangup()
     await wait_async(
         lambda: all(p.metadata.labels[LABEL_TEMPLATE_HASH] != old_hash for p in demo.pods()),
-        120,
+        180,
         "the old-template pods to go",
     )
     say("rollout complete; no call was cut")
@@ -404,9 +453,8 @@ async def _scenario(demo: Demo) -> list[tuple[str, float | None]]:
     if demo.sip is not None:
         from .demo_phone import phone_call
 
-        await wait_async(demo.idle_registered, 180, "an idle worker for the phone call")
+        await wait_async(demo.idle_registered, 300, "an idle worker for the phone call")
         ttfw += await phone_call(demo, demo.sip, say, wait_async)
-    return ttfw
 
 
 def main() -> int:

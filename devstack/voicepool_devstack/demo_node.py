@@ -8,9 +8,13 @@ last step shows pinning with one Guaranteed ``cpu: 1`` worker and its cpuset.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+from voicepool_contract import LABEL_POOL
+
 from . import node as node_mod
+from . import prometheus as prom
 from .stack import StackState
 
 #: Chart operator pod label (the chart's Deployment).
@@ -68,3 +72,79 @@ def worker_template(state: StackState, template: dict[str, Any]) -> dict[str, An
         "env": env,
         **node_mod.placement(),
     }
+
+
+def worker_targets(pods: list[Any]) -> dict[str, list[tuple[str, dict[str, str]]]]:
+    """Prometheus targets (address, discovery labels) per worker pod on the real node.
+
+    The pods are hostNetwork, so each container port is a port of the node itself and is
+    reached on loopback. Only pods the kubelet started (Running, or ended but not yet deleted,
+    so a crashed worker shows as ``up == 0`` rather than a gap) get targets.
+    """
+    out: dict[str, list[tuple[str, dict[str, str]]]] = {}
+    for pod in pods:
+        spec, status = pod.spec, pod.status
+        if spec.node_name != node_mod.NODE_NAME or not spec.host_network:
+            continue
+        if status is None or status.phase not in ("Running", "Succeeded", "Failed"):
+            continue
+        for container in spec.containers:
+            for port in container.ports or []:
+                labels = prom.pod_discovery_labels(
+                    namespace=pod.metadata.namespace,
+                    pod=pod.metadata.name,
+                    labels=dict(pod.metadata.labels or {}),
+                    container=container.name,
+                    port_name=port.name or "",
+                    port=port.container_port,
+                    phase=status.phase,
+                )
+                address = f"127.0.0.1:{port.container_port}"
+                out.setdefault(pod.metadata.name, []).append((address, labels))
+    return out
+
+
+class NodeDiscovery:
+    """Plays Prometheus' Kubernetes pod discovery for the real node's workers.
+
+    Debian's prometheus has no Kubernetes discovery (see ``prometheus.py``); on kwok the
+    runner writes the targets, on the real node nobody runs the workers but the kubelet, so
+    this thread lists the namespace's pods every second and keeps the file_sd targets in step.
+    """
+
+    def __init__(self, core: Any, info: prom.PrometheusInfo | None, namespace: str) -> None:
+        self.core, self.info, self.namespace = core, info, namespace
+        self._stop = threading.Event()
+        self._known: set[str] = set()
+        self._thread = threading.Thread(target=self._run, name="node-discovery", daemon=True)
+
+    def start(self) -> None:
+        if self.info is not None:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        for name in self._known:
+            prom.unregister_worker(self.info, self.namespace, name)
+
+    def sync(self) -> None:
+        pods = self.core.list_namespaced_pod(
+            self.namespace,
+            label_selector=LABEL_POOL,  # every pool pod has it
+        ).items
+        targets = worker_targets(pods)
+        for ports in targets.values():
+            for address, labels in ports:
+                prom.register_worker(self.info, address, labels)
+        for gone in self._known - set(targets):
+            prom.unregister_worker(self.info, self.namespace, gone)
+        self._known = set(targets)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                self.sync()
+            except Exception:
+                continue

@@ -177,8 +177,10 @@ class RealNode:
         wait: Wait,
         api: Callable[..., Any],
         progress: Progress = _stderr_progress,
+        kubelet_config: dict[str, Any] | None = None,
     ) -> None:
         self.dir = stack_dir / "node"
+        self.kubelet_overrides = dict(kubelet_config or {})  # KubeletConfiguration fields
         self.pki_dir = pki_dir
         self.apiserver_url = apiserver_url
         self.spawn = spawn
@@ -351,6 +353,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "maxPods": 20,
             "serializeImagePulls": False,
             "shutdownGracePeriod": "0s",
+            **self.kubelet_overrides,
         }
         cfg = d / "config.yaml"
         cfg.write_text(yaml.safe_dump(config))

@@ -124,6 +124,7 @@ class StackConfig:
     prometheus: bool = True  # optional: missing or failing costs one line, not the stack
     sip: bool = True  # redis + livekit-sip beside livekit-server (sip.py)
     node: bool = False  # one real kubelet + containerd node beside the kwok nodes (node.py)
+    node_kubelet_config: dict[str, Any] = field(default_factory=dict)  # over node.py's own
     startup_timeout: float = 90.0
     progress: Progress = _stderr_progress
 
@@ -474,6 +475,7 @@ class LocalStack:
             self._wait,
             self.api,
             self.cfg.progress,
+            kubelet_config=self.cfg.node_kubelet_config,
         )
         self.state.node = node.record.to_dict()
         self.state.dump(self.workdir / STATE_FILE)  # a failed start is still undone by `down`

@@ -15,11 +15,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from .prometheus import PrometheusInfo
 from .sip import SipInfo
 from .stack import LiveKitInfo, LocalStack, StackConfig
+
+if TYPE_CHECKING:
+    from kubernetes import client
 
 T = TypeVar("T")
 
@@ -95,3 +98,27 @@ def wait_for(
             return last
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def create_namespace(core: client.CoreV1Api, name: str, *, timeout: float = 30.0) -> str:
+    """Create namespace ``name`` and return once pods can be created in it.
+
+    The apiserver refuses pods in a namespace until the controller-manager's service-account
+    controller has made its ``default`` ServiceAccount (a second or so on a fresh stack), so
+    a namespace is only ready for tests, benches and the demo once that account exists.
+    """
+    from kubernetes import client
+
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+
+    def default_account() -> bool:
+        try:
+            core.read_namespaced_service_account("default", name)
+            return True
+        except client.ApiException as e:
+            if e.status != 404:
+                raise
+            return False
+
+    wait_for(default_account, timeout=timeout, what=f"the default ServiceAccount in {name}")
+    return name

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 from kubernetes import client
 from livekit import api as lkapi
-from voicepool_devstack.testing import Environment, wait_for
+from voicepool_devstack.testing import Environment, create_namespace, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -86,6 +87,19 @@ def test_scheduler_respects_cpu_requests(
 
     wait_for(unschedulable, timeout=30, what="scheduler to mark the 9-CPU pod Unschedulable")
     assert core.read_namespaced_pod("too-big", namespace).spec.node_name is None
+
+
+def test_create_namespace_returns_once_pods_can_be_created(core: client.CoreV1Api) -> None:
+    """The shared helper waits for the default ServiceAccount, without which pods are refused."""
+    name = create_namespace(core, f"h-{uuid.uuid4().hex[:8]}")
+    try:
+        assert core.read_namespaced_service_account("default", name).metadata.name == "default"
+        core.create_namespaced_pod(name, _pod("first", "100m"))  # no retry needed
+        with pytest.raises(client.ApiException) as err:  # a name clash is an error, not a wait
+            create_namespace(core, name, timeout=1)
+        assert err.value.status == 409
+    finally:
+        core.delete_namespace(name, propagation_policy="Background")
 
 
 def test_rbac_is_enforced(api_client: client.ApiClient, namespace: str) -> None:

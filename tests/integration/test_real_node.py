@@ -26,7 +26,7 @@ from voicepool_devstack import demo_node
 from voicepool_devstack import node as node_mod
 from voicepool_devstack.errors import DevstackError
 from voicepool_devstack.stack import LocalStack, StackConfig
-from voicepool_devstack.testing import wait_for
+from voicepool_devstack.testing import create_namespace, wait_for
 from voicepool_devstack.versions import HELM
 
 from .operator_harness import REPO, Cluster, install_crds, pool_manifest
@@ -115,8 +115,7 @@ def _helm(kubeconfig: str, *args: str) -> str:
 @pytest.fixture(scope="module")
 def ns(real: dict[str, Any]) -> str:
     core = client.CoreV1Api(real["api"])
-    name = f"rn-{uuid.uuid4().hex[:6]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    name = create_namespace(core, f"rn-{uuid.uuid4().hex[:6]}")
     lk = real["state"].livekit
     core.create_namespaced_secret(
         name,
@@ -125,15 +124,6 @@ def ns(real: dict[str, Any]) -> str:
             string_data={"api-key": lk.api_key, "api-secret": lk.api_secret},
         ),
     )
-
-    def sa() -> bool:
-        try:
-            core.read_namespaced_service_account("default", name)
-            return True
-        except client.ApiException:
-            return False
-
-    wait_for(sa, timeout=30, what="default ServiceAccount")
     return name
 
 

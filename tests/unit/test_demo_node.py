@@ -1,0 +1,62 @@
+"""The demo's Prometheus discovery for real-node workers (pure: pods in, targets out)."""
+
+from __future__ import annotations
+
+from kubernetes import client
+from voicepool_devstack import node as node_mod
+from voicepool_devstack.demo_node import worker_targets
+
+
+def _pod(
+    name: str,
+    port: int,
+    *,
+    phase: str | None = "Running",
+    node: str = node_mod.NODE_NAME,
+    host_network: bool = True,
+) -> client.V1Pod:
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(
+            name=name,
+            namespace="demo",
+            labels={"voicepool.dev/pool": "receptionist", "app.kubernetes.io/managed-by": "x"},
+        ),
+        spec=client.V1PodSpec(
+            node_name=node,
+            host_network=host_network,
+            containers=[
+                client.V1Container(
+                    name="worker",
+                    ports=[client.V1ContainerPort(name="http", container_port=port)],
+                )
+            ],
+        ),
+        status=client.V1PodStatus(phase=phase),
+    )
+
+
+def test_running_hostnetwork_workers_are_scraped_on_loopback_at_their_port() -> None:
+    targets = worker_targets([_pod("a", 8081), _pod("b", 8082)])
+    assert sorted(targets) == ["a", "b"]
+    (address, labels), *_ = targets["b"]
+    assert address == "127.0.0.1:8082"
+    assert labels["__meta_kubernetes_pod_name"] == "b"
+    assert labels["__meta_kubernetes_namespace"] == "demo"
+    assert labels["__meta_kubernetes_pod_container_port_name"] == "http"
+    assert labels["__meta_kubernetes_pod_label_voicepool_dev_pool"] == "receptionist"
+
+
+def test_pods_not_started_by_the_node_have_no_target() -> None:
+    pods = [
+        _pod("pending", 8081, phase="Pending"),
+        _pod("no-status", 8082, phase=None),
+        _pod("kwok", 8083, node="kwok-node-0"),
+        _pod("pod-network", 8084, host_network=False),
+    ]
+    assert worker_targets(pods) == {}
+
+
+def test_a_crashed_worker_keeps_its_target_until_the_pod_goes() -> None:
+    (address, labels), *_ = worker_targets([_pod("dead", 8081, phase="Failed")])["dead"]
+    assert address == "127.0.0.1:8081"
+    assert labels["__meta_kubernetes_pod_phase"] == "Failed"

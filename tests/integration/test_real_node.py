@@ -194,6 +194,14 @@ def _cpus_allowed(real: dict[str, Any], ns: str, pod: str) -> str:
     return line.split(":", 1)[1].strip()
 
 
+def _worker_env(real: dict[str, Any]) -> list[dict[str, str]]:
+    """Where the apiserver is, and transcripts in the log so a failure shows what was heard."""
+    return [
+        *_apiserver_env(real["state"]),
+        {"name": "VOICEPOOL_LOG_TRANSCRIPTS", "value": "true"},
+    ]
+
+
 def worker_pool(real: dict[str, Any], name: str, **spec: Any) -> dict[str, Any]:
     state = real["state"]
     template = {
@@ -202,7 +210,7 @@ def worker_pool(real: dict[str, Any], name: str, **spec: Any) -> dict[str, Any]:
         "hostNetwork": True,
         "serviceAccountName": "voicepool-worker",
         "resources": {"cpu": 1, "memory": "2Gi"},
-        "env": _apiserver_env(state),
+        "env": _worker_env(real),
         **node_mod.placement(),
         **spec.pop("template", {}),
     }
@@ -327,6 +335,16 @@ def _expand(cpus: str) -> set[str]:
     return out
 
 
+def _log_tail(cluster: Cluster, pod: str, lines: int = 40) -> str:
+    """The worker's last log lines (no VAD load warnings), for a failure message."""
+    try:
+        text = cluster.core.read_namespaced_pod_log(pod, cluster.ns, tail_lines=lines * 4)
+    except client.ApiException as e:
+        return f"(no log of {pod}: {e.status})"
+    kept = [line[:400] for line in text.splitlines() if "slower than realtime" not in line]
+    return "\n".join(kept[-lines:])
+
+
 def _pod_sessions(cluster: Cluster, pod: str) -> str | None:
     try:
         return cluster.annotations(pod).get("voicepool.dev/sessions")
@@ -354,6 +372,7 @@ async def test_rolling_update_drains_the_busy_pod_until_the_caller_hangs_up(
 
     cluster = Cluster(real["api"], ns)
     name, agent = "talk", f"talk-{uuid.uuid4().hex[:6]}"
+    stop = threading.Event()  # ends the status sampler below
     cluster.create_pool(
         worker_pool(
             real,
@@ -385,7 +404,6 @@ async def test_rolling_update_drains_the_busy_pod_until_the_caller_hangs_up(
             "the pool's status to count its Ready pod",
         )
         ready_counts: list[int] = []
-        stop = threading.Event()
 
         def sample() -> None:
             while not stop.is_set():
@@ -395,7 +413,7 @@ async def test_rolling_update_drains_the_busy_pod_until_the_caller_hangs_up(
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        env = [*_apiserver_env(real["state"]), {"name": "VOICEPOOL_REVISION", "value": "2"}]
+        env = [*_worker_env(real), {"name": "VOICEPOOL_REVISION", "value": "2"}]
         cluster.patch_pool_spec(name, {"template": {"env": env}})
         await _poll(
             lambda: cluster.annotations(old).get("voicepool.dev/drain") == "true",
@@ -406,8 +424,14 @@ async def test_rolling_update_drains_the_busy_pod_until_the_caller_hangs_up(
         await asyncio.sleep(3)
         pod = cluster.core.read_namespaced_pod(old, ns)
         assert pod.metadata.deletion_timestamp is None, "a busy pod was deleted mid-call"
-        turn = await call.say("what are your opening hours")
-        assert turn.ttfw_ms is not None, "the draining pod stopped answering its caller"
+        # The claim is that it answers at all (latency is bench/'s): 40 s, as below.
+        turn = await call.say("what are your opening hours", answer_timeout=40)
+        assert turn.ttfw_ms is not None, (
+            f"the draining pod stopped answering its caller:\n{_log_tail(cluster, old)}"
+        )
+    except BaseException:
+        stop.set()  # the sampler would outlive a failed test
+        raise
     finally:
         await call.hangup()
 
@@ -500,7 +524,7 @@ def test_crashing_worker_image_degrades_the_pool_without_a_pod_loop(
 ) -> None:
     cluster = Cluster(real["api"], ns)
     name = "crashy"
-    env = [*_apiserver_env(real["state"]), {"name": "VOICEPOOL_STT", "value": "whisper"}]
+    env = [*_worker_env(real), {"name": "VOICEPOOL_STT", "value": "whisper"}]
     cluster.create_pool(
         worker_pool(
             real,
@@ -525,7 +549,15 @@ def test_crashing_worker_image_degrades_the_pool_without_a_pod_loop(
     assert "exit code 2" in cond["message"], cond
     print(f"\ncrashing worker -> Degraded/PodsCrashing after {seconds:.1f}s: {cond['message']}")
     wait_for(lambda: cluster.events("PodsCrashing"), timeout=30, what="a PodsCrashing Event")
-    time.sleep(10)  # the kubelet restarts it a few times; the operator must not add pods
+
+    def restarted() -> int:  # the kubelet's back-off restarts the container in place
+        return sum(
+            cs.restart_count
+            for p in cluster.pods(name, include_terminating=True)
+            for cs in p.status.container_statuses or []
+        )
+
+    wait_for(restarted, timeout=60, interval=0.5, what="the kubelet to restart the container")
     created = [p for p in cluster.pods(name, include_terminating=True)]
     assert len(created) == 1, [p.metadata.name for p in created]
     assert len(cluster.events("PodsCrashing")) == 1, "one Event, not one per reconcile"
@@ -545,3 +577,37 @@ def test_down_leaves_the_machine_as_it_was(real: dict[str, Any]) -> None:
         indent=1,
     )
     assert not workdir.exists()
+
+
+def test_a_node_that_fails_to_start_shows_the_kubelets_error_and_is_undone(
+    real: dict[str, Any],
+) -> None:
+    """Runs after the stack is down: a kubelet that refuses its config fails `up` at once with
+    its own last log lines (not a hang), and the failed `up` leaves the machine as it was."""
+    workdir = Path(tempfile.mkdtemp(prefix="voicepool-node-bad-"))
+    bad = {"registryPullQPS": -1}  # the kubelet validates its config and exits
+    stack = LocalStack(
+        StackConfig(
+            workdir=workdir,
+            nodes=1,
+            node=True,
+            livekit=False,
+            prometheus=False,
+            node_kubelet_config=bad,
+        )
+    )
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DevstackError) as err:
+            stack.start()
+    finally:
+        stack.stop()
+    message = str(err.value)
+    print(f"\nfailed node start reported after {time.monotonic() - t0:.1f}s:\n{message}")
+    assert "kubelet exited" in message, message
+    assert "Last lines of" in message and "registryPullQPS" in message, message
+    after = host_snapshot()
+    assert after == real["before"], json.dumps(
+        {k: (real["before"][k], after[k]) for k in after if after[k] != real["before"][k]},
+        indent=1,
+    )

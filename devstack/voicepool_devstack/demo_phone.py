@@ -9,6 +9,7 @@ keypad menu (RFC 4733), and hangs up with a word -- the agent's call control end
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,31 @@ from .phone import Phone, PhoneConfig, write_speech
 from .sip import SipInfo
 
 NUMBER = "+15550100000"
+
+
+async def agent_quiet(p: Phone, gap_s: float = 2.0, within: float = 40.0) -> None:
+    """Wait until the agent has stopped talking (no new voice for ``gap_s``).
+
+    A TTS that falls behind real time on a busy machine leaves gaps inside one answer, so the
+    first ``voice_end`` is not the end of it; a caller who speaks or presses a key then talks
+    over the agent, and what it says is heard garbled (no "goodbye", no hang-up).
+    """
+    with contextlib.suppress(TimeoutError):  # still talking after ``within``: go on anyway
+        async with asyncio.timeout(within):
+            await _until_quiet(p, gap_s, within)
+
+
+async def _until_quiet(p: Phone, gap_s: float, within: float) -> None:
+    while True:
+        voice = [e for e in p.events if e.get("ev") in ("voice_start", "voice_end")]
+        last = float(voice[-1]["t"]) if voice else -1.0
+        if voice and voice[-1]["ev"] == "voice_start":
+            await p.wait_for("voice_end", within, after=last)
+            continue
+        try:
+            await p.wait_for("voice_start", gap_s, after=last)
+        except TimeoutError:
+            return
 
 
 async def phone_call(
@@ -68,6 +94,7 @@ async def phone_call(
             ttfw = None
             say("phone: the agent did not answer")
         out.append(("phone call (SIP)", ttfw))
+        await agent_quiet(p)
         say("phone: presses 2 on the keypad (menu: 2 = where are you located)")
         await p.press("2")
         sent = await p.wait_for("dtmf_sent", 30)
@@ -76,6 +103,7 @@ async def phone_call(
             say("phone: the keypad choice was answered")
         except TimeoutError:
             say("phone: no answer to the key press")
+        await agent_quiet(p)
         say("phone: caller says 'okay goodbye' -> the agent hangs up (its call control)")
         await p.play(bye)
         try:

@@ -60,3 +60,26 @@ def test_a_crashed_worker_keeps_its_target_until_the_pod_goes() -> None:
     (address, labels), *_ = worker_targets([_pod("dead", 8081, phase="Failed")])["dead"]
     assert address == "127.0.0.1:8081"
     assert labels["__meta_kubernetes_pod_phase"] == "Failed"
+
+
+async def test_the_demo_phone_waits_out_gaps_inside_one_answer() -> None:
+    """A TTS behind real time pauses mid-answer: the caller must not talk into the pause."""
+    import asyncio
+
+    from voicepool_devstack.demo_phone import agent_quiet
+    from voicepool_devstack.phone import Phone, PhoneConfig
+
+    p = Phone(PhoneConfig(server="127.0.0.1:5060", to="+1"))
+    p.events = [{"ev": "voice_start", "t": 0}, {"ev": "voice_end", "t": 100}]
+
+    async def more_speech() -> None:
+        for t, ev in ((200, "voice_start"), (300, "voice_end")):
+            await asyncio.sleep(0.2)
+            async with p._changed:
+                p.events.append({"ev": ev, "t": t})
+                p._changed.notify_all()
+
+    task = asyncio.create_task(more_speech())
+    await agent_quiet(p, gap_s=0.5, within=10)
+    assert p.events[-1] == {"ev": "voice_end", "t": 300}, "returned inside the answer's gap"
+    await task

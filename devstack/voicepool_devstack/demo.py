@@ -390,7 +390,10 @@ async def _scenario_steps(
         return call
 
     await wait_async(demo.idle_registered, 300, "the warm worker to register with LiveKit")
-    say("the warm pod's worker registered with LiveKit and reports idle")
+    say(
+        "the warm pod's worker registered with LiveKit and reports idle; the pool counts it "
+        "once its readiness probe passes"
+    )
     # The operator writes status after a second of quiet: show the pool once it counts the pod.
     await wait_async(demo.warm_in_status, 60, "the pool's status to count its warm pod")
     demo.show()

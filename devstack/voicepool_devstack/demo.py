@@ -52,6 +52,7 @@ NS = "voicepool-demo"
 POOL = "receptionist"
 GROUP, VERSION, PLURAL = "voicepool.dev", "v1alpha1", "voiceagentpools"
 T0 = time.monotonic()
+JOIN_WITHIN_S = 120.0
 
 
 def say(msg: str) -> None:
@@ -384,7 +385,12 @@ async def _scenario_steps(
     async def dial(room: str) -> Call:
         call = Call(cfg, room)
         calls.append(call)
-        await call.start()
+        try:  # the agent joins once a worker takes the job: slow when the cores are busy
+            await call.start(join_within=JOIN_WITHIN_S)
+        except TimeoutError:
+            raise DevstackError(
+                f"no agent joined {room} within {JOIN_WITHIN_S:.0f}s (workers starved of CPU?)"
+            ) from None
         heard = await call.wait_greeting()
         say(f"{room}: agent joined{' and greeted the caller' if heard else ''}")
         return call

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from kubernetes import client
 from voicepool_devstack import node as node_mod
 from voicepool_devstack.demo_node import worker_targets
@@ -83,3 +84,35 @@ async def test_the_demo_phone_waits_out_gaps_inside_one_answer() -> None:
     await agent_quiet(p, gap_s=0.5, within=10)
     assert p.events[-1] == {"ev": "voice_end", "t": 300}, "returned inside the answer's gap"
     await task
+
+
+async def test_the_demo_names_an_agent_that_never_joined_and_hangs_its_calls_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A starved worker: a clear error (not a traceback), and no call left to the event loop."""
+    from types import SimpleNamespace
+
+    from voicepool_devstack import demo
+    from voicepool_devstack.errors import DevstackError
+    from voicepool_worker import caller
+
+    hung_up: list[str] = []
+
+    async def never_joins(self: caller.Call, *, join_within: float = 30.0) -> None:
+        raise TimeoutError
+
+    async def hangup(self: caller.Call) -> None:
+        hung_up.append(self.room_name)
+
+    monkeypatch.setattr(caller.Call, "start", never_joins)
+    monkeypatch.setattr(caller.Call, "hangup", hangup)
+    monkeypatch.setattr(demo, "say", lambda msg: None)
+    fake = SimpleNamespace(
+        lk=SimpleNamespace(url="ws://127.0.0.1:1", api_key="k", api_secret="s" * 32),
+        idle_registered=lambda: ["warm"],
+        warm_in_status=lambda: True,
+        show=lambda: None,
+    )
+    with pytest.raises(DevstackError, match=r"no agent joined call-1 within 120s"):
+        await demo._scenario(fake)  # type: ignore[arg-type]
+    assert hung_up == ["call-1"]

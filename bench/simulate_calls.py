@@ -539,7 +539,10 @@ class Voicepool:
                     )
             elif isinstance(action, SetEvictionHints):
                 pod = c.pods[action.pod]
-                pod.hints = (action.safe_to_evict, action.deletion_cost, action.busy_label)
+                hints = (action.safe_to_evict, action.deletion_cost, action.busy_label)
+                if hints == pod.hints:  # one API write per pod per reconcile, for nothing
+                    self.issue(t, f"SetEvictionHints re-sent unchanged to {action.pod}")
+                pod.hints = hints
                 pod.view = None
                 c.changed = True
 
@@ -1200,11 +1203,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     issues = [line for _, runs in bench.vp.values() for v in runs for line in v.issues]
     if issues:
-        print("PLANNER ISSUES (a call cut or a busy pod drained outside a drain timeout):")
+        print(
+            "PLANNER ISSUES (a call cut, a busy pod drained outside a drain timeout, or hints"
+            " re-sent unchanged):"
+        )
         for line in issues[:20]:
             print(f"  {line}")
     else:
-        print("planner issues: none (no call cut, no busy pod drained, in any voicepool run)")
+        print(
+            "planner issues: none (no call cut, no busy pod drained, no hint re-sent unchanged,"
+            " in any voicepool run)"
+        )
     runs = bench.runs
     if p.adaptive:
         print()

@@ -95,9 +95,11 @@ class Params:
     grid: bool  # also run voicepool over a few warm sizes and windows
     plot: str = "none"  # PNG of calls, warm capacity and pods per policy (bench/plots.py)
     trace: str = "burst"  # burst | diurnal (see make_trace)
-    safety: float = 1.25  # adaptive warm pool: warmPool.adaptive.safetyFactor
+    safety: float = 1.0  # adaptive warm pool: warmPool.adaptive.safetyFactor
     adaptive_floor: int = 4  # adaptive warm pool: warmPool.idleSessions (the floor)
+    surge_floor: int = 12  # adaptive warm pool with a standing reserve for an unannounced surge
     adaptive: bool = True  # also compare the adaptive warm pool on both traces
+    webhook: bool = True  # voicepool sees callers waiting in LiveKit (status.waitingCalls)
 
 
 @dataclass(frozen=True)
@@ -459,6 +461,7 @@ class Voicepool:
         self.history: list[Recommendation] = []
         self.last = -NEVER
         self.wake = NEVER
+        self.waiting = 0  # callers waiting at the last plan (LiveKit's webhook wakes the pool)
         self.plans = 0
         self.plan_s = 0.0
         self.actions: Counter[str] = Counter()
@@ -495,18 +498,26 @@ class Voicepool:
         return pod.view
 
     def act(self, c: Cluster, t: int) -> None:
-        if not (c.changed or t >= self.wake or t - self.last >= self.p.resync):
+        # Callers left waiting are rooms waiting for an agent: LiveKit's webhook tells the
+        # operator (waiting.py), which wakes the pool and counts them as demand.
+        waiting = len(c.queue) if self.p.webhook else 0
+        if not (
+            c.changed or waiting != self.waiting or t >= self.wake or t - self.last >= self.p.resync
+        ):
             return
         c.changed = False
+        self.waiting = waiting
         self.last = t
         started = time.perf_counter()
         views = [self.view(pod) for pod in c.pods.values()]
         now = T0 + dt.timedelta(seconds=t)
         measured = None
         if self.demand is not None:  # what the reconciler does for an adaptive pool
-            self.demand.observe(views, now, self.p.spp)
+            self.demand.observe(views, now, self.p.spp, waiting)
             measured = self.demand.measured(now)
-        result = plan(self.spec, THASH, views, now, self.history, measured=measured)
+        result = plan(
+            self.spec, THASH, views, now, self.history, measured=measured, waiting_calls=waiting
+        )
         self.plan_s += time.perf_counter() - started
         self.plans += 1
         self.history = result.history
@@ -528,7 +539,10 @@ class Voicepool:
                     )
             elif isinstance(action, SetEvictionHints):
                 pod = c.pods[action.pod]
-                pod.hints = (action.safe_to_evict, action.deletion_cost, action.busy_label)
+                hints = (action.safe_to_evict, action.deletion_cost, action.busy_label)
+                if hints == pod.hints:  # one API write per pod per reconcile, for nothing
+                    self.issue(t, f"SetEvictionHints re-sent unchanged to {action.pod}")
+                pod.hints = hints
                 pod.view = None
                 c.changed = True
 
@@ -868,9 +882,20 @@ def parse_args(argv: list[str] | None = None) -> Params:
     a("--sweep", default="auto", help="buffer sizes: auto, none, or a list like 2,4,6")
     a("--no-grid", action="store_true", help="skip the voicepool warm-size x window grid")
     a("--plot", default=str(plots.OUT_DIR / "simulate_calls.png"), help="PNG path, or none")
-    a("--safety", type=float, default=1.25, help="adaptive warm pool: safetyFactor")
+    a("--safety", type=float, default=1.0, help="adaptive warm pool: safetyFactor")
     a("--adaptive-floor", type=int, default=4, help="adaptive warm pool: idleSessions floor")
+    a(
+        "--surge-floor",
+        type=int,
+        default=12,
+        help="also run the adaptive pool with this idleSessions floor (a surge reserve); 0: skip",
+    )
     a("--no-adaptive", action="store_true", help="skip the adaptive warm pool comparison")
+    a(
+        "--no-webhook",
+        action="store_true",
+        help="voicepool does not see callers waiting in LiveKit (no webhook configured)",
+    )
     ns = ap.parse_args(argv)
     duration = ns.duration if ns.duration is not None else (1800 if ns.quick else 7200)
     if min(ns.sessions_per_pod, ns.hpa_sync, ns.buffer_sync, ns.resync, duration, ns.seeds) < 1:
@@ -911,7 +936,9 @@ def parse_args(argv: list[str] | None = None) -> Params:
         plot=ns.plot,
         safety=ns.safety,
         adaptive_floor=ns.adaptive_floor,
+        surge_floor=ns.surge_floor,
         adaptive=not ns.no_adaptive,
+        webhook=not ns.no_webhook,
     )
 
 
@@ -1000,30 +1027,34 @@ def adaptive_section(p: Params) -> int:
             "idle pod-h",
             "total pod-h",
             "pods created",
-            "vs buffer as warm",
+            "buffer as warm: idle pod-h",
+            "fewer idle pod-h",
             "goal",
         ]
     ]
     runs = 0
-    verdicts = []
+    verdicts: list[bool] = []
+    surge_verdicts: list[bool] = []
+    sweeps = []
     for trace in ("burst", "diurnal"):
         bench = Bench(replace(p, trace=trace))
         static, _ = bench.voicepool(p.warm_sessions, p.window)
         adaptive = bench.adaptive(p.adaptive_floor, p.window)
-        bench.sweep(math.ceil(p.warm_sessions / p.spp), max(static.warm_pct, adaptive.warm_pct))
-        for label, r in (("static", static), ("adaptive", adaptive)):
+        policies = [("static", static), ("adaptive", adaptive)]
+        if p.surge_floor > 0:
+            surge = bench.adaptive(p.surge_floor, p.window)
+            policies.append((f"adaptive, floor {p.surge_floor}", surge))
+        best = max(r.warm_pct for _, r in policies)
+        bench.sweep(math.ceil(p.warm_sessions / p.spp), best)
+        for label, r in policies:
             b = bench.as_warm(r.warm_pct)
             ref = None if b is None else bench.buffers[b]
             saving = None if ref is None else 1 - r.idle_pod_h / ref.idle_pod_h
-            vs = (
-                "n/a"
-                if ref is None or saving is None
-                else (f"B={b} {ref.idle_pod_h:.2f}: {100 * saving:+.1f}% fewer")
-            )
             ok = r.warm_pct >= 99.0 and r.cut == 0 and saving is not None and saving >= 0.25
-            goal = mark(ok) if label == "adaptive" else ""
             if label == "adaptive":
                 verdicts.append(ok)
+            elif label != "static":
+                surge_verdicts.append(ok)
             rows.append(
                 [
                     trace,
@@ -1033,21 +1064,64 @@ def adaptive_section(p: Params) -> int:
                     f"{r.idle_pod_h:.2f}",
                     f"{r.total_pod_h:.2f}",
                     str(r.pods_created),
-                    vs,
-                    goal,
+                    "n/a" if ref is None else f"B={b} ({ref.warm_pct:.2f}%): {ref.idle_pod_h:.2f}",
+                    "n/a" if saving is None else f"{100 * saving:+.1f}%",
+                    "" if label == "static" else mark(ok),
                 ]
             )
+        sweeps.append(
+            f"  {trace} buffers: "
+            + ", ".join(
+                f"B={b} {r.warm_pct:.2f}% {r.idle_pod_h:.2f}"
+                for b, r in sorted(bench.buffers.items())
+            )
+        )
         runs += bench.runs
     print(
-        "adaptive warm pool (warmPool.mode: adaptive): warm sessions = safetyFactor"
-        f" {p.safety:g} x measured arrival rate x measured cold start (pod created -> worker"
-        f" registered), floor idleSessions {p.adaptive_floor}; static: idleSessions"
-        f" {p.warm_sessions}. diurnal: a business day in {p.duration} s (night 5%, office"
-        f" hours 100% of a peak of {2 * p.rate:g}/s, see DAY). Goal: >= 99% served warm, 0 cut,"
-        " >= 25% fewer idle pod-h than the smallest fixed buffer as warm (same trace)."
+        f"adaptive warm pool (warmPool.mode: adaptive, safetyFactor {p.safety:g}, idleSessions"
+        f" {p.adaptive_floor} as floor; static: idleSessions {p.warm_sessions}; both"
+        f" stabilizationWindowSeconds {p.window}). Warm sessions: the base stock that answers"
+        " 99% of callers at once -- the smallest W with P(calls begun - calls ended during"
+        " the cold start - capacity the window still holds >= W) <= 1%, from the measured"
+        " arrival and end rates (300-s mean, a 5/10/20-s rate when significantly higher) and"
+        " the measured cold start (demand.py)."
+    )
+    print(
+        "  traces: burst = the main trace above; diurnal = a business day in"
+        f" {p.duration} s (night 5%, office hours 100% of a peak of {2 * p.rate:g}/s, see DAY)."
+        " Same seeded callers and pods for every policy."
+    )
+    print(
+        "  fair rival: 'buffer as warm' is the smallest fixed buffer B (ready empty pods kept,"
+        " re-evaluated every second) whose served-warm share is at least the policy's, from"
+        " the sweep below. Idle pod-h, the same meter for all: free session slots of ready"
+        " pods / sessionsPerPod, integrated over the measured window (starting pods not"
+        " counted, draining pods counted). Goal: >= 99% served warm, 0 cut, >= 25% fewer idle"
+        " pod-h than that buffer, on every trace."
+    )
+    print(
+        "  voicepool sees callers waiting in LiveKit (status.waitingCalls, the webhook)"
+        + (": on" if p.webhook else ": off (--no-webhook)")
+        + "; the buffer does not."
     )
     print(fmt_table(rows, left=2))
-    print(f"  adaptive goal on every trace: {mark(all(verdicts))}")
+    for line in sweeps:
+        print(line)
+    print(
+        f"  adaptive goal on every trace (floor {p.adaptive_floor}): {mark(all(verdicts))}"
+        + (
+            f"; with the surge reserve (floor {p.surge_floor}): {mark(all(surge_verdicts))}"
+            if surge_verdicts
+            else ""
+        )
+    )
+    print(
+        "  why a reserve: a caller finds a slot only if one is free now; a surge nobody"
+        " announced is seen within seconds, but the pods it asks for are ready one cold start"
+        " later. The base stock is sized for the measured rate; calls beyond it in that gap"
+        " wait. The floor (idleSessions) is the standing reserve a pool owner picks for the"
+        " surge they must absorb, and it costs idle pod-h on calm days."
+    )
     return runs
 
 
@@ -1129,11 +1203,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     issues = [line for _, runs in bench.vp.values() for v in runs for line in v.issues]
     if issues:
-        print("PLANNER ISSUES (a call cut or a busy pod drained outside a drain timeout):")
+        print(
+            "PLANNER ISSUES (a call cut, a busy pod drained outside a drain timeout, or hints"
+            " re-sent unchanged):"
+        )
         for line in issues[:20]:
             print(f"  {line}")
     else:
-        print("planner issues: none (no call cut, no busy pod drained, in any voicepool run)")
+        print(
+            "planner issues: none (no call cut, no busy pod drained, no hint re-sent unchanged,"
+            " in any voicepool run)"
+        )
     runs = bench.runs
     if p.adaptive:
         print()

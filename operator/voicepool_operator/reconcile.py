@@ -144,7 +144,7 @@ class Reconciler:
             state.spec_error = None
         thash = template_hash(seen.spec)
         views = [pod_view_from_dict(r) for r in seen.raws]
-        state.demand.observe(views, now, seen.spec.sessions_per_pod)
+        state.demand.observe(views, now, seen.spec.sessions_per_pod, waiting_calls)
         result = plan(
             seen.spec,
             thash,

@@ -100,7 +100,7 @@ class PoolSpec:
     unready_grace_seconds: int
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
     warm_mode: str = "static"  # static | adaptive
-    safety_factor: float = 1.25  # adaptive: warm = safety x arrival rate x cold start
+    safety_factor: float = 1.0  # adaptive: plan for safety x the measured cold start
     cold_start_seconds: int = 30  # adaptive: the cold start until one has been measured
 
     def scheduled_warm_sessions(self, now: dt.datetime) -> int:
@@ -116,13 +116,16 @@ class PoolSpec:
     def warm_sessions(self, now: dt.datetime, measured: Measured | None = None) -> int:
         """The idle capacity (in sessions) to keep ready at `now`.
 
-        Adaptive pools follow the measured arrival rate x cold start x safety factor; the
-        schedule (or idleSessions) stays a floor.
+        Adaptive pools keep what the measured arrivals, departures and cold start need
+        (`demand.base_stock`); the schedule (or idleSessions) stays a floor.
         """
         floor = self.scheduled_warm_sessions(now)
         if self.warm_mode != "adaptive" or measured is None:
             return floor
-        return max(floor, measured.warm_sessions(self.safety_factor, self.cold_start_seconds))
+        warm = measured.warm_sessions(
+            self.safety_factor, self.cold_start_seconds, self.stabilization_window_seconds
+        )
+        return max(floor, warm)
 
     def desired_for(
         self, active_sessions: int, now: dt.datetime, measured: Measured | None = None
@@ -224,7 +227,7 @@ def parse_spec(spec: Mapping[str, Any]) -> PoolSpec:
     if mode not in ("static", "adaptive"):
         raise SpecError(f"spec.warmPool.mode: {mode!r} must be static or adaptive")
     adaptive = warm.get("adaptive") or {}
-    safety = adaptive.get("safetyFactor", 1.25)
+    safety = adaptive.get("safetyFactor", 1.0)
     if isinstance(safety, bool) or not isinstance(safety, int | float) or not 0.1 <= safety <= 10:
         raise SpecError(f"spec.warmPool.adaptive.safetyFactor: {safety!r} must be in [0.1, 10]")
 

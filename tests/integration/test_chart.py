@@ -87,6 +87,42 @@ def test_chart_lints_and_renders() -> None:
     assert crd_names == on_disk, "the chart ships crds/ itself: one source of truth"
 
 
+def _render(*sets: str) -> list[dict]:
+    args = ["template", RELEASE, str(CHART), "-n", RELEASE_NS, "--kube-version", "1.34.4"]
+    for kv in sets:
+        args += ["--set", kv]
+    return [d for d in yaml.safe_load_all(helm(*args)) if d]
+
+
+def test_the_webhook_port_is_exposed_when_enabled() -> None:
+    """livekit-server needs a Service to post its webhooks to, and the operator the key."""
+    off = _render()
+    assert not [d for d in off if d["metadata"]["name"].endswith("-webhook")]
+    docs = _render(
+        "webhook.enabled=true", "webhook.port=8091", "webhook.credentialsSecretRef.name=lk"
+    )
+    svc = next(
+        d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-webhook")
+    )
+    assert svc["spec"]["ports"] == [{"name": "webhook", "port": 8091, "targetPort": "webhook"}]
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    assert "--webhook-port=8091" in container["args"]
+    assert {"name": "webhook", "containerPort": 8091} in container["ports"]
+    env = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container["env"]
+        if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]
+    }
+    assert env["LIVEKIT_API_KEY"] == {"name": "lk", "key": "apiKey"}
+    assert env["LIVEKIT_API_SECRET"] == {"name": "lk", "key": "apiSecret"}
+    # Enabled without the Secret: refused with the value to set.
+    cmd = [str(HELM.path("helm")), "template", RELEASE, str(CHART), "--kube-version", "1.34.4"]
+    cmd += ["--set", "webhook.enabled=true"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode != 0 and "webhook.credentialsSecretRef.name" in proc.stderr
+
+
 PEERING = "voicepool-chart-test"
 
 

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 
 import pytest
-from voicepool_operator.demand import LONG_WINDOW_S, SHORT_WINDOW_S, Demand, Measured
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from voicepool_operator.demand import (
+    LONG_WINDOW_S,
+    SERVED_WARM,
+    SHORT_WINDOWS_S,
+    Demand,
+    Measured,
+    base_stock,
+    poisson_sf,
+)
 from voicepool_operator.planner import plan
 from voicepool_operator.podview import PodView
 from voicepool_operator.spec import SpecError, parse_spec
@@ -56,7 +67,7 @@ def spec(**warm: object) -> object:
 def test_arrivals_are_rises_in_session_counts() -> None:
     d = Demand()
     d.observe([view("a", 0), view("b", 0)], at(0), 100)
-    n = int(SHORT_WINDOW_S)  # one call a second for the short window
+    n = int(SHORT_WINDOWS_S[-1])  # one call a second for the longest short window
     for i in range(1, n + 1):
         d.observe([view("a", (i + 1) // 2), view("b", i // 2)], at(i), 100)
     assert d.measured(at(n)).arrival_rate == pytest.approx(1.0)
@@ -70,7 +81,8 @@ def test_hostile_counts_are_clipped_to_capacity() -> None:
     d = Demand()
     d.observe([view("a", 0)], at(0), 4)
     d.observe([view("a", 10**24)], at(1), 4)
-    assert d.measured(at(1)).arrival_rate == pytest.approx(4 / SHORT_WINDOW_S)
+    # Four arrivals at most (the capacity), read over the shortest window that shows a burst.
+    assert d.measured(at(1)).arrival_rate == pytest.approx(4 / SHORT_WINDOWS_S[0])
 
 
 def test_cold_start_is_created_to_registered_of_pods_born_while_watched() -> None:
@@ -82,14 +94,26 @@ def test_cold_start_is_created_to_registered_of_pods_born_while_watched() -> Non
     assert d.measured(at(52)).cold_start_s == pytest.approx(42)
 
 
-def test_adaptive_warm_size_follows_rate_times_cold_start_with_the_schedule_as_floor() -> None:
+def test_adaptive_warm_size_is_the_base_stock_with_the_schedule_as_floor() -> None:
     s = spec(mode="adaptive", idleSessions=2, adaptive={"safetyFactor": 2, "coldStartSeconds": 30})
     assert s.warm_sessions(T0) == 2  # nothing measured yet: the floor
-    assert s.warm_sessions(T0, Measured(0.25, None)) == 15  # 2 x 0.25/s x 30 s (assumed)
-    assert s.warm_sessions(T0, Measured(0.25, 40.0)) == 20  # measured cold start wins
-    assert s.warm_sessions(T0, Measured(0.01, 40.0)) == 2  # the floor holds
+    # No call ends: every caller during the 2 x 30 s lead needs a slot, Poisson(15) at 99 %.
+    assert s.warm_sessions(T0, Measured(0.25, None)) == 26
+    assert poisson_sf(26, 15) <= 1 - SERVED_WARM < poisson_sf(25, 15)
+    assert s.warm_sessions(T0, Measured(0.25, 40.0)) == base_stock(20, 0)  # measured cold wins
+    assert s.warm_sessions(T0, Measured(0.0001, 40.0)) == 2  # the floor holds (base stock 1)
     static = spec(idleSessions=2)
     assert static.warm_sessions(T0, Measured(10.0, 40.0)) == 2  # static ignores measurements
+
+
+def test_ending_calls_and_the_stabilization_window_need_fewer_warm_sessions() -> None:
+    busy_day = Measured(0.5, 30.0, departure_rate=0.5)
+    arrivals_only = Measured(0.5, 30.0)
+    assert busy_day.warm_sessions(1, 30) < arrivals_only.warm_sessions(1, 30)
+    # A 90-s window keeps the pods of the highest demand of the last 60 s beyond the start.
+    assert busy_day.warm_sessions(1, 30, window_s=90) < busy_day.warm_sessions(1, 30)
+    # A window no longer than the cold start holds nothing ready.
+    assert busy_day.warm_sessions(1, 30, window_s=30) == busy_day.warm_sessions(1, 30)
 
 
 def test_the_planner_sizes_an_adaptive_pool_from_the_measurement() -> None:
@@ -98,8 +122,10 @@ def test_the_planner_sizes_an_adaptive_pool_from_the_measurement() -> None:
     quiet = plan(s, "h", pods, T0)
     assert quiet.status.warm_target == 0 and quiet.status.desired_replicas == 1
     busy = plan(s, "h", pods, T0, measured=Measured(0.5, 30.0))
-    assert busy.status.warm_target == 15
-    assert busy.status.desired_replicas == 1 + 4  # ceil((4 + 15) / 4)
+    # 15 arrivals expected over the 30-s start; the default 60-s window holds 30 s of them.
+    warm = base_stock(15, 0, 15)
+    assert busy.status.warm_target == warm == 23
+    assert busy.status.desired_replicas == 1 + math.ceil(warm / 4)
 
 
 @pytest.mark.parametrize(
@@ -113,4 +139,87 @@ def test_bad_adaptive_settings_are_refused(warm: dict[str, object]) -> None:
 
 def test_measured_is_plain_data() -> None:
     m = Measured(0.1, 12.0)
-    assert dataclasses.replace(m, arrival_rate=0.2).warm_sessions(1.0, 30) == 3
+    assert dataclasses.replace(m, arrival_rate=0.2).warm_sessions(1.0, 30) == base_stock(2.4, 0)
+
+
+def _skellam_tail(a: float, d: float, w: int) -> float:
+    """P(A - D >= w) by a plain double sum (an independent check of `base_stock`)."""
+
+    def pmf(mean: float, k: int) -> float:
+        return math.exp(-mean + k * math.log(mean) - math.lgamma(k + 1)) if mean > 0 else k == 0
+
+    top = int(a + d + 12 * math.sqrt(a + d) + 30)
+    return sum(
+        pmf(a, i) * pmf(d, j) for i in range(top) for j in range(top if d > 0 else 1) if i - j >= w
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    a=st.floats(0.05, 40),
+    d=st.floats(0, 40),
+)
+def test_base_stock_is_the_smallest_stock_that_answers_99_percent(a: float, d: float) -> None:
+    w = base_stock(a, d)
+    miss = 1 - SERVED_WARM
+    assert _skellam_tail(a, d, w) <= miss + 1e-9
+    assert w == 0 or _skellam_tail(a, d, w - 1) > miss - 1e-9
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    a=st.floats(0, 300),
+    d=st.floats(0, 300),
+    held=st.floats(0, 300),
+    more=st.floats(0, 50),
+)
+def test_base_stock_rises_with_arrivals_and_falls_with_departures_and_held(
+    a: float, d: float, held: float, more: float
+) -> None:
+    w = base_stock(a, d, held)
+    assert w >= 0
+    assert base_stock(a + more, d, held) >= w
+    assert base_stock(a, d + more, held) <= w
+    assert base_stock(a, d, held + more) <= w
+
+
+def test_the_normal_approximation_takes_over_smoothly() -> None:
+    # Exact below 400 expected events per cold start, normal above: no jump at the seam.
+    exact, normal = base_stock(199, 199), base_stock(201, 201)
+    assert 0 <= normal - exact <= 1
+
+
+def test_a_burst_shows_within_seconds_and_noise_does_not() -> None:
+    d = Demand()
+    calls = 0
+    d.observe([view("a", 0)], at(0), 10**6)
+    for s in range(1, 301):  # a steady 0.2/s for the long window
+        calls += s % 5 == 0
+        d.observe([view("a", calls)], at(s), 10**6)
+    assert d.measured(at(300)).arrival_rate == pytest.approx(0.2, abs=0.01)
+    d.observe([view("a", calls + 2)], at(305), 10**6)  # a little above the mean: noise
+    assert d.measured(at(305)).arrival_rate < 0.25
+    d.observe([view("a", calls + 8)], at(308), 10**6)  # 8 in 8 s where 1.6 were due
+    assert d.measured(at(308)).arrival_rate >= 1.0
+
+
+def test_departures_are_falls_and_a_deleted_pod_frees_nothing() -> None:
+    d = Demand()
+    d.observe([view("a", 3), view("b", 2)], at(0), 4)
+    d.observe([view("a", 1)], at(10), 4)  # two calls ended on a; b was deleted
+    m = d.measured(at(10))
+    assert m.departure_rate == pytest.approx(2 / LONG_WINDOW_S)
+    assert m.arrival_rate == 0
+
+
+def test_waiting_callers_are_arrivals_once() -> None:
+    d = Demand()
+    d.observe([view("a", 4)], at(0), 4)  # full
+    d.observe([view("a", 4)], at(1), 4, waiting=3)  # three callers find no slot
+    assert d.measured(at(1)).arrival_rate == pytest.approx(3 / SHORT_WINDOWS_S[0])
+    # One call ends and a waiting caller takes its slot: no new arrival, one departure.
+    d.observe([view("a", 4)], at(2), 4, waiting=2)
+    d.observe([view("a", 3)], at(3), 4, waiting=2)
+    d.observe([view("a", 4)], at(4), 4, waiting=1)
+    m = d.measured(at(4))
+    assert m.arrival_rate == pytest.approx(3 / SHORT_WINDOWS_S[0])

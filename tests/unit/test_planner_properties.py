@@ -14,6 +14,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from voicepool_contract import ANN_DELETION_COST, ANN_SAFE_TO_EVICT, LABEL_BUSY
 from voicepool_operator.constants import BUSY_DELETION_COST, IDLE_DELETION_COST
 from voicepool_operator.planner import (
     CreatePod,
@@ -27,7 +28,7 @@ from voicepool_operator.planner import (
     plan,
     stabilize,
 )
-from voicepool_operator.podview import PodView
+from voicepool_operator.podview import PodView, pod_view_from_dict
 from voicepool_operator.spec import DAYS, PoolSpec, parse_spec
 
 BASE = dt.datetime(2026, 3, 2, 0, 0, 0, tzinfo=dt.UTC)  # a Monday
@@ -463,3 +464,49 @@ def test_closed_loop_deleted_pool_empties(
     cluster, final, _, _ = run_to_fixed_point(spec, pods, now, history, pool_deleting=True)
     assert cluster.pods == {}
     assert final.status.replicas == 0
+
+
+# -- eviction hints are sent once --------------------------------------------------------------
+
+
+def _as_written(pod: PodView, hint: SetEvictionHints) -> PodView:
+    """The pod after the operator's hint patch, read back the way the reconciler reads pods:
+    the same annotation and label names `reconcile.apply` writes, through `pod_view_from_dict`."""
+    raw = {
+        "metadata": {
+            "name": pod.name,
+            "creationTimestamp": pod.created.isoformat(),
+            "annotations": {
+                ANN_SAFE_TO_EVICT: hint.safe_to_evict,
+                ANN_DELETION_COST: hint.deletion_cost,
+            },
+            "labels": {LABEL_BUSY: hint.busy_label},
+        }
+    }
+    back = pod_view_from_dict(raw)
+    return dataclasses.replace(
+        pod,
+        safe_to_evict=back.safe_to_evict,
+        deletion_cost=back.deletion_cost,
+        busy_label=back.busy_label,
+    )
+
+
+@given(scenarios())
+@FAST
+def test_eviction_hints_once_written_are_not_sent_again(
+    case: tuple[PoolSpec, list[PodView], dt.datetime, list[Recommendation]],
+) -> None:
+    """A hint patch that landed is not repeated on the next reconcile (nothing changed).
+
+    The simulator once counted 30,859 SetEvictionHints on a run that needs a few hundred:
+    the busy label it wrote was not part of what the planner compared, so every plan re-sent
+    every busy pod's hints. Each would be an API write per pod per reconcile.
+    """
+    spec, pods, now, history = case
+    first = plan(spec, HASH, pods, now, history)
+    hints = {a.pod: a for a in first.actions if isinstance(a, SetEvictionHints)}
+    after = [_as_written(p, hints[p.name]) if p.name in hints else p for p in pods]
+    again = plan(spec, HASH, after, now, history)
+    resent = [a for a in again.actions if isinstance(a, SetEvictionHints) and a.pod in hints]
+    assert not resent, f"hints re-sent: {resent}"

@@ -16,6 +16,7 @@ from voicepool_worker.measure import (
     mix,
     rms,
     stopped_at,
+    ttfw_split,
     voiced,
     wer,
 )
@@ -125,3 +126,12 @@ def test_echo_delay_is_kept_without_an_echo() -> None:
     for _ in range(800):
         est.push(float(rng.uniform(0, 5000)), float(rng.uniform(0, 30)))  # a headset: no echo
     assert est.estimate() is None and est.delay_s == 0.12
+
+
+def test_ttfw_split_adds_up_to_the_caller_figure() -> None:
+    s = ttfw_split(100.0, 900.0, 100.15, 100.6)
+    assert s is not None
+    assert (round(s.uplink_ms), round(s.agent_ms), round(s.downlink_ms)) == (150, 450, 300)
+    assert s.uplink_ms + s.agent_ms + s.downlink_ms == pytest.approx(900.0)
+    assert ttfw_split(100.0, None, 100.1, 100.5) is None  # unanswered
+    assert ttfw_split(100.0, 900.0, None, 100.5) is None  # the worker logged no mark

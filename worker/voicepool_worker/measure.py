@@ -183,3 +183,26 @@ def fits(reply: str, intents: Iterable[str]) -> bool:
     text = reply.lower()
     wanted = list(intents)
     return bool(wanted) and all(FIT_MARKERS[i].search(text) is not None for i in wanted)
+
+
+@dataclass(frozen=True)
+class TtfwSplit:
+    """Where one turn's caller-side TTFW went, on the one machine's wall clock (ms)."""
+
+    uplink_ms: float  # caller's end of voicing -> the agent's VAD places the end of speech
+    agent_ms: float  # that end of speech -> first agent frame handed to the audio source
+    downlink_ms: float  # that frame -> the caller hears its first loud frame
+
+
+def ttfw_split(
+    ended_wall: float, ttfw_ms: float | None, stopped_at: float | None, started_at: float | None
+) -> TtfwSplit | None:
+    """Split a caller TTFW by the worker's marks; None when a mark is missing."""
+    if ttfw_ms is None or stopped_at is None or started_at is None:
+        return None
+    heard = ended_wall + ttfw_ms / 1000
+    return TtfwSplit(
+        uplink_ms=(stopped_at - ended_wall) * 1000,
+        agent_ms=(started_at - stopped_at) * 1000,
+        downlink_ms=(heard - started_at) * 1000,
+    )

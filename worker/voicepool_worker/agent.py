@@ -33,11 +33,11 @@ log = logging.getLogger("voicepool.worker.agent")
 
 def prewarm(proc: JobProcess) -> None:
     """Load every model of this warm process before it is handed a call."""
-    from livekit.plugins import silero
+    from .preload_models import vad as shared_vad
 
     cfg = config.load(os.environ)
     proc.userdata["cfg"] = cfg
-    proc.userdata["vad"] = vad = silero.VAD.load(min_silence_duration=cfg.vad_min_silence_s)
+    proc.userdata["vad"] = vad = shared_vad(cfg.vad_min_silence_s)  # loaded before the fork
     stt = providers.build_stt(cfg, vad=vad)
     tts = providers.build_tts(cfg)
     llm = providers.build_llm(cfg)

@@ -103,7 +103,7 @@ class WorkerConfig:
     interruption_min_duration_s: float = 0.2  # caller speech that stops the agent (barge-in)
     preemptive_tts: bool = True  # synthesise the reply while the endpointing delay runs
     tts_threads: int = 1  # onnxruntime threads of the embedded piper voice (0: its default)
-    input_frame_ms: int = 50  # caller audio is handed to APM/VAD/STT in frames this long
+    input_frame_ms: int = 20  # caller audio is handed to APM/VAD/STT in frames this long
 
     @property
     def pod_reporting(self) -> bool:
@@ -266,7 +266,7 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         system_prompt=env.get("VOICEPOOL_SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
         greeting=env.get("VOICEPOOL_GREETING", DEFAULT_GREETING),
         turn_detection=_choice(env, "VOICEPOOL_TURN_DETECTION", "vad", TURN_DETECTION),
-        vad_min_silence_s=_float(env, "VOICEPOOL_VAD_MIN_SILENCE", 0.3),
+        vad_min_silence_s=_float(env, "VOICEPOOL_VAD_MIN_SILENCE", 0.25),
         endpointing_min_delay_s=min_delay,
         endpointing_max_delay_s=max_delay,
         noise_suppression=_bool(env, "VOICEPOOL_NOISE_SUPPRESSION", True),
@@ -301,5 +301,5 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         interruption_min_duration_s=_float(env, "VOICEPOOL_INTERRUPTION_MIN_DURATION", 0.2),
         preemptive_tts=_bool(env, "VOICEPOOL_PREEMPTIVE_TTS", True),
         tts_threads=_int(env, "VOICEPOOL_TTS_THREADS", 1, 0),
-        input_frame_ms=_frame_ms(env, "VOICEPOOL_INPUT_FRAME_MS", 50),
+        input_frame_ms=_frame_ms(env, "VOICEPOOL_INPUT_FRAME_MS", 20),
     )

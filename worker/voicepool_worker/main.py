@@ -72,7 +72,9 @@ def preload_modules(cfg: WorkerConfig) -> list[str]:
         mods += ["piper", "voicepool_worker.providers.piper_tts"]
     if "openai" in (*cfg.stt_chain, *cfg.llm_chain, *cfg.tts_chain):
         mods.append("livekit.plugins.openai")
-    return mods  # models load in the warm process; 2 shared cores are slow
+    if cfg.executor == "process":  # last: loads the models the modules above embed, once
+        mods.append("voicepool_worker.preload_models")
+    return mods
 
 
 def _now() -> datetime:

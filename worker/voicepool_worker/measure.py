@@ -7,6 +7,7 @@ loud frames, word error rate, and the TTFW summary with its pass/fail thresholds
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import re
@@ -90,6 +91,18 @@ def first_word_at(
             return t
         prev = t
     return None
+
+
+def recent(loud: Sequence[float], since: float) -> Sequence[float]:
+    """The tail of the sorted ``loud`` from the last frame at or before ``since`` on.
+
+    ``first_word_at`` only looks at the last loud frame before the end of the caller's speech
+    and those after it; the caller polls it every few ms for the whole call, so it is handed
+    this tail (a bisection) instead of the call's whole record. Scanning thousands of frames
+    on the caller's event loop delayed the very receive stamps the TTFW is taken from.
+    """
+    i = bisect.bisect_right(loud, since)
+    return loud[max(0, i - 1) :]
 
 
 _WORD = re.compile(r"[a-z']+")

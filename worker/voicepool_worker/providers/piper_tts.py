@@ -51,6 +51,30 @@ def clauses(text: str) -> list[str]:
     return out or [text]
 
 
+#: int16 RMS of 5 ms below which a reply's opening audio is silence (the caller's ear and
+#: the benchmark use the same floor, ~-44 dBFS).
+LEAD_FLOOR_RMS = 200.0
+
+
+def trim_leading_silence(pcm: bytes, sample_rate: int, *, keep_ms: float = 5.0) -> bytes:
+    """``pcm`` (16-bit mono) without the near-silence piper puts before the first word.
+
+    Piper opens a sentence with up to ~60 ms of near-silence; at the start of a reply that is
+    pure delay before the caller hears anything. ``keep_ms`` of it is kept (no click).
+    Audio that never gets loud is returned as is.
+    """
+    import numpy as np
+
+    step = max(1, int(sample_rate * 0.005))
+    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2").astype(np.float64)
+    for start in range(0, samples.size - step + 1, step):
+        window = samples[start : start + step]
+        if float(np.sqrt(np.mean(window * window))) >= LEAD_FLOOR_RMS:
+            cut = max(0, start - int(sample_rate * keep_ms / 1000))
+            return pcm[cut * 2 :]
+    return pcm
+
+
 def clause_key(clause: str) -> str:
     """Cache key of a clause: the sentence splitter may keep or drop surrounding spaces."""
     return " ".join(clause.split())
@@ -292,11 +316,14 @@ class PiperStream(tts.ChunkedStream):
 
         thread = threading.Thread(target=_worker, name="piper-tts", daemon=True)
         thread.start()
+        first = True
         try:
             while (item := await queue.get()) is not _DONE:
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, bytes)
+                if first:  # the sentence's first word plays at once
+                    item, first = trim_leading_silence(item, piper.sample_rate), False
                 output_emitter.push(item)
         finally:
             stop.set()

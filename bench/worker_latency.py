@@ -63,7 +63,7 @@ from voicepool_worker.measure import (
     wer,
 )
 
-from tests.integration.voice_scenarios import barge_ins, echo_call
+from tests.integration.voice_scenarios import EchoOutcome, barge_ins, echo_call
 from tests.integration.worker_harness import WorkerProcess, agent_name, rss_mb, rss_tree
 
 EVAL_FILE = Path(__file__).with_name("voice_eval.tsv")
@@ -360,8 +360,13 @@ class Bench:
         rows = []
         for name, label in (("default", "AEC on"), ("aec_off", "AEC off")):
             w = self.ready(name)
-            c = self.caller(w, f"echo-{name}", echo_gain=gain, echo_delay_ms=ECHO_DELAY_MS)
-            out = asyncio.run(echo_call(c, w, seconds=ECHO_SECONDS))
+
+            async def run(w: WorkerProcess = w, name: str = name) -> EchoOutcome:
+                # the Call (its rtc.Room) is made inside the loop that runs it
+                c = self.caller(w, f"echo-{name}", echo_gain=gain, echo_delay_ms=ECHO_DELAY_MS)
+                return await echo_call(c, w, seconds=ECHO_SECONDS)
+
+            out = asyncio.run(run())
             rows.append((label, out.agent_talk_s, out.spurious, out.interrupted, len(out.asked)))
             print(f"  {label}: the worker heard {out.user_turns}", flush=True)
         print(f"  {'':8} {'agent talk':>10} {'spurious turns':>15} {'interrupted':>12}")

@@ -198,6 +198,9 @@ async def entrypoint(ctx: JobContext) -> None:
             audio_input=room_io.AudioInputOptions(
                 noise_cancellation=processor, frame_size_ms=cfg.input_frame_ms
             ),
+            # the word-timed transcript runs an STFT over every agent frame on the call's
+            # event loop (blocking it 100+ ms on a busy core); callers on a phone see no text
+            text_output=room_io.TextOutputOptions(sync_transcription=cfg.sync_transcription),
         ),
         record=False,
     )

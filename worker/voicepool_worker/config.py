@@ -104,6 +104,7 @@ class WorkerConfig:
     preemptive_tts: bool = True  # synthesise the reply while the endpointing delay runs
     tts_threads: int = 1  # onnxruntime threads of the embedded piper voice (0: its default)
     input_frame_ms: int = 20  # caller audio is handed to APM/VAD/STT in frames this long
+    sync_transcription: bool = False  # word-timed transcript (an STFT on the agent's audio)
 
     @property
     def pod_reporting(self) -> bool:
@@ -302,4 +303,5 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         preemptive_tts=_bool(env, "VOICEPOOL_PREEMPTIVE_TTS", True),
         tts_threads=_int(env, "VOICEPOOL_TTS_THREADS", 1, 0),
         input_frame_ms=_frame_ms(env, "VOICEPOOL_INPUT_FRAME_MS", 20),
+        sync_transcription=_bool(env, "VOICEPOOL_SYNC_TRANSCRIPTION", False),
     )

@@ -565,7 +565,11 @@ def main() -> int:
             for name in chosen:
                 started = time.monotonic()
                 steps[name]()
-                print(f"  ({name}: {time.monotonic() - started:.0f} s)", flush=True)
+                print(
+                    f"  ({name}: {time.monotonic() - started:.0f} s; load average "
+                    f"{os.getloadavg()[0]:.2f}: figures taken beside other work are inflated)",
+                    flush=True,
+                )
         finally:
             bench.close()
         print(f"\nload average at end: {os.getloadavg()[0]:.2f}")

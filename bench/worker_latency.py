@@ -52,13 +52,22 @@ from line_noise import speech_level
 from voicepool_devstack.stack import LiveKitInfo, LocalStack, StackConfig
 from voicepool_worker.caller import Call, CallerConfig, TurnResult, speech_frames
 from voicepool_worker.latency import STAGES, percentile
-from voicepool_worker.measure import SPEECH_FLOOR_RMS, TtfwSummary, fits, mix, rms, wer
+from voicepool_worker.measure import (
+    SPEECH_FLOOR_RMS,
+    TtfwSplit,
+    TtfwSummary,
+    fits,
+    mix,
+    rms,
+    ttfw_split,
+    wer,
+)
 
-from tests.integration.voice_scenarios import barge_ins, echo_call
+from tests.integration.voice_scenarios import EchoOutcome, barge_ins, echo_call
 from tests.integration.worker_harness import WorkerProcess, agent_name, rss_mb, rss_tree
 
 EVAL_FILE = Path(__file__).with_name("voice_eval.tsv")
-SECTIONS = ("quiet", "bargein", "echo", "noise", "concurrency", "memory", "limits")
+SECTIONS = ("quiet", "bargein", "echo", "noise", "concurrency", "memory", "limits", "ab")
 ECHO_GAIN_DB = -10.0
 ECHO_DELAY_MS = 100.0
 ECHO_SECONDS = 30.0
@@ -116,6 +125,7 @@ class Analysis:
     heard: list[str]
     replies: list[str]
     split: int  # sentences the worker took as more than one turn (cut at a pause)
+    where: list[TtfwSplit] = field(default_factory=list)  # uplink / agent / downlink per turn
 
 
 def analyse(w: WorkerProcess, rec: CallRecord, *, settle_s: float = 2.0) -> Analysis:
@@ -139,6 +149,17 @@ def analyse(w: WorkerProcess, rec: CallRecord, *, settle_s: float = 2.0) -> Anal
         heard.append(" ".join(str(u["transcript"]) for u in users if a <= float(u["t"]) < b))
         replies.append(" ".join(str(x["reply"]) for x in agents if a <= float(x["t"]) < b))
     fit = sum(1 for line, r in zip(rec.lines, replies, strict=True) if fits(r, line.intents))
+    where: list[TtfwSplit] = []
+    for t, (a, b) in zip(rec.turns, windows, strict=True):
+        # the last user turn the worker committed for this sentence, and the reply after it
+        mine = [u for u in users if a <= float(u["t"]) < b and "stopped_at" in u]
+        said = [x for x in agents if a <= float(x["t"]) < b and "started_at" in x]
+        if mine and said:
+            got = ttfw_split(
+                t.ended_wall, t.ttfw_ms, float(mine[-1]["stopped_at"]), float(said[0]["started_at"])
+            )
+            if got is not None:
+                where.append(got)
     return Analysis(
         ttfw=[t.ttfw_ms for t in rec.turns],
         wer=wer((line.text, h) for line, h in zip(rec.lines, heard, strict=True)),
@@ -148,6 +169,7 @@ def analyse(w: WorkerProcess, rec: CallRecord, *, settle_s: float = 2.0) -> Anal
         heard=heard,
         replies=replies,
         split=split,
+        where=where,
     )
 
 
@@ -167,6 +189,7 @@ class Bench:
         self.lines = lines
         self.workers: dict[str, WorkerProcess] = {}
         self.failures: list[str] = []
+        self.lever: dict[str, str] = {}  # the ``ab`` section's settings
 
     def worker(self, name: str, env: dict[str, str] | None = None) -> WorkerProcess:
         if name not in self.workers:
@@ -182,6 +205,7 @@ class Bench:
     def ready(self, name: str) -> WorkerProcess:
         w = self.workers[name]
         w.wait_ready(timeout=180)
+        w.wait_available(timeout=60)  # the previous section's call has ended
         return w
 
     def close(self) -> None:
@@ -235,6 +259,13 @@ class Bench:
         print(f"  {s.line()}")
         for name in STAGES:
             print(f"  {STAGE_LABELS[name]:34}: {pct(stages_of(w, {rec.room}).get(name, []))}")
+        print("where the caller's TTFW goes (one machine's wall clock, worker's marks):")
+        for label, part in (
+            ("caller end of voicing -> agent VAD end", "uplink_ms"),
+            ("agent VAD end -> first frame to source", "agent_ms"),
+            ("first frame to source -> caller hears", "downlink_ms"),
+        ):
+            print(f"  {label:40}: {pct([getattr(x, part) for x in a.where])}")
         print(f"STT word error rate on the {len(rec.lines)} sentences: {a.wer:.1%}")
         print(f"replies that fit the question: {a.fit}/{len(rec.lines)}")
         print(
@@ -255,6 +286,43 @@ class Bench:
             self.failures += fails
         else:
             print(f"ok: TTFW p50 {s.p50_ms:.0f} ms <= 800 ms and p90 {s.p90_ms:.0f} ms <= 1200 ms")
+
+    def ab(self) -> None:
+        """A lever side by side: the same sentences, turn by turn, to a worker with the
+        defaults and one with ``--lever`` settings (two calls, only one talking at a time, so
+        both see the same load)."""
+        lever = self.lever
+        print(f"\n== A/B: defaults vs {' '.join(f'{k}={v}' for k, v in lever.items())} ==")
+        base, alt = self.ready("default"), self.ready("lever")
+
+        async def run() -> tuple[CallRecord, CallRecord]:
+            ca, cb = self.caller(base, "ab-base"), self.caller(alt, "ab-lever")
+            ra, rb = CallRecord(ca.room_name), CallRecord(cb.room_name)
+            try:
+                await asyncio.gather(ca.start(join_within=60), cb.start(join_within=60))
+                await asyncio.gather(ca.wait_greeting(within=30), cb.wait_greeting(within=30))
+                for i, line in enumerate(self.lines):
+                    for c, r, tag in ((ca, ra, "base "), (cb, rb, "lever")):
+                        turn = await c.say(line.text, answer_timeout=15)
+                        r.turns.append(turn)
+                        r.lines.append(line)
+                        got = f"{turn.ttfw_ms:6.0f}" if turn.ttfw_ms is not None else "  none"
+                        print(f"  [{tag}] {i + 1:2d} ttfw {got} ms", flush=True)
+            finally:
+                await asyncio.gather(ca.hangup(), cb.hangup())
+            return ra, rb
+
+        ra, rb = asyncio.run(run())
+        for tag, w, rec in (("defaults", base, ra), ("lever", alt, rb)):
+            a = analyse(w, rec)
+            print(f"  {tag:8} TTFW {TtfwSummary.of(a.ttfw).line()}")
+            print(
+                f"  {'':8} uplink {pct([x.uplink_ms for x in a.where])}; agent "
+                f"{pct([x.agent_ms for x in a.where])}; downlink "
+                f"{pct([x.downlink_ms for x in a.where])}"
+            )
+            print(f"  {'':8} WER {a.wer:.1%}; fit {a.fit}/{len(rec.lines)}; split {a.split}")
+        print(f"  load average now: {os.getloadavg()[0]:.2f}")
 
     def bargein(self, trials: int = 6) -> None:
         print("\n== barge-in: the caller talks over a long reply ==", flush=True)
@@ -292,8 +360,13 @@ class Bench:
         rows = []
         for name, label in (("default", "AEC on"), ("aec_off", "AEC off")):
             w = self.ready(name)
-            c = self.caller(w, f"echo-{name}", echo_gain=gain, echo_delay_ms=ECHO_DELAY_MS)
-            out = asyncio.run(echo_call(c, w, seconds=ECHO_SECONDS))
+
+            async def run(w: WorkerProcess = w, name: str = name) -> EchoOutcome:
+                # the Call (its rtc.Room) is made inside the loop that runs it
+                c = self.caller(w, f"echo-{name}", echo_gain=gain, echo_delay_ms=ECHO_DELAY_MS)
+                return await echo_call(c, w, seconds=ECHO_SECONDS)
+
+            out = asyncio.run(run())
             rows.append((label, out.agent_talk_s, out.spurious, out.interrupted, len(out.asked)))
             print(f"  {label}: the worker heard {out.user_turns}", flush=True)
         print(f"  {'':8} {'agent talk':>10} {'spurious turns':>15} {'interrupted':>12}")
@@ -311,6 +384,7 @@ class Bench:
             w = self.ready(name)
             for kind, lines in picks.items():
                 noise = noise_frames(kind, level, NOISE_SNR_DB)
+                w.wait_available(timeout=60)  # the previous call on this worker has ended
                 rec = asyncio.run(self.converse(w, f"{kind}-{name}", lines, noise=noise))
                 a = analyse(w, rec)
                 s = TtfwSummary.of(a.ttfw)
@@ -371,6 +445,7 @@ class Bench:
         after: list[tuple[float, float]] = []
         line = Line(("goodbye",), "alright, cheers, talk to you later.")
         for i in range(calls):
+            w.wait_available(timeout=60)
             rec = asyncio.run(self.converse(w, f"mem{i}", [line], show=False))
             ended = len(w.msgs("session ended")) + len(w.msgs("session failed"))
             deadline = time.monotonic() + 20
@@ -441,6 +516,7 @@ WORKERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "ns_off": (("noise",), {"VOICEPOOL_NOISE_SUPPRESSION": "false"}),
     "duo": (("concurrency",), {"VOICEPOOL_SESSIONS_PER_POD": "2"}),
     "memory": (("memory", "limits"), {"VOICEPOOL_GREETING": ""}),
+    "lever": (("ab",), {}),  # plus --lever settings
 }
 
 
@@ -449,8 +525,13 @@ def main() -> int:
     parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--turns", type=int, default=0, help="first N eval sentences (0: all)")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for every worker")
+    parser.add_argument(
+        "--lever", action="append", default=[], help="KEY=VALUE of the ab section's B worker"
+    )
     args = parser.parse_args()
     chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
+    if args.sections == parser.get_default("sections"):
+        chosen = [s for s in chosen if s != "ab"]  # only on request, with --lever
     unknown = set(chosen) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
@@ -463,10 +544,14 @@ def main() -> int:
 
     def run_all(lk: LiveKitInfo) -> int:
         bench = Bench(lk, workdir, lines)
+        bench.lever = dict(kv.split("=", 1) for kv in args.lever)
         try:
             for name, (uses, env) in WORKERS.items():  # start together: they warm in parallel
+                if name == "default" and "ab" in chosen:
+                    uses = (*uses, "ab")
                 if any(s in chosen for s in uses):
-                    bench.worker(name, {**env, **extra})
+                    more = bench.lever if name == "lever" else {}
+                    bench.worker(name, {**env, **extra, **more})
             steps: dict[str, Callable[[], None]] = {
                 "quiet": bench.quiet,
                 "bargein": bench.bargein,
@@ -475,11 +560,16 @@ def main() -> int:
                 "concurrency": bench.concurrency,
                 "memory": bench.memory,
                 "limits": bench.limits,
+                "ab": bench.ab,
             }
             for name in chosen:
                 started = time.monotonic()
                 steps[name]()
-                print(f"  ({name}: {time.monotonic() - started:.0f} s)", flush=True)
+                print(
+                    f"  ({name}: {time.monotonic() - started:.0f} s; load average "
+                    f"{os.getloadavg()[0]:.2f}: figures taken beside other work are inflated)",
+                    flush=True,
+                )
         finally:
             bench.close()
         print(f"\nload average at end: {os.getloadavg()[0]:.2f}")

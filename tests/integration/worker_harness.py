@@ -138,6 +138,30 @@ class WorkerProcess:
             time.sleep(0.2)
         raise AssertionError(f"worker not ready within {timeout}s\n{self.tail()}")
 
+    def wait_available(self, timeout: float = 30.0) -> None:
+        """Wait until every call has ended and the worker told LiveKit it takes calls again.
+
+        A call dispatched while the worker is still marked full is not offered to it again,
+        so back-to-back calls to a capacity-1 worker wait for this first.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            started = len(self.msgs("session started"))
+            ended = len(self.msgs("session ended")) + len(self.msgs("session failed"))
+            marks = self.find(
+                lambda x: (
+                    str(x.get("msg", "")).startswith("worker is ")
+                    and "capacity" in str(x.get("msg", ""))
+                )
+            )
+            available = not marks or "below capacity" in str(marks[-1].get("msg"))
+            if started <= ended and available:
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"worker not available again within {timeout}s\n{self.tail()}")
+
     def metric(self, name: str) -> float | None:
         """A sample's value from /metrics (summed over label sets)."""
         status, body = self.get("/metrics")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 from voicepool_worker.providers.piper_tts import PiperTTS, clauses
 
 LONG = (
@@ -64,3 +65,16 @@ def test_a_call_pauses_the_cache_fill_for_good() -> None:
         pass
     filling.join(timeout=1.0)
     assert filling.is_alive()
+
+
+def test_the_first_word_is_not_preceded_by_piper_silence() -> None:
+    from voicepool_worker.providers.piper_tts import trim_leading_silence
+
+    rate = 22050
+    quiet = np.zeros(int(rate * 0.06), dtype="<i2")  # the 60 ms piper opens with
+    word = (np.sin(np.arange(rate // 10) * 0.1) * 8000).astype("<i2")
+    out = trim_leading_silence(quiet.tobytes() + word.tobytes(), rate)
+    lead = (len(out) - len(word.tobytes())) / 2 / rate
+    assert 0.0 <= lead <= 0.0101  # ~5 ms kept (plus < one 5 ms window)
+    assert out.endswith(word.tobytes())
+    assert trim_leading_silence(quiet.tobytes(), rate) == quiet.tobytes()  # never loud: as is

@@ -14,8 +14,10 @@ from voicepool_worker.measure import (
     first_word_at,
     fits,
     mix,
+    recent,
     rms,
     stopped_at,
+    ttfw_split,
     voiced,
     wer,
 )
@@ -125,3 +127,30 @@ def test_echo_delay_is_kept_without_an_echo() -> None:
     for _ in range(800):
         est.push(float(rng.uniform(0, 5000)), float(rng.uniform(0, 30)))  # a headset: no echo
     assert est.estimate() is None and est.delay_s == 0.12
+
+
+def test_ttfw_split_adds_up_to_the_caller_figure() -> None:
+    s = ttfw_split(100.0, 900.0, 100.15, 100.6)
+    assert s is not None
+    assert (round(s.uplink_ms), round(s.agent_ms), round(s.downlink_ms)) == (150, 450, 300)
+    assert s.uplink_ms + s.agent_ms + s.downlink_ms == pytest.approx(900.0)
+    assert ttfw_split(100.0, None, 100.1, 100.5) is None  # unanswered
+    assert ttfw_split(100.0, 900.0, None, 100.5) is None  # the worker logged no mark
+
+
+def test_the_recent_tail_gives_the_same_first_word() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        loud = sorted(float(x) for x in rng.uniform(0, 20, size=int(rng.integers(0, 300))))
+        end = float(rng.uniform(0, 20))
+        tail = recent(loud, end)
+        assert first_word_at(tail, end) == first_word_at(loud, end)
+        assert len(tail) <= len([t for t in loud if t > end]) + 1  # not the whole record
+
+
+def test_the_recent_tail_gives_the_same_stop_time() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        loud = sorted(float(x) for x in rng.uniform(0, 20, size=int(rng.integers(0, 300))))
+        start = float(rng.uniform(0, 20))
+        assert stopped_at(recent(loud, start), start, 0.6) == stopped_at(loud, start, 0.6)

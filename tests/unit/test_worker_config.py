@@ -20,6 +20,10 @@ def test_defaults_are_the_embedded_offline_providers() -> None:
     assert cfg.capacity == 1 and cfg.http_port == 8081 and cfg.log_level == "INFO"
     assert not cfg.pod_reporting and cfg.greeting and cfg.system_prompt
     assert "piper" in preload_modules(cfg) and "livekit.plugins.openai" not in preload_modules(cfg)
+    # the voice-loop levers the benchmark kept (docs/worker.md, "Figures")
+    assert cfg.vad_min_silence_s == 0.25 and cfg.input_frame_ms == 20
+    assert not cfg.sync_transcription
+    assert preload_modules(cfg)[-1] == "voicepool_worker.preload_models"
 
 
 def test_pod_env() -> None:
@@ -76,6 +80,8 @@ def test_openai_endpoints_take_the_key_from_env() -> None:
         ),
         ({"VOICEPOOL_DTMF_MENU": "1 opening hours"}, "VOICEPOOL_DTMF_MENU: '1 opening hours'"),
         ({"VOICEPOOL_TRANSFER_TO": "+15550100"}, "use tel:+<number> or sip:user@host"),
+        ({"VOICEPOOL_INPUT_FRAME_MS": "25"}, "must be a multiple of 10 ms"),
+        ({"VOICEPOOL_INPUT_FRAME_MS": "5"}, "must be >= 10"),
     ],
 )
 def test_bad_values_are_one_line_errors(env: dict[str, str], message: str) -> None:

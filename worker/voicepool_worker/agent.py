@@ -33,11 +33,11 @@ log = logging.getLogger("voicepool.worker.agent")
 
 def prewarm(proc: JobProcess) -> None:
     """Load every model of this warm process before it is handed a call."""
-    from livekit.plugins import silero
+    from .preload_models import vad as shared_vad
 
     cfg = config.load(os.environ)
     proc.userdata["cfg"] = cfg
-    proc.userdata["vad"] = vad = silero.VAD.load(min_silence_duration=cfg.vad_min_silence_s)
+    proc.userdata["vad"] = vad = shared_vad(cfg.vad_min_silence_s)  # loaded before the fork
     stt = providers.build_stt(cfg, vad=vad)
     tts = providers.build_tts(cfg)
     llm = providers.build_llm(cfg)
@@ -71,6 +71,18 @@ def known_phrases(cfg: config.WorkerConfig) -> list[str]:
 
         phrases += dialog.from_config(cfg.dialog_path, cfg.dialog_yaml).known_answers()
     return [p for p in phrases if p.strip()]
+
+
+def wall_marks(metrics: dict[str, Any]) -> dict[str, float]:
+    """The turn's wall-clock marks (VAD's end of the caller's speech, the agent's first frame
+    handed to the room's audio source), so a bench can split the caller's time to first word
+    into uplink, agent and downlink on one machine's clock."""
+    out: dict[str, float] = {}
+    for key, name in (("stopped_speaking_at", "stopped_at"), ("started_speaking_at", "started_at")):
+        value = metrics.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = round(float(value), 4)
+    return out
 
 
 class VoiceAgent(Agent):
@@ -143,17 +155,21 @@ async def entrypoint(ctx: JobContext) -> None:
         role = getattr(msg, "role", None)
         if role == "user":
             text = msg.text_content or ""
-            turns.user_turn(dict(msg.metrics or {}))
-            log.info(
-                "user turn",
-                extra={"transcript": text, "t": time.time()}
-                if cfg.log_transcripts
-                else {"t": time.time()},
-            )
+            user_metrics = dict(msg.metrics or {})
+            turns.user_turn(user_metrics)
+            said: dict[str, Any] = {"t": time.time(), **wall_marks(user_metrics)}
+            if cfg.log_transcripts:
+                said["transcript"] = text
+            log.info("user turn", extra=said)
             phone.caller_spoke()
         elif role == "assistant":
-            latency = turns.agent_reply(dict(msg.metrics or {}))
-            extra: dict[str, Any] = {"interrupted": msg.interrupted, "t": time.time()}
+            reply_metrics = dict(msg.metrics or {})
+            latency = turns.agent_reply(reply_metrics)
+            extra: dict[str, Any] = {
+                "interrupted": msg.interrupted,
+                "t": time.time(),
+                **wall_marks(reply_metrics),
+            }
             if cfg.log_transcripts:
                 extra["reply"] = msg.text_content or ""
             if latency is not None:
@@ -179,7 +195,12 @@ async def entrypoint(ctx: JobContext) -> None:
         agent=agent,
         room=ctx.room,
         room_options=room_io.RoomOptions(
-            audio_input=room_io.AudioInputOptions(noise_cancellation=processor),
+            audio_input=room_io.AudioInputOptions(
+                noise_cancellation=processor, frame_size_ms=cfg.input_frame_ms
+            ),
+            # the word-timed transcript runs an STFT over every agent frame on the call's
+            # event loop (blocking it 100+ ms on a busy core); callers on a phone see no text
+            text_output=room_io.TextOutputOptions(sync_transcription=cfg.sync_transcription),
         ),
         record=False,
     )

@@ -28,7 +28,7 @@ from typing import Any
 
 from livekit import api, rtc
 
-from .measure import SPEECH_FLOOR_RMS, first_word_at, mix, rms, stopped_at
+from .measure import SPEECH_FLOOR_RMS, first_word_at, mix, recent, rms, stopped_at
 
 SAMPLE_RATE = 48000
 FRAME_MS = 10
@@ -311,7 +311,7 @@ class Call:
         start = self.first_voiced_sent or time.monotonic()
         stop: float | None = None
         while stop is None and time.monotonic() < deadline:
-            stop = stopped_at(self.listener.loud_at, start, SILENT_GAP_S)
+            stop = stopped_at(recent(self.listener.loud_at, start), start, SILENT_GAP_S)
             await asyncio.sleep(0.05)
         return BargeIn(
             text, None if stop is None else (stop - start) * 1000.0, agent_was_talking=talking
@@ -322,7 +322,7 @@ class Call:
         deadline = end + answer_timeout
         first: float | None = None
         while time.monotonic() < deadline:
-            first = first_word_at(self.listener.loud_at[-3000:], end, gap_s=SILENT_GAP_S)
+            first = first_word_at(recent(self.listener.loud_at, end), end, gap_s=SILENT_GAP_S)
             if first is not None:
                 break
             await asyncio.sleep(0.005)

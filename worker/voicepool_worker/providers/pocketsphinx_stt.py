@@ -74,6 +74,15 @@ def _rms(pcm: bytes) -> float:
     return math.sqrt(sum(s * s for s in samples) / n)
 
 
+#: Decoders loaded before the call processes fork, per grammar (None: the language model).
+_SHARED: dict[str | None, Any] = {}
+
+
+def preload(grammar_path: str | None = None) -> None:
+    """Load one decoder before processes fork (its ~30 MB model then shared copy-on-write)."""
+    _SHARED[grammar_path] = PocketsphinxSTT(grammar_path=grammar_path)._acquire()
+
+
 class PocketsphinxSTT(stt.STT[Any]):
     """``stt.STT`` over pocketsphinx with manual flushing (finalised at VAD end-of-speech)."""
 
@@ -85,6 +94,8 @@ class PocketsphinxSTT(stt.STT[Any]):
         )
         self._grammar_path = grammar_path
         self._free: list[Any] = []
+        if (decoder := _SHARED.pop(grammar_path, None)) is not None:  # one per call process
+            self._free.append(decoder)
         self._lock = threading.Lock()
 
     @property

@@ -1,0 +1,42 @@
+"""Models loaded before the fork are the ones a call process's providers use."""
+
+from __future__ import annotations
+
+import os
+from unittest import mock
+
+from voicepool_worker import preload_models
+from voicepool_worker.providers import piper_tts, pocketsphinx_stt
+
+ENV = {
+    "LIVEKIT_URL": "ws://127.0.0.1:7880",
+    "LIVEKIT_API_KEY": "devkey",
+    "LIVEKIT_API_SECRET": "secret",
+    "VOICEPOOL_TTS_CACHE": "2",
+    "VOICEPOOL_GREETING": "Hello there.",
+}
+
+
+def test_preloaded_models_are_shared_with_the_providers() -> None:
+    with mock.patch.dict(os.environ, ENV, clear=True):
+        assert preload_models.preload(ENV) == ["silero", "pocketsphinx", "piper"]
+    try:
+        path = piper_tts._default_model_path()
+        voice, cache = piper_tts._SHARED[(path, 1)]
+        tts = piper_tts.PiperTTS(cache_size=2, threads=1)
+        assert tts._voice is voice  # not a second copy of the weights
+        assert tts.cache is cache and len(cache) == 2  # known clauses rendered (LRU of 2)
+        assert preload_models.vad(0.25) is preload_models.VADS[0.25]
+        decoder = pocketsphinx_stt._SHARED[None]
+        assert pocketsphinx_stt.PocketsphinxSTT()._acquire() is decoder
+    finally:
+        piper_tts._SHARED.clear()
+        pocketsphinx_stt._SHARED.clear()
+        preload_models.VADS.clear()
+
+
+def test_without_preload_each_process_loads_its_own() -> None:
+    assert not piper_tts._SHARED
+    tts = piper_tts.PiperTTS(cache_size=2, threads=1)
+    assert len(tts.cache) == 0
+    assert preload_models.vad(0.3) is not preload_models.vad(0.3)

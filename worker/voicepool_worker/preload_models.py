@@ -1,0 +1,68 @@
+"""Load the embedded models once, in livekit-agents' forkserver, before call processes fork.
+
+Every call runs in its own process; each used to load its own silero VAD, pocketsphinx
+decoder and piper voice and render the TTS cache itself (~430 MB PSS per call, and a cache
+that was still filling when the first caller spoke). Imported as a forkserver preload
+module (``main.preload_modules``), this loads them in the forkserver, so every process it
+forks starts with them in memory, shared copy-on-write; ``agent.prewarm`` and the providers
+pick them up. ``VOICEPOOL_PRELOAD_MODELS=false`` turns it off (each process loads its own).
+A failure here only costs memory: the warm processes then load their own models.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger("voicepool.worker.preload")
+
+#: silero VADs by min-silence setting, loaded before the fork.
+VADS: dict[float, Any] = {}
+
+
+def vad(min_silence_s: float) -> Any:
+    """The preloaded VAD for this setting, else a freshly loaded one."""
+    shared = VADS.get(min_silence_s)
+    if shared is not None:
+        return shared
+    from livekit.plugins import silero
+
+    return silero.VAD.load(min_silence_duration=min_silence_s)
+
+
+def preload(env: dict[str, str] | None = None) -> list[str]:
+    """Load what the configuration embeds; returns what was loaded (for the log)."""
+    from . import config
+
+    cfg = config.load(env if env is not None else dict(os.environ))
+    loaded: list[str] = []
+    from livekit.plugins import silero
+
+    VADS[cfg.vad_min_silence_s] = silero.VAD.load(min_silence_duration=cfg.vad_min_silence_s)
+    loaded.append("silero")
+    if "pocketsphinx" in cfg.stt_chain:
+        from .providers import pocketsphinx_stt
+
+        pocketsphinx_stt.preload(cfg.stt_grammar)
+        loaded.append("pocketsphinx")
+    if "piper" in cfg.tts_chain:
+        from .agent import known_phrases
+        from .providers import piper_tts
+
+        phrases = known_phrases(cfg) if cfg.tts_cache > 0 else []
+        piper_tts.preload(phrases, cache_size=cfg.tts_cache, threads=cfg.tts_threads)
+        loaded.append("piper")
+    return loaded
+
+
+def _on_import() -> None:
+    if os.environ.get("VOICEPOOL_PRELOAD_MODELS", "true").strip().lower() in ("0", "false", "no"):
+        return
+    try:
+        log.info("models loaded before fork", extra={"models": preload()})
+    except Exception as e:  # the warm processes load their own
+        log.warning("preloading models failed", extra={"error": str(e)})
+
+
+_on_import()

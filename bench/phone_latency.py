@@ -59,13 +59,27 @@ async def provision(state: StackState, agent: str) -> None:
         await op_sip.apply(lkapi, plan, observed)
 
 
+FULL = "worker is at full capacity, marking as unavailable"
+FREE = "worker is below capacity, marking as available"
+
+
+def available(worker: WorkerProcess) -> bool:
+    """livekit-agents has told LiveKit that the worker takes jobs again.
+
+    A session count of 0 is not enough: the worker reports its load about once a second, and
+    livekit-server drops (never retries) a dispatch that finds no available worker, so a call
+    placed in that second would ring until its ringing timeout (docs/telephony.md).
+    """
+    return len(worker.msgs(FREE)) >= len(worker.msgs(FULL))
+
+
 async def idle(worker: WorkerProcess) -> None:
-    """Between calls: the last call's session has ended (capacity 1 per pod), bounded."""
+    """Between calls: the last call ended and the worker is available again, bounded."""
     for _ in range(600):
-        if worker.metric("voicepool_worker_active_sessions") == 0.0:
+        if worker.metric("voicepool_worker_active_sessions") == 0.0 and available(worker):
             return
         await asyncio.sleep(0.1)
-    print("  (the previous call's session did not end within 60 s)", flush=True)
+    print("  (the worker was not available again within 60 s)", flush=True)
 
 
 async def phone_calls(

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
+import time
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +49,13 @@ class Phone:
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self.stderr = b""
+        self.started_at = 0.0  # wall clock when the phone started: its events' t=0, roughly
+
+    def at(self, wall: float) -> float:
+        """A wall-clock time (``time.time()``, e.g. from a worker log) on the phone's clock (ms).
+
+        Within the phone's start-up time (a few ms): good for checks with a margin."""
+        return (wall - self.started_at) * 1000.0
 
     async def __aenter__(self) -> Phone:
         await self.start()
@@ -70,6 +79,7 @@ class Phone:
             args += [f"-user={c.username}", f"-pass={c.password}"]
         if c.record is not None:
             args.append(f"-record={c.record}")
+        self.started_at = time.time()
         self._proc = await asyncio.create_subprocess_exec(
             *args,
             stdin=asyncio.subprocess.PIPE,
@@ -225,4 +235,21 @@ def write_speech(text: str, path: Path) -> Path:
         w.setsampwidth(2)
         w.setframerate(SAMPLE_RATE)
         w.writeframes(bytes(out))
+    return path
+
+
+def write_tone(path: Path, seconds: float = 1.5, hz: float = 800.0, amplitude: int = 8000) -> Path:
+    """A sine tone as an 8 kHz mono WAV for the phone to play (easy to tell from speech)."""
+    n = int(seconds * SAMPLE_RATE)
+    pcm = b"".join(
+        int(amplitude * math.sin(2 * math.pi * hz * i / SAMPLE_RATE)).to_bytes(
+            2, "little", signed=True
+        )
+        for i in range(n)
+    )
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm + b"\x00\x00" * (SAMPLE_RATE // 2))
     return path

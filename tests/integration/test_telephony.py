@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import tempfile
 import uuid
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 from livekit import api
 from voicepool_devstack.errors import DevstackError
-from voicepool_devstack.phone import Phone, PhoneConfig, write_speech
+from voicepool_devstack.phone import Phone, PhoneConfig, write_speech, write_tone
 from voicepool_devstack.stack import LocalStack, StackConfig, StackState, free_port
 from voicepool_operator import sip as op_sip
 from voicepool_operator import telephony as tel
@@ -50,7 +51,7 @@ def sip_stack() -> Iterator[StackState]:
     try:
         yield state
     finally:
-        stack.stop()
+        stack.stop(remove=not os.environ.get("VOICEPOOL_KEEP_LOGS"))
 
 
 def lkapi(state: StackState) -> api.LiveKitAPI:
@@ -218,6 +219,51 @@ async def test_transfer_by_refer_reports_the_notify(
                 "the agent saying the transfer failed",
             )
             assert not p.seen("bye"), "the call goes on after a refused transfer"
+    w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
+    await asyncio.sleep(0.5)
+    assert await rooms(sip_stack) == []
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    ("notify", "succeeds"), [("SIP/2.0 200 OK", True), ("SIP/2.0 403 Forbidden", False)]
+)
+async def test_caller_asking_for_a_person_in_words_is_referred(
+    sip_stack: StackState,
+    tmp_path: Path,
+    workers: list[WorkerProcess],
+    notify: str,
+    succeeds: bool,
+) -> None:
+    """The dialog trigger: spoken words (not a key) -> call control -> REFER -> NOTIFY result."""
+    agent, to = agent_name(), number()
+    w = worker(sip_stack, tmp_path, workers, agent, VOICEPOOL_TRANSFER_TO=TRANSFER_TO)
+    ask = write_speech("can i talk to a real person please", tmp_path / "person.wav")
+    async with pool_numbers(sip_stack, agent, [to]), phone(sip_stack, to, notify=notify) as p:
+        after = await answered_and_greeted(p)
+        await p.play(ask)
+        try:
+            refer = await p.wait_for("refer", 60, after=after)
+        except TimeoutError:
+            heard = [x.get("transcript") for x in w.msgs("user turn")]
+            pytest.fail(f"no REFER; the worker heard {heard}, actions {w.msgs('dialog action')}")
+        assert refer["refer_to"] == f"<{TRANSFER_TO}>"
+        action = w.wait_log(lambda x: x.get("msg") == "dialog asked for a transfer", 5, "dialog")
+        assert "human" in str(action.get("reason")), action
+        assert not p.seen("dtmf_sent"), "no key was pressed: the words did it"
+        if succeeds:
+            w.wait_log(lambda x: x.get("msg") == "call transferred", 30, "transfer ok")
+            await p.wait_for("bye", 30)  # livekit-sip ends our leg after NOTIFY 200
+        else:
+            failed = w.wait_log(lambda x: x.get("msg") == "transfer failed", 50, "403")
+            assert re.search("403|permission", str(failed).lower()), failed
+            w.wait_log(
+                lambda x: "could not transfer" in str(x.get("reply", "")),
+                30,
+                "the agent saying the transfer failed",
+            )
+            assert not p.seen("bye"), "the call goes on after a refused transfer"
+    assert w.metric('voicepool_worker_dialog_actions_total{action="transfer"}') == 1.0
     w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
     await asyncio.sleep(0.5)
     assert await rooms(sip_stack) == []
@@ -400,3 +446,78 @@ async def test_outbound_calls_report_a_clear_result_and_free_the_pod(
         assert total == 1.0, (label, total)
         await asyncio.sleep(0.5)
         assert await rooms(sip_stack) == []
+
+
+COLLEAGUE = "+15550107777"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("trigger", ["keypad", "dialog"])
+async def test_warm_transfer_briefs_a_colleague_privately_then_bridges_the_two(
+    sip_stack: StackState, tmp_path: Path, workers: list[WorkerProcess], trigger: str
+) -> None:
+    """Agent dials a colleague (sipp, echoing its RTP) into the call, briefs it on a track the
+    caller cannot hear, then hands over: the caller's tone comes back through the colleague's
+    leg (caller -> colleague -> caller), the agent is out, and the caller's BYE ends both legs."""
+    agent, to, port = agent_name(), number(), free_port()
+    tone = write_tone(tmp_path / "tone.wav")
+    async with (
+        outbound_trunk(sip_stack, agent, f"127.0.0.1:{port}") as trunk,
+        pool_numbers(sip_stack, agent, [to]),
+    ):
+        w = worker(
+            sip_stack,
+            tmp_path,
+            workers,
+            agent,
+            VOICEPOOL_SIP_OUTBOUND_TRUNK=trunk,
+            VOICEPOOL_WARM_TRANSFER_TO=COLLEAGUE,
+        )
+        sipp = await sipp_callee("callee_answer.xml", port, tmp_path)
+        try:
+            async with phone(sip_stack, to, record=tmp_path / "heard.wav") as p:
+                after = await answered_and_greeted(p)
+                if trigger == "keypad":
+                    await p.press("0")
+                else:
+                    await p.play(
+                        write_speech("can i talk to a real person please", tmp_path / "a.wav")
+                    )
+                briefed = await asyncio.to_thread(  # the phone's events keep coming meanwhile
+                    w.wait_log,
+                    lambda x: x.get("msg") == "warm transfer: colleague briefed",
+                    90,
+                    "briefing",
+                )
+                await asyncio.to_thread(
+                    w.wait_log,
+                    lambda x: x.get("msg") == "warm transfer: handed over",
+                    10,
+                    "hand-over",
+                )
+                assert float(briefed["seconds"]) > 2.0, briefed  # a spoken summary, not a click
+                began, ended = p.at(float(briefed["began"])), p.at(float(briefed["ended"]))
+                assert p.seen("voice_start", after=after), "the caller heard the hold message"
+                leaked = [
+                    e for e in p.seen("voice_start", after=began + 300) if float(e["t"]) < ended
+                ]
+                assert not leaked, f"the caller heard the briefing: {leaked}"
+                await p.play(tone)
+                start = await p.wait_for("play_start", 10, after=ended)
+                echo = await p.wait_for("voice_start", 10, after=float(start["t"]))
+                end = await p.wait_for("play_end", 10, after=float(start["t"]))
+                assert float(echo["t"]) < float(end["t"]), "the tone came back during the tone"
+                loop_ms = float(echo["t"]) - float(start["t"])
+                print(f"\ncaller -> colleague -> caller: {loop_ms:.0f} ms")
+                assert not p.seen("bye"), "the call goes on with the colleague"
+            # the caller hung up (its BYE): the agent ends the room, the colleague gets a BYE
+            assert await asyncio.wait_for(sipp.wait(), 30) == 0, "sipp saw INVITE..BYE"
+        finally:
+            if sipp.returncode is None:
+                sipp.kill()
+                await sipp.wait()
+    assert w.metric('voicepool_worker_transfers_total{result="warm"}') == 1.0
+    w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
+    assert w.metric("voicepool_worker_active_sessions") == 0.0
+    await asyncio.sleep(0.5)
+    assert await rooms(sip_stack) == []

@@ -76,6 +76,7 @@ def test_openai_endpoints_take_the_key_from_env() -> None:
         ),
         ({"VOICEPOOL_DTMF_MENU": "1 opening hours"}, "VOICEPOOL_DTMF_MENU: '1 opening hours'"),
         ({"VOICEPOOL_TRANSFER_TO": "+15550100"}, "use tel:+<number> or sip:user@host"),
+        ({"VOICEPOOL_WARM_TRANSFER_TO": "sip:desk@pbx"}, "is not an E.164 number"),
     ],
 )
 def test_bad_values_are_one_line_errors(env: dict[str, str], message: str) -> None:

@@ -37,6 +37,9 @@ class PhoneConfig:
     record: Path | None = None
     answer_timeout_s: float = 20.0
     max_duration_s: float = 120.0
+    #: RMS of a 20 ms frame that counts as voice, sent or heard: the WebRTC caller's speech
+    #: floor (``voicepool_worker.measure.SPEECH_FLOOR_RMS``), so both legs' TTFW use one rule.
+    loud_rms: float = 200.0
 
 
 class Phone:
@@ -74,6 +77,7 @@ class Phone:
             f"-notify={c.notify}",
             f"-answer-timeout={c.answer_timeout_s}s",
             f"-duration={c.max_duration_s}s",
+            f"-loud={c.loud_rms}",
         ]
         if c.username or c.password:
             args += [f"-user={c.username}", f"-pass={c.password}"]

@@ -62,12 +62,12 @@ def lkapi(state: StackState) -> api.LiveKitAPI:
 
 @asynccontextmanager
 async def pool_numbers(
-    state: StackState, agent: str, numbers: list[str]
+    state: StackState, agent: str, numbers: list[str], **inbound: object
 ) -> AsyncIterator[tel.SipPlan]:
     """The operator's reconcile of ``spec.telephony`` for one pool, undone afterwards."""
     pool = f"p-{uuid.uuid4().hex[:6]}"
     spec = tel.parse_telephony(
-        {"inbound": {"numbers": numbers, "allowedAddresses": ["127.0.0.1/32"]}}
+        {"inbound": {"numbers": numbers, "allowedAddresses": ["127.0.0.1/32"], **inbound}}
     )
     async with lkapi(state) as lk:
         plan = tel.plan_sip("t", pool, agent, spec, await op_sip.observe(lk))
@@ -265,6 +265,38 @@ async def test_caller_asking_for_a_person_in_words_is_referred(
             assert not p.seen("bye"), "the call goes on after a refused transfer"
     assert w.metric('voicepool_worker_dialog_actions_total{action="transfer"}') == 1.0
     w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
+    await asyncio.sleep(0.5)
+    assert await rooms(sip_stack) == []
+
+
+@pytest.mark.timeout(240)
+async def test_a_call_when_every_pod_is_full_rings_then_gets_busy_and_leaks_nothing(
+    sip_stack: StackState, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """Capacity 1, one call up: the second caller hears ringing, then 486 at the trunk's
+    ringing timeout; the first call is untouched and nothing is left afterwards."""
+    agent, to = agent_name(), number()
+    w = worker(sip_stack, tmp_path, workers, agent)
+    async with (
+        pool_numbers(sip_stack, agent, [to], ringingTimeoutSeconds=6),
+        phone(sip_stack, to) as first,
+    ):
+        await answered_and_greeted(first)
+        async with phone(sip_stack, to, caller="+15550100002", answer_timeout_s=30) as second:
+            with pytest.raises(ConnectionError, match="486"):
+                await second.answered()
+            failed = second.seen("dial_failed")[0]
+            print(f"\nevery pod full: 486 after {float(failed['after_ms']):.0f} ms")
+        assert not first.seen("bye"), "the call in progress is untouched"
+        assert w.metric("voicepool_worker_active_sessions") == 1.0
+        # livekit-server closes the busy caller's (empty) room after its departure timeout
+        for _ in range(90):
+            if len(await rooms(sip_stack)) == 1:
+                break
+            await asyncio.sleep(0.5)
+        assert len(await rooms(sip_stack)) == 1, "the busy caller's room is gone"
+    w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
+    assert w.metric("voicepool_worker_active_sessions") == 0.0
     await asyncio.sleep(0.5)
     assert await rooms(sip_stack) == []
 

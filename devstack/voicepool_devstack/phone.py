@@ -57,7 +57,11 @@ class Phone:
     def at(self, wall: float) -> float:
         """A wall-clock time (``time.time()``, e.g. from a worker log) on the phone's clock (ms).
 
-        Within the phone's start-up time (a few ms): good for checks with a margin."""
+        The phone's ``invite`` event carries the wall clock it was sent at; before it, the
+        time the process was started is the (slightly early) estimate."""
+        for e in self.seen("invite"):
+            if "unix_ms" in e:
+                return wall * 1000.0 - float(e["unix_ms"]) + float(e["t"])
         return (wall - self.started_at) * 1000.0
 
     async def __aenter__(self) -> Phone:

@@ -483,6 +483,13 @@ async def test_outbound_calls_report_a_clear_result_and_free_the_pod(
 COLLEAGUE = "+15550107777"
 
 
+async def quiet(p: Phone) -> None:
+    """Until the phone hears nothing (its current voice segment, if any, has ended)."""
+    starts, ends = p.seen("voice_start"), p.seen("voice_end")
+    if starts and (not ends or float(starts[-1]["t"]) > float(ends[-1]["t"])):
+        await p.wait_for("voice_end", 15, after=float(starts[-1]["t"]))
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("trigger", ["keypad", "dialog"])
 async def test_warm_transfer_briefs_a_colleague_privately_then_bridges_the_two(
@@ -521,7 +528,7 @@ async def test_warm_transfer_briefs_a_colleague_privately_then_bridges_the_two(
                     90,
                     "briefing",
                 )
-                await asyncio.to_thread(
+                handed = await asyncio.to_thread(
                     w.wait_log,
                     lambda x: x.get("msg") == "warm transfer: handed over",
                     10,
@@ -534,13 +541,19 @@ async def test_warm_transfer_briefs_a_colleague_privately_then_bridges_the_two(
                     e for e in p.seen("voice_start", after=began + 300) if float(e["t"]) < ended
                 ]
                 assert not leaked, f"the caller heard the briefing: {leaked}"
+                await quiet(p)  # e.g. the tail of the colleague's echo of its briefing
+                before = float(p.events[-1]["t"])
                 await p.play(tone)
-                start = await p.wait_for("play_start", 10, after=ended)
+                start = await p.wait_for("play_start", 10, after=before)
                 echo = await p.wait_for("voice_start", 10, after=float(start["t"]))
                 end = await p.wait_for("play_end", 10, after=float(start["t"]))
                 assert float(echo["t"]) < float(end["t"]), "the tone came back during the tone"
                 loop_ms = float(echo["t"]) - float(start["t"])
                 print(f"\ncaller -> colleague -> caller: {loop_ms:.0f} ms")
+                await p.press("1")  # keys now belong to the caller and colleague
+                await p.wait_for("dtmf_sent", 10, after=float(end["t"]))
+                keys = [x for x in w.msgs("dtmf received") if x["ts"] > handed["ts"]]
+                assert not keys, f"the agent acted on a key after the hand-over: {keys}"
                 assert not p.seen("bye"), "the call goes on with the colleague"
             # the caller hung up (its BYE): the agent ends the room, the colleague gets a BYE
             assert await asyncio.wait_for(sipp.wait(), 30) == 0, "sipp saw INVITE..BYE"
@@ -549,6 +562,60 @@ async def test_warm_transfer_briefs_a_colleague_privately_then_bridges_the_two(
                 sipp.kill()
                 await sipp.wait()
     assert w.metric('voicepool_worker_transfers_total{result="warm"}') == 1.0
+    w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
+    assert w.metric("voicepool_worker_active_sessions") == 0.0
+    await asyncio.sleep(0.5)
+    assert await rooms(sip_stack) == []
+
+
+@pytest.mark.timeout(240)
+async def test_warm_transfer_to_a_busy_colleague_brings_the_caller_back(
+    sip_stack: StackState, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """Colleague answers 486: its leg is gone, the agent says so, and the caller (unmuted) is
+    heard and answered again."""
+    agent, to, port = agent_name(), number(), free_port()
+    question = write_speech(QUESTION, tmp_path / "question.wav")
+    async with (
+        outbound_trunk(sip_stack, agent, f"127.0.0.1:{port}") as trunk,
+        pool_numbers(sip_stack, agent, [to]),
+    ):
+        w = worker(
+            sip_stack,
+            tmp_path,
+            workers,
+            agent,
+            VOICEPOOL_SIP_OUTBOUND_TRUNK=trunk,
+            VOICEPOOL_WARM_TRANSFER_TO=COLLEAGUE,
+        )
+        sipp = await sipp_callee("callee_busy.xml", port, tmp_path)
+        try:
+            async with phone(sip_stack, to) as p:
+                await answered_and_greeted(p)
+                await p.press("0")
+                failed = await asyncio.to_thread(
+                    w.wait_log, lambda x: x.get("msg") == "warm transfer failed", 60, "busy"
+                )
+                assert "486" in str(failed) or "busy" in str(failed).lower(), failed
+                said = await asyncio.to_thread(
+                    w.wait_log,
+                    lambda x: "no colleague is free" in str(x.get("reply", "")),
+                    60,
+                    "sorry",
+                )
+                await p.play(question)  # the caller is heard again: the dialog answers
+                await asyncio.to_thread(
+                    w.wait_log,
+                    lambda x: "Monday" in str(x.get("reply", "")) and x["ts"] > said["ts"],
+                    60,
+                    "an answer after the failed transfer",
+                )
+                assert not p.seen("bye"), "the call goes on with the agent"
+        finally:
+            if sipp.returncode is None:
+                sipp.kill()
+                await sipp.wait()
+    assert w.metric('voicepool_worker_transfers_total{result="warm-failed"}') == 1.0
     w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
     assert w.metric("voicepool_worker_active_sessions") == 0.0
     await asyncio.sleep(0.5)

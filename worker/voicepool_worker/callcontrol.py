@@ -129,6 +129,8 @@ class CallControl:
     def on_dtmf(self, ev: rtc.SipDTMF) -> None:
         from . import metrics
 
+        if self._handed_over:  # the caller talks to a colleague now: keys are theirs
+            return
         self.caller_spoke()
         effects = self.keypad.press(ev.digit, time.monotonic())
         kind = _KEY_ACTION.get(type(effects[-1]), "unused") if effects else "unused"
@@ -484,7 +486,7 @@ class _MuteColleague:
         try:
             assert self.lk is not None
             await _mute(self.lk, self._room.name, self._identity, sid, muted=True)
-        except (*_SIP_ERRORS, AssertionError) as e:
+        except (*_SIP_ERRORS, AssertionError, RuntimeError) as e:  # e.g. after the dial ended
             if not self._done.done():
                 self._done.set_exception(RuntimeError(f"colleague not muted: {e}"))
             return

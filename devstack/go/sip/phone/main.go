@@ -390,7 +390,8 @@ func main() {
 	var h rtp.HandlerCloser = lis
 	privateField[atomic.Pointer[rtp.HandlerCloser]](cli, "recordHandler").Store(&h)
 
-	ev.emit("invite", map[string]any{"to": *to, "server": *server})
+	// unix_ms ties the phone's clock to the wall clock (worker logs are stamped with it)
+	ev.emit("invite", map[string]any{"to": *to, "server": *server, "unix_ms": time.Now().UnixMilli()})
 	t0 := time.Now()
 	dialed := make(chan error, 1)
 	go func() { dialed <- cli.Dial(*server, "voicepool.local", *to, nil) }()

@@ -402,15 +402,19 @@ class CallControl:
 
     async def _back_from_hold(self, caller: str, track: str, colleague: str) -> None:
         """A warm transfer failed: the colleague's leg goes, the caller is heard again."""
-        try:
-            async with self._api(10.0) as lk:
-                if colleague in self._ctx.room.remote_participants:
+        room = self._ctx.room.name
+        async with self._api(10.0) as lk:
+            try:  # first and on its own: the caller must be heard again whatever else fails
+                await _mute(lk, room, caller, track, muted=False)
+            except _SIP_ERRORS as e:
+                self._refused("caller not taken off hold", room, e)
+            if colleague in self._ctx.room.remote_participants:
+                try:  # it may be leaving already (a 486 ends its leg by itself)
                     await lk.room.remove_participant(
-                        api.RoomParticipantIdentity(room=self._ctx.room.name, identity=colleague)
+                        api.RoomParticipantIdentity(room=room, identity=colleague)
                     )
-                await _mute(lk, self._ctx.room.name, caller, track, muted=False)
-        except _SIP_ERRORS as e:
-            self._refused("caller not taken off hold", self._ctx.room.name, e)
+                except _SIP_ERRORS as e:
+                    log.info("colleague leg already gone", extra={"error": str(e)})
         self._colleague = None
         self._session.input.set_audio_enabled(True)
         self.caller_spoke()

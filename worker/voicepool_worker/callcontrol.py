@@ -374,7 +374,7 @@ class CallControl:
                 colleague_track = await muted.wait(COLLEAGUE_TRACK_S)
                 text = callflow.briefing(self._caller_number(caller), said, reason)
                 began = time.time()
-                seconds = await briefing.play(self._session.tts, text)
+                seconds = await asyncio.wait_for(briefing.play(self._session.tts, text), 60)
                 log.info(
                     "warm transfer: colleague briefed",
                     extra={"seconds": round(seconds, 2), "began": began, "ended": time.time()},

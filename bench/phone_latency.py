@@ -22,6 +22,7 @@ import os
 import sys
 import tempfile
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -59,20 +60,58 @@ async def provision(state: StackState, agent: str) -> None:
         await op_sip.apply(lkapi, plan, observed)
 
 
+FULL = "worker is at full capacity, marking as unavailable"
+FREE = "worker is below capacity, marking as available"
+
+
+def available(worker: WorkerProcess) -> bool:
+    """livekit-agents has told LiveKit that the worker takes jobs again.
+
+    A session count of 0 is not enough: the worker reports its load about once a second, and
+    livekit-server drops (never retries) a dispatch that finds no available worker, so a call
+    placed in that second would ring until its ringing timeout (docs/telephony.md).
+    """
+    return len(worker.msgs(FREE)) >= len(worker.msgs(FULL))
+
+
 async def idle(worker: WorkerProcess) -> None:
-    """Between calls: the last call's session has ended (capacity 1 per pod), bounded."""
+    """Between calls: the last call ended and the worker is available again, bounded."""
     for _ in range(600):
-        if worker.metric("voicepool_worker_active_sessions") == 0.0:
+        if worker.metric("voicepool_worker_active_sessions") == 0.0 and available(worker):
             return
         await asyncio.sleep(0.1)
-    print("  (the previous call's session did not end within 60 s)", flush=True)
+    print("  (the worker was not available again within 60 s)", flush=True)
+
+
+@dataclass
+class Leg:
+    """One leg's turns: the caller-side TTFW and, per turn, the agent's own part of it."""
+
+    ttfw: list[float] = field(default_factory=list)
+    agent: list[float] = field(default_factory=list)  # agent's VAD end of speech -> first frame
+    outside: list[float] = field(default_factory=list)  # ttfw - agent: transport both ways
+    written: list[float] = field(default_factory=list)  # phone only: the old, early stamp
+
+
+async def agent_part(worker: WorkerProcess, seen: int) -> float | None:
+    """The agent's own TTFW (ms) of its next turn after ``seen`` logged ones, bounded."""
+    for _ in range(50):
+        turns = [t for t in worker.msgs("agent turn") if t.get("latency")]
+        if len(turns) > seen:
+            return float(turns[seen]["latency"]["ttfw"]) * 1000
+        await asyncio.sleep(0.1)
+    return None
+
+
+def measured_turns(worker: WorkerProcess) -> int:
+    return len([t for t in worker.msgs("agent turn") if t.get("latency")])
 
 
 async def phone_calls(
     state: StackState, worker: WorkerProcess, wavs: list[Path], calls: int
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], Leg]:
     assert state.sip is not None
-    answers, ttfw = [], []
+    answers, leg = [], Leg()
     for i in range(calls):
         async with Phone(
             PhoneConfig(server=state.sip.address, to=NUMBER, answer_timeout_s=60)
@@ -81,6 +120,7 @@ async def phone_calls(
             answers.append(float(answer["invite_ms"]))
             after = float((await p.speech_heard(float(answer["t"]), 30))["t"])
             for wav in wavs:
+                seen = measured_turns(worker)
                 await p.play(wav)
                 played = await p.wait_for("play_end", 30, after=after)
                 voice_end = float(played["voice_end"])
@@ -89,37 +129,49 @@ async def phone_calls(
                 except TimeoutError:
                     print(f"  call {i + 1}: no answer to {wav.stem}", flush=True)
                     continue
-                ttfw.append(heard["start"] - voice_end)
+                ttfw = heard["start"] - voice_end
+                leg.ttfw.append(ttfw)
+                leg.written.append(heard["start"] - float(played["voice_end_written"]))
                 after = float(heard["t"])
-                print(
-                    f"  call {i + 1}: INVITE->200 {answer['invite_ms']:.0f} ms, "
-                    f"ttfw {ttfw[-1]:.0f} ms",
-                    flush=True,
+                note(
+                    f"call {i + 1}: INVITE->200 {answer['invite_ms']:.0f} ms,",
+                    leg,
+                    ttfw,
+                    await agent_part(worker, seen),
                 )
         await idle(worker)  # the room is deleted; the worker takes the next call
-    return answers, ttfw
+    return answers, leg
 
 
-async def webrtc_calls(
-    state: StackState, worker: WorkerProcess, agent: str, calls: int
-) -> list[float]:
+def note(prefix: str, leg: Leg, ttfw: float, agent: float | None) -> None:
+    line = f"  {prefix} ttfw {ttfw:.0f} ms"
+    if agent is not None:
+        leg.agent.append(agent)
+        leg.outside.append(ttfw - agent)
+        line += f" = agent {agent:.0f} ms + outside the agent {ttfw - agent:.0f} ms"
+    print(line, flush=True)
+
+
+async def webrtc_calls(state: StackState, worker: WorkerProcess, agent: str, calls: int) -> Leg:
     assert state.livekit is not None
     lk = state.livekit
     cfg = CallerConfig(lk.url, lk.api_key, lk.api_secret, agent, identity="bench-webrtc")
-    out = []
-    for _ in range(calls):
+    leg = Leg()
+    for i in range(calls):
         c = Call(cfg, f"bench-{uuid.uuid4().hex[:6]}")
         try:
             await c.start(join_within=30)
             await c.wait_greeting(20)
             for text in PHRASES:
+                seen = measured_turns(worker)
                 turn = await c.say(text, answer_timeout=20)
                 if turn.ttfw_ms is not None:
-                    out.append(turn.ttfw_ms)
+                    leg.ttfw.append(turn.ttfw_ms)
+                    note(f"call {i + 1}:", leg, turn.ttfw_ms, await agent_part(worker, seen))
         finally:
             await c.hangup()
         await idle(worker)
-    return out
+    return leg
 
 
 def main() -> int:
@@ -140,20 +192,31 @@ def main() -> int:
         answers, phone = asyncio.run(phone_calls(state, worker, wavs, args.calls))
         print("WebRTC leg (synthetic caller -> livekit-server -> worker), Opus")
         webrtc = asyncio.run(webrtc_calls(state, worker, agent, args.calls))
+        load = os.getloadavg()[0]
     finally:
         if worker is not None:
             worker.stop()
         stack.stop(remove=not os.environ.get("VOICEPOOL_KEEP_LOGS"))
     print()
-    print("how: the phone stamps the last voiced 20 ms frame it sends and the first loud")
-    print("(RMS >= 500) packet it receives, on one clock; INVITE -> 200 OK is its SIP client's.")
+    print("how: the phone stamps the RTP send time of the last voiced 20 ms frame it sends and")
+    print(
+        "the first loud packet it receives (RMS >= 200, the WebRTC caller's speech floor), on one"
+    )
+    print("clock; INVITE -> 200 OK is its SIP client's. 'agent' is the worker's own TTFW of the")
+    print("turn (its VAD's end of speech -> first reply frame published), 'outside' the rest:")
+    print(f"uplink + downlink through livekit-sip or WebRTC. Load average {load:.1f}.")
     print(f"INVITE -> 200 OK (phone)        : {pct(answers)}")
-    print(f"time to first word, phone leg   : {pct(phone)}")
-    print(f"time to first word, WebRTC leg  : {pct(webrtc)}")
-    if phone and webrtc:
-        ratio = percentile(phone, 50) / percentile(webrtc, 50)
+    print(f"time to first word, phone leg   : {pct(phone.ttfw)}")
+    print(f"  of it in the agent            : {pct(phone.agent)}")
+    print(f"  of it outside the agent       : {pct(phone.outside)}")
+    print(f"  stamped at mixer write (old)  : {pct(phone.written)}")
+    print(f"time to first word, WebRTC leg  : {pct(webrtc.ttfw)}")
+    print(f"  of it in the agent            : {pct(webrtc.agent)}")
+    print(f"  of it outside the agent       : {pct(webrtc.outside)}")
+    if phone.ttfw and webrtc.ttfw:
+        ratio = percentile(phone.ttfw, 50) / percentile(webrtc.ttfw, 50)
         print(f"phone / WebRTC (p50)            : {ratio:.2f}x   (goal: ttfw < 800 ms)")
-    return 0 if phone and len(answers) == args.calls else 1
+    return 0 if phone.ttfw and len(answers) == args.calls else 1
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
+import time
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +37,9 @@ class PhoneConfig:
     record: Path | None = None
     answer_timeout_s: float = 20.0
     max_duration_s: float = 120.0
+    #: RMS of a 20 ms frame that counts as voice, sent or heard: the WebRTC caller's speech
+    #: floor (``voicepool_worker.measure.SPEECH_FLOOR_RMS``), so both legs' TTFW use one rule.
+    loud_rms: float = 200.0
 
 
 class Phone:
@@ -47,6 +52,17 @@ class Phone:
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self.stderr = b""
+        self.started_at = 0.0  # wall clock when the phone started: its events' t=0, roughly
+
+    def at(self, wall: float) -> float:
+        """A wall-clock time (``time.time()``, e.g. from a worker log) on the phone's clock (ms).
+
+        The phone's ``invite`` event carries the wall clock it was sent at; before it, the
+        time the process was started is the (slightly early) estimate."""
+        for e in self.seen("invite"):
+            if "unix_ms" in e:
+                return wall * 1000.0 - float(e["unix_ms"]) + float(e["t"])
+        return (wall - self.started_at) * 1000.0
 
     async def __aenter__(self) -> Phone:
         await self.start()
@@ -65,11 +81,13 @@ class Phone:
             f"-notify={c.notify}",
             f"-answer-timeout={c.answer_timeout_s}s",
             f"-duration={c.max_duration_s}s",
+            f"-loud={c.loud_rms}",
         ]
         if c.username or c.password:
             args += [f"-user={c.username}", f"-pass={c.password}"]
         if c.record is not None:
             args.append(f"-record={c.record}")
+        self.started_at = time.time()
         self._proc = await asyncio.create_subprocess_exec(
             *args,
             stdin=asyncio.subprocess.PIPE,
@@ -225,4 +243,21 @@ def write_speech(text: str, path: Path) -> Path:
         w.setsampwidth(2)
         w.setframerate(SAMPLE_RATE)
         w.writeframes(bytes(out))
+    return path
+
+
+def write_tone(path: Path, seconds: float = 1.5, hz: float = 800.0, amplitude: int = 8000) -> Path:
+    """A sine tone as an 8 kHz mono WAV for the phone to play (easy to tell from speech)."""
+    n = int(seconds * SAMPLE_RATE)
+    pcm = b"".join(
+        int(amplitude * math.sin(2 * math.pi * hz * i / SAMPLE_RATE)).to_bytes(
+            2, "little", signed=True
+        )
+        for i in range(n)
+    )
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm + b"\x00\x00" * (SAMPLE_RATE // 2))
     return path

@@ -1,7 +1,7 @@
 """SIP in the local stack: redis, livekit-sip and the test phone, all on loopback.
 
 livekit-server talks to livekit-sip over psrpc on redis, so a stack with SIP starts a private
-``redis-server`` (Debian) first and points livekit-server at it (``livekit_redis``); then
+``redis-server`` (Debian) first and points livekit-server at it (``livekit_settings``); then
 ``livekit-sip`` joins the same redis and listens for SIP on a free loopback port.
 ``livekit-sip`` (cgo: libopus, libsoxr) and ``voicepool-phone`` -- our own test phone on
 livekit/sip's ``pkg/siptest`` -- are built together from the wrapper module ``devstack/go/sip``
@@ -171,9 +171,13 @@ def start_redis(stack: LocalStack) -> str:
     return address
 
 
-def livekit_redis(redis: str) -> dict[str, Any]:
-    """The livekit-server config section that lets it reach livekit-sip."""
-    return {"redis": {"address": redis}}
+def livekit_settings(redis: str) -> dict[str, Any]:
+    """The livekit-server config sections telephony needs.
+
+    ``redis`` lets it reach livekit-sip; ``room.enable_remote_unmute`` lets the agent take a
+    caller off hold after a warm transfer muted the caller's track (docs/telephony.md).
+    """
+    return {"redis": {"address": redis}, "room": {"enable_remote_unmute": True}}
 
 
 def sip_config(

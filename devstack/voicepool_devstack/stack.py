@@ -519,7 +519,7 @@ class LocalStack:
             },
             "keys": {api_key: api_secret},
             "logging": {"level": "info", "json": False},
-            **(sip_mod.livekit_redis(redis) if redis else {}),
+            **(sip_mod.livekit_settings(redis) if redis else {}),
         }
         webhook_port = free_port()  # for the operator: room events for scale from zero
         config["webhook"] = {

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import voicepool_contract as contract
+
 from .conditions import Condition
 
 NAME_PREFIX = "voicepool"
@@ -399,20 +401,11 @@ def worker_env(pool: str, raw: Mapping[str, Any]) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = []
     if (telephony.get("outbound") or {}).get("address"):
         name = f"{NAME_PREFIX}/$(POD_NAMESPACE)/{pool}/outbound"
-        env.append({"name": "VOICEPOOL_SIP_OUTBOUND_TRUNK", "value": name})
-    for key, var in (
-        ("idleTimeoutSeconds", "VOICEPOOL_IDLE_TIMEOUT_SECONDS"),
-        ("maxCallSeconds", "VOICEPOOL_MAX_CALL_SECONDS"),
-        ("transferTo", "VOICEPOOL_TRANSFER_TO"),
-        ("keypadMenu", "VOICEPOOL_DTMF_MENU"),
-        ("outboundGreeting", "VOICEPOOL_OUTBOUND_GREETING"),
-    ):
+        env.append({"name": contract.ENV_SIP_OUTBOUND_TRUNK, "value": name})
+    for key, var in contract.CALLS_ENV:
         if calls.get(key) is not None:
             env.append({"name": var, "value": str(calls[key])})
-    for key, var in (
-        ("maskPhoneNumbers", "VOICEPOOL_MASK_PHONE_NUMBERS"),
-        ("logTranscripts", "VOICEPOOL_LOG_TRANSCRIPTS"),
-    ):
+    for key, var in contract.PRIVACY_ENV:
         if privacy.get(key) is not None:
             env.append({"name": var, "value": "true" if privacy[key] else "false"})
     return env

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import tempfile
 import uuid
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 from livekit import api
 from voicepool_devstack.errors import DevstackError
-from voicepool_devstack.phone import Phone, PhoneConfig, write_speech
+from voicepool_devstack.phone import Phone, PhoneConfig, write_speech, write_tone
 from voicepool_devstack.stack import LocalStack, StackConfig, StackState, free_port
 from voicepool_operator import sip as op_sip
 from voicepool_operator import telephony as tel
@@ -50,7 +51,7 @@ def sip_stack() -> Iterator[StackState]:
     try:
         yield state
     finally:
-        stack.stop()
+        stack.stop(remove=not os.environ.get("VOICEPOOL_KEEP_LOGS"))
 
 
 def lkapi(state: StackState) -> api.LiveKitAPI:
@@ -61,12 +62,12 @@ def lkapi(state: StackState) -> api.LiveKitAPI:
 
 @asynccontextmanager
 async def pool_numbers(
-    state: StackState, agent: str, numbers: list[str]
+    state: StackState, agent: str, numbers: list[str], **inbound: object
 ) -> AsyncIterator[tel.SipPlan]:
     """The operator's reconcile of ``spec.telephony`` for one pool, undone afterwards."""
     pool = f"p-{uuid.uuid4().hex[:6]}"
     spec = tel.parse_telephony(
-        {"inbound": {"numbers": numbers, "allowedAddresses": ["127.0.0.1/32"]}}
+        {"inbound": {"numbers": numbers, "allowedAddresses": ["127.0.0.1/32"], **inbound}}
     )
     async with lkapi(state) as lk:
         plan = tel.plan_sip("t", pool, agent, spec, await op_sip.observe(lk))
@@ -219,6 +220,83 @@ async def test_transfer_by_refer_reports_the_notify(
             )
             assert not p.seen("bye"), "the call goes on after a refused transfer"
     w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
+    await asyncio.sleep(0.5)
+    assert await rooms(sip_stack) == []
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    ("notify", "succeeds"), [("SIP/2.0 200 OK", True), ("SIP/2.0 403 Forbidden", False)]
+)
+async def test_caller_asking_for_a_person_in_words_is_referred(
+    sip_stack: StackState,
+    tmp_path: Path,
+    workers: list[WorkerProcess],
+    notify: str,
+    succeeds: bool,
+) -> None:
+    """The dialog trigger: spoken words (not a key) -> call control -> REFER -> NOTIFY result."""
+    agent, to = agent_name(), number()
+    w = worker(sip_stack, tmp_path, workers, agent, VOICEPOOL_TRANSFER_TO=TRANSFER_TO)
+    ask = write_speech("can i talk to a real person please", tmp_path / "person.wav")
+    async with pool_numbers(sip_stack, agent, [to]), phone(sip_stack, to, notify=notify) as p:
+        after = await answered_and_greeted(p)
+        await p.play(ask)
+        try:
+            refer = await p.wait_for("refer", 60, after=after)
+        except TimeoutError:
+            heard = [x.get("transcript") for x in w.msgs("user turn")]
+            pytest.fail(f"no REFER; the worker heard {heard}, actions {w.msgs('dialog action')}")
+        assert refer["refer_to"] == f"<{TRANSFER_TO}>"
+        action = w.wait_log(lambda x: x.get("msg") == "dialog asked for a transfer", 5, "dialog")
+        assert "human" in str(action.get("reason")), action
+        assert not p.seen("dtmf_sent"), "no key was pressed: the words did it"
+        if succeeds:
+            w.wait_log(lambda x: x.get("msg") == "call transferred", 30, "transfer ok")
+            await p.wait_for("bye", 30)  # livekit-sip ends our leg after NOTIFY 200
+        else:
+            failed = w.wait_log(lambda x: x.get("msg") == "transfer failed", 50, "403")
+            assert re.search("403|permission", str(failed).lower()), failed
+            w.wait_log(
+                lambda x: "could not transfer" in str(x.get("reply", "")),
+                30,
+                "the agent saying the transfer failed",
+            )
+            assert not p.seen("bye"), "the call goes on after a refused transfer"
+    assert w.metric('voicepool_worker_dialog_actions_total{action="transfer"}') == 1.0
+    w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
+    await asyncio.sleep(0.5)
+    assert await rooms(sip_stack) == []
+
+
+@pytest.mark.timeout(240)
+async def test_a_call_when_every_pod_is_full_rings_then_gets_busy_and_leaks_nothing(
+    sip_stack: StackState, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """Capacity 1, one call up: the second caller hears ringing, then 486 at the trunk's
+    ringing timeout; the first call is untouched and nothing is left afterwards."""
+    agent, to = agent_name(), number()
+    w = worker(sip_stack, tmp_path, workers, agent)
+    async with (
+        pool_numbers(sip_stack, agent, [to], ringingTimeoutSeconds=6),
+        phone(sip_stack, to) as first,
+    ):
+        await answered_and_greeted(first)
+        async with phone(sip_stack, to, caller="+15550100002", answer_timeout_s=30) as second:
+            with pytest.raises(ConnectionError, match="486"):
+                await second.answered()
+            failed = second.seen("dial_failed")[0]
+            print(f"\nevery pod full: 486 after {float(failed['after_ms']):.0f} ms")
+        assert not first.seen("bye"), "the call in progress is untouched"
+        assert w.metric("voicepool_worker_active_sessions") == 1.0
+        # livekit-server closes the busy caller's (empty) room after its departure timeout
+        for _ in range(90):
+            if len(await rooms(sip_stack)) == 1:
+                break
+            await asyncio.sleep(0.5)
+        assert len(await rooms(sip_stack)) == 1, "the busy caller's room is gone"
+    w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
+    assert w.metric("voicepool_worker_active_sessions") == 0.0
     await asyncio.sleep(0.5)
     assert await rooms(sip_stack) == []
 
@@ -400,3 +478,151 @@ async def test_outbound_calls_report_a_clear_result_and_free_the_pod(
         assert total == 1.0, (label, total)
         await asyncio.sleep(0.5)
         assert await rooms(sip_stack) == []
+
+
+COLLEAGUE = "+15550107777"
+
+
+async def quiet(p: Phone) -> None:
+    """Until the phone hears nothing (its current voice segment, if any, has ended)."""
+    starts, ends = p.seen("voice_start"), p.seen("voice_end")
+    if starts and (not ends or float(starts[-1]["t"]) > float(ends[-1]["t"])):
+        await p.wait_for("voice_end", 15, after=float(starts[-1]["t"]))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("trigger", ["keypad", "dialog"])
+async def test_warm_transfer_briefs_a_colleague_privately_then_bridges_the_two(
+    sip_stack: StackState, tmp_path: Path, workers: list[WorkerProcess], trigger: str
+) -> None:
+    """Agent dials a colleague (sipp, echoing its RTP) into the call, briefs it on a track the
+    caller cannot hear, then hands over: the caller's tone comes back through the colleague's
+    leg (caller -> colleague -> caller), the agent is out, and the caller's BYE ends both legs."""
+    agent, to, port = agent_name(), number(), free_port()
+    tone = write_tone(tmp_path / "tone.wav")
+    async with (
+        outbound_trunk(sip_stack, agent, f"127.0.0.1:{port}") as trunk,
+        pool_numbers(sip_stack, agent, [to]),
+    ):
+        w = worker(
+            sip_stack,
+            tmp_path,
+            workers,
+            agent,
+            VOICEPOOL_SIP_OUTBOUND_TRUNK=trunk,
+            VOICEPOOL_WARM_TRANSFER_TO=COLLEAGUE,
+        )
+        sipp = await sipp_callee("callee_answer.xml", port, tmp_path)
+        try:
+            async with phone(sip_stack, to, record=tmp_path / "heard.wav") as p:
+                after = await answered_and_greeted(p)
+                if trigger == "keypad":
+                    await p.press("0")
+                else:
+                    await p.play(
+                        write_speech("can i talk to a real person please", tmp_path / "a.wav")
+                    )
+                briefed = await asyncio.to_thread(  # the phone's events keep coming meanwhile
+                    w.wait_log,
+                    lambda x: x.get("msg") == "warm transfer: colleague briefed",
+                    90,
+                    "briefing",
+                )
+                handed = await asyncio.to_thread(
+                    w.wait_log,
+                    lambda x: x.get("msg") == "warm transfer: handed over",
+                    10,
+                    "hand-over",
+                )
+                assert float(briefed["seconds"]) > 2.0, briefed  # a spoken summary, not a click
+                began, ended = p.at(float(briefed["began"])), p.at(float(briefed["ended"]))
+                assert p.seen("voice_start", after=after), "the caller heard the hold message"
+                leaked = [
+                    e for e in p.seen("voice_start", after=began + 300) if float(e["t"]) < ended
+                ]
+                assert not leaked, f"the caller heard the briefing: {leaked}"
+                await quiet(p)  # e.g. the tail of the colleague's echo of its briefing
+                before = float(p.events[-1]["t"])
+                await p.play(tone)
+                start = await p.wait_for("play_start", 10, after=before)
+                echo = await p.wait_for("voice_start", 10, after=float(start["t"]))
+                end = await p.wait_for("play_end", 10, after=float(start["t"]))
+                assert float(echo["t"]) < float(end["t"]), "the tone came back during the tone"
+                loop_ms = float(echo["t"]) - float(start["t"])
+                print(f"\ncaller -> colleague -> caller: {loop_ms:.0f} ms")
+                await p.press("1")  # keys now belong to the caller and colleague
+                await p.wait_for("dtmf_sent", 10, after=float(end["t"]))
+                keys = [x for x in w.msgs("dtmf received") if x["ts"] > handed["ts"]]
+                assert not keys, f"the agent acted on a key after the hand-over: {keys}"
+                assert not p.seen("bye"), "the call goes on with the colleague"
+            # the caller hung up (its BYE): the agent ends the room, the colleague gets a BYE
+            assert await asyncio.wait_for(sipp.wait(), 30) == 0, "sipp saw INVITE..BYE"
+        finally:
+            if sipp.returncode is None:
+                sipp.kill()
+                await sipp.wait()
+    assert w.metric('voicepool_worker_transfers_total{result="warm"}') == 1.0
+    w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
+    assert w.metric("voicepool_worker_active_sessions") == 0.0
+    await asyncio.sleep(0.5)
+    assert await rooms(sip_stack) == []
+
+
+@pytest.mark.timeout(240)
+async def test_warm_transfer_to_a_busy_colleague_brings_the_caller_back(
+    sip_stack: StackState, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """Colleague answers 486: its leg is gone, the agent says so, and the caller (unmuted) is
+    heard and answered again."""
+    agent, to, port = agent_name(), number(), free_port()
+    question = write_speech(QUESTION, tmp_path / "question.wav")
+    async with (
+        outbound_trunk(sip_stack, agent, f"127.0.0.1:{port}") as trunk,
+        pool_numbers(sip_stack, agent, [to]),
+    ):
+        w = worker(
+            sip_stack,
+            tmp_path,
+            workers,
+            agent,
+            VOICEPOOL_SIP_OUTBOUND_TRUNK=trunk,
+            VOICEPOOL_WARM_TRANSFER_TO=COLLEAGUE,
+        )
+        sipp = await sipp_callee("callee_busy.xml", port, tmp_path)
+        try:
+            async with phone(sip_stack, to) as p:
+                await answered_and_greeted(p)
+                await p.press("0")
+                failed = await asyncio.to_thread(
+                    w.wait_log, lambda x: x.get("msg") == "warm transfer failed", 60, "busy"
+                )
+                assert "486" in str(failed) or "busy" in str(failed).lower(), failed
+                said = await asyncio.to_thread(
+                    w.wait_log,
+                    lambda x: "no colleague is free" in str(x.get("reply", "")),
+                    60,
+                    "sorry",
+                )
+                await p.play(question)  # the caller is heard again: the dialog answers
+                heard = await asyncio.to_thread(
+                    w.wait_log,
+                    lambda x: x.get("msg") == "user turn" and x["ts"] > said["ts"],
+                    60,
+                    "the caller heard again after the failed transfer",
+                )
+                await asyncio.to_thread(  # (whatever the narrowband STT made of the words)
+                    w.wait_log,
+                    lambda x: x.get("msg") == "agent turn" and x["ts"] > heard["ts"],
+                    60,
+                    "an answer after the failed transfer",
+                )
+                assert not p.seen("bye"), "the call goes on with the agent"
+        finally:
+            if sipp.returncode is None:
+                sipp.kill()
+                await sipp.wait()
+    assert w.metric('voicepool_worker_transfers_total{result="warm-failed"}') == 1.0
+    w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
+    assert w.metric("voicepool_worker_active_sessions") == 0.0
+    await asyncio.sleep(0.5)
+    assert await rooms(sip_stack) == []

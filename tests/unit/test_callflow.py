@@ -14,6 +14,7 @@ from voicepool_worker.callflow import (
     MenuError,
     Say,
     Transfer,
+    briefing,
     idle_step,
     mask_number,
     mask_numbers_in,
@@ -167,3 +168,20 @@ def test_privacy_defaults_mask_numbers_and_keep_transcripts_out() -> None:
         {**BASE, "VOICEPOOL_MASK_PHONE_NUMBERS": "false", "VOICEPOOL_LOG_TRANSCRIPTS": "true"}
     )
     assert not cfg.mask_phone_numbers and cfg.log_transcripts
+
+
+def test_warm_transfer_briefing_names_the_last_digits_and_what_the_caller_said() -> None:
+    said = ["good morning", "i have a question", "my crown fell out", "", "can i talk to a person"]
+    text = briefing("+15550100001", said, "human")
+    assert "ends in 0 0 0 1" in text and "+1555" not in text  # not the whole number
+    assert "i have a question; my crown fell out; can i talk to a person." in text
+    assert "good morning" not in text  # only the last few sentences
+    assert text.endswith("I am connecting you now.")
+    assert "asked for human" in briefing("", [], "human")  # nothing said: the reason
+    assert briefing("", []).startswith("Hello, this is the voice assistant. I have a caller on")
+
+
+def test_warm_transfer_number_is_e164_and_makes_the_keypad_transfer_key_work() -> None:
+    cfg = config.load({**BASE, "VOICEPOOL_WARM_TRANSFER_TO": "+1 (555) 010-7777"})
+    assert cfg.warm_transfer_to == "+15550107777" and cfg.transfer_to is None
+    assert config.load(BASE).warm_transfer_to is None

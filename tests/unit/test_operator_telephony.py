@@ -213,7 +213,11 @@ def test_worker_env_names_the_outbound_trunk_and_carries_call_and_privacy_settin
         "telephony": {
             **SPEC,
             "outbound": {"address": "pbx:5060", "numbers": ["+15550109999"]},
-            "calls": {"idleTimeoutSeconds": 20, "transferTo": "tel:+15550107777"},
+            "calls": {
+                "idleTimeoutSeconds": 20,
+                "transferTo": "tel:+15550107777",
+                "warmTransferTo": "+15550107778",
+            },
         },
         "privacy": {"maskPhoneNumbers": False, "logTranscripts": True},
     }
@@ -222,6 +226,7 @@ def test_worker_env_names_the_outbound_trunk_and_carries_call_and_privacy_settin
         "VOICEPOOL_SIP_OUTBOUND_TRUNK": f"voicepool/$(POD_NAMESPACE)/{POOL}/outbound",
         "VOICEPOOL_IDLE_TIMEOUT_SECONDS": "20",
         "VOICEPOOL_TRANSFER_TO": "tel:+15550107777",
+        "VOICEPOOL_WARM_TRANSFER_TO": "+15550107778",
         "VOICEPOOL_MASK_PHONE_NUMBERS": "false",
         "VOICEPOOL_LOG_TRANSCRIPTS": "true",
     }

@@ -112,3 +112,11 @@ def test_outbound_trunk_is_optional() -> None:
     assert config.load(BASE).sip_outbound_trunk is None
     cfg = config.load({**BASE, "VOICEPOOL_SIP_OUTBOUND_TRUNK": " ST_abc "})
     assert cfg.sip_outbound_trunk == "ST_abc"
+
+
+def test_the_phone_and_the_webrtc_caller_count_voice_alike() -> None:
+    """Both legs' TTFW start and stop at one loudness floor (bench/phone_latency.py)."""
+    from voicepool_devstack.phone import PhoneConfig
+    from voicepool_worker.measure import SPEECH_FLOOR_RMS
+
+    assert PhoneConfig(server="127.0.0.1:5060", to="+15550100000").loud_rms == SPEECH_FLOOR_RMS

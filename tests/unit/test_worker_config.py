@@ -82,6 +82,7 @@ def test_openai_endpoints_take_the_key_from_env() -> None:
         ({"VOICEPOOL_TRANSFER_TO": "+15550100"}, "use tel:+<number> or sip:user@host"),
         ({"VOICEPOOL_INPUT_FRAME_MS": "25"}, "must be a multiple of 10 ms"),
         ({"VOICEPOOL_INPUT_FRAME_MS": "5"}, "must be >= 10"),
+        ({"VOICEPOOL_WARM_TRANSFER_TO": "sip:desk@pbx"}, "is not an E.164 number"),
     ],
 )
 def test_bad_values_are_one_line_errors(env: dict[str, str], message: str) -> None:

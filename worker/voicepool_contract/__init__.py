@@ -52,3 +52,33 @@ ANN_DRAIN_REASON: Final = f"{GROUP}/drain-reason"
 #: Key in a room's metadata (a JSON object) naming the agent the room waits for; the
 #: operator learns of the room from livekit-server's webhook and starts a pod at once.
 ROOM_AGENT_KEY: Final = f"{GROUP}/agent"
+
+# -- telephony: environment variables the operator sets on worker pods from spec.telephony
+# (and spec.privacy), the worker reads and the tests set directly --------------------------
+ENV_SIP_OUTBOUND_TRUNK: Final = "VOICEPOOL_SIP_OUTBOUND_TRUNK"
+ENV_SIP_RINGING_TIMEOUT: Final = "VOICEPOOL_SIP_RINGING_TIMEOUT"
+ENV_IDLE_TIMEOUT: Final = "VOICEPOOL_IDLE_TIMEOUT_SECONDS"
+ENV_MAX_CALL: Final = "VOICEPOOL_MAX_CALL_SECONDS"
+ENV_TRANSFER_TO: Final = "VOICEPOOL_TRANSFER_TO"
+#: E.164 number of the colleague a warm transfer dials over the outbound trunk.
+ENV_WARM_TRANSFER_TO: Final = "VOICEPOOL_WARM_TRANSFER_TO"
+ENV_DTMF_MENU: Final = "VOICEPOOL_DTMF_MENU"
+ENV_DTMF_INTER_DIGIT_TIMEOUT: Final = "VOICEPOOL_DTMF_INTER_DIGIT_TIMEOUT"
+ENV_OUTBOUND_GREETING: Final = "VOICEPOOL_OUTBOUND_GREETING"
+ENV_MASK_PHONE_NUMBERS: Final = "VOICEPOOL_MASK_PHONE_NUMBERS"
+ENV_LOG_TRANSCRIPTS: Final = "VOICEPOOL_LOG_TRANSCRIPTS"
+
+#: spec.telephony.calls field -> worker variable (the operator copies each one that is set).
+CALLS_ENV: Final = (
+    ("idleTimeoutSeconds", ENV_IDLE_TIMEOUT),
+    ("maxCallSeconds", ENV_MAX_CALL),
+    ("transferTo", ENV_TRANSFER_TO),
+    ("warmTransferTo", ENV_WARM_TRANSFER_TO),
+    ("keypadMenu", ENV_DTMF_MENU),
+    ("outboundGreeting", ENV_OUTBOUND_GREETING),
+)
+#: spec.privacy field -> worker variable.
+PRIVACY_ENV: Final = (
+    ("maskPhoneNumbers", ENV_MASK_PHONE_NUMBERS),
+    ("logTranscripts", ENV_LOG_TRANSCRIPTS),
+)

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any
 
 import aiohttp
+import voicepool_contract as contract
 from livekit import api, rtc
 from livekit.agents import AgentSession, JobContext
 
@@ -28,7 +30,11 @@ TRANSFER_FAILED_TEXT = "Sorry, I could not transfer your call right now. How els
 GOODBYE_TEXT = "Thank you for calling. Goodbye."
 IDLE_PROMPT_TEXT = "Are you still there?"
 MAX_LENGTH_TEXT = "I am sorry, we have reached the time limit for this call. Goodbye."
+WARM_HOLD_TEXT = "Please hold while I bring in a colleague."
+NO_COLLEAGUE_TEXT = "Sorry, no colleague is free to take your call right now. How else can I help?"
 TRANSFER_TIMEOUT_S = 30.0
+#: The colleague's audio track must show up (and be muted) this soon after the answer.
+COLLEAGUE_TRACK_S = 10.0
 DIAL_MARGIN_S = 10.0  # beyond the ringing timeout: the request returns once answered
 _SIP_ERRORS = (api.TwirpError, aiohttp.ClientError, TimeoutError)
 
@@ -56,11 +62,13 @@ class CallControl:
         self.keypad = callflow.Keypad(
             dict(cfg.dtmf_menu),
             inter_digit_timeout_s=cfg.dtmf_inter_digit_timeout_s,
-            transfer_available=cfg.transfer_to is not None,
+            transfer_available=cfg.transfer_to is not None or cfg.warm_transfer_to is not None,
         )
         self.limits = callflow.CallLimits(cfg.idle_timeout_s, cfg.max_call_s)
         self._last_caller_activity = time.monotonic()
         self._caller: str | None = None
+        self._colleague: str | None = None  # a warm transfer's second party, once dialled
+        self._handed_over = False  # caller and colleague talk; the agent only watches
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -99,10 +107,18 @@ class CallControl:
         self._ctx.room.on("participant_disconnected", self._on_left)
 
     def _on_left(self, participant: rtc.RemoteParticipant) -> None:
-        """The caller hung up: end the call now (delete the room) rather than wait it out."""
-        if participant.identity == self._caller and not self._ended:
+        """The caller hung up: end the call now (delete the room) rather than wait it out.
+
+        After a warm transfer either party hanging up ends the call: the other gets its BYE.
+        """
+        if self._ended:
+            return
+        if participant.identity == self._caller:
             self._ended = True
             self._spawn(self.end_room("caller left"))
+        elif self._handed_over and participant.identity == self._colleague:
+            self._ended = True
+            self._spawn(self.end_room("colleague left"))
 
     def caller_spoke(self) -> None:
         """Any caller speech (or key) resets the idle clock."""
@@ -113,6 +129,8 @@ class CallControl:
     def on_dtmf(self, ev: rtc.SipDTMF) -> None:
         from . import metrics
 
+        if self._handed_over:  # the caller talks to a colleague now: keys are theirs
+            return
         self.caller_spoke()
         effects = self.keypad.press(ev.digit, time.monotonic())
         kind = _KEY_ACTION.get(type(effects[-1]), "unused") if effects else "unused"
@@ -173,10 +191,11 @@ class CallControl:
         await self._speech_heard()
         metrics.DIALOG_ACTIONS.labels("transfer").inc()
         log.info("dialog asked for a transfer", extra={"reason": reason})
-        if self._caller is None or self._cfg.transfer_to is None:
+        cfg = self._cfg
+        if self._caller is None or (cfg.transfer_to is None and cfg.warm_transfer_to is None):
             self._session.say(TRANSFER_FAILED_TEXT)
             return
-        await self.transfer_then_report()
+        await self.transfer_then_report(reason)
 
     # -- actions (every trigger lands here) ----------------------------------------------------
 
@@ -206,8 +225,14 @@ class CallControl:
             self._refused("room not deleted", self._ctx.room.name, e)
         self._ctx.shutdown(reason=reason)
 
-    async def transfer_then_report(self) -> None:
+    async def transfer_then_report(self, reason: str = "") -> None:
+        """A transfer of the caller, warm when a colleague's number is configured, else cold."""
         if self._caller is None:
+            return
+        if self._cfg.warm_transfer_to is not None:
+            why = await self.warm_transfer(self._caller, self._cfg.warm_transfer_to, reason)
+            if why is not None and not self._ended:
+                self._session.say(NO_COLLEAGUE_TEXT)
             return
         why = await self.transfer(self._caller)
         if why is not None and not self._ended:
@@ -264,7 +289,7 @@ class CallControl:
         trunk = self._cfg.sip_outbound_trunk
         if trunk is None:
             metrics.OUTBOUND.labels("failed").inc()
-            missing = ValueError("an outbound call needs VOICEPOOL_SIP_OUTBOUND_TRUNK")
+            missing = ValueError(f"an outbound call needs {contract.ENV_SIP_OUTBOUND_TRUNK}")
             return self._refused("outbound call failed", shown, missing)
         log.info("dialling", extra={"to": shown, "trunk": trunk})
         try:
@@ -290,6 +315,114 @@ class CallControl:
         log.info("outbound call answered", extra={"to": shown})
         return None
 
+    # -- warm transfer -------------------------------------------------------------------------
+
+    async def warm_transfer(self, caller: str, number: str, reason: str = "") -> str | None:
+        """Dial a colleague into this room, brief them privately, then hand the caller over.
+
+        LiveKit SIP has no bridge and OSS livekit-server no MoveParticipant, so both legs meet
+        in the caller's room: while the colleague is dialled and briefed, the caller's track is
+        muted by the server (the colleague cannot hear them), the colleague's track is muted as
+        soon as it appears (the caller cannot hear them) and the briefing plays on a track only
+        the colleague may subscribe to. Hand-over unmutes both; the agent stops listening and
+        speaking and stays only to end the call for both when either hangs up. None once
+        handed over, else why not (the caller is then back with the agent).
+        """
+        from . import metrics
+
+        trunk = self._cfg.sip_outbound_trunk
+        if self._transferring:
+            return "a transfer is already under way"
+        if trunk is None:
+            metrics.TRANSFERS.labels("invalid").inc()
+            missing = ValueError(f"a warm transfer needs {contract.ENV_SIP_OUTBOUND_TRUNK}")
+            return self._refused("warm transfer refused", self._number(number), missing)
+        room = self._ctx.room
+        caller_track = _audio_track_sid(room.remote_participants.get(caller))
+        if caller_track is None:
+            return self._refused("warm transfer refused", caller, ValueError("caller has no audio"))
+        self._transferring = True
+        self._colleague = colleague = f"colleague-{uuid.uuid4().hex[:8]}"
+        said = [_text(m) for m in self._session.history.items if _said_by_caller(m)]
+        briefing = _Briefing(room, caller, colleague)
+        muted = _MuteColleague(self, room, colleague)
+        shown = self._number(number)
+        try:
+            await self._say_and_wait(WARM_HOLD_TEXT)
+            self._session.input.set_audio_enabled(False)  # on hold: the agent does not answer
+            async with self._api(self._cfg.ringing_timeout_s + DIAL_MARGIN_S) as lk:
+                # without remote unmute (livekit room.enable_remote_unmute) the caller could
+                # never be heard again after the hold: find out before muting anything
+                await _mute(lk, room.name, caller, caller_track, muted=False)
+                await _mute(lk, room.name, caller, caller_track, muted=True)
+                await briefing.start()
+                muted.lk = lk
+                log.info("warm transfer: dialling a colleague", extra={"to": shown})
+                if not trunk.startswith("ST_"):
+                    trunk = await _trunk_id(lk, trunk)
+                await lk.sip.create_sip_participant(
+                    api.CreateSIPParticipantRequest(
+                        room_name=room.name,
+                        sip_trunk_id=trunk,
+                        sip_call_to=number,
+                        participant_identity=colleague,
+                        participant_name="Colleague",
+                        wait_until_answered=True,
+                        ringing_timeout=_duration(self._cfg.ringing_timeout_s),
+                    )
+                )
+                colleague_track = await muted.wait(COLLEAGUE_TRACK_S)
+                text = callflow.briefing(self._caller_number(caller), said, reason)
+                began = time.time()
+                seconds = await asyncio.wait_for(briefing.play(self._session.tts, text), 60)
+                log.info(
+                    "warm transfer: colleague briefed",
+                    extra={"seconds": round(seconds, 2), "began": began, "ended": time.time()},
+                )
+                await _mute(lk, room.name, colleague, colleague_track, muted=False)
+                await _mute(lk, room.name, caller, caller_track, muted=False)
+        except (*_SIP_ERRORS, RuntimeError) as e:
+            metrics.TRANSFERS.labels("warm-failed").inc()
+            why = self._refused("warm transfer failed", shown, e)
+            await self._back_from_hold(caller, caller_track, colleague)
+            return why
+        finally:
+            muted.close()
+            await briefing.stop()
+            self._transferring = False
+        self._handed_over = True
+        self._session.output.set_audio_enabled(False)  # the agent is out of the conversation
+        metrics.TRANSFERS.labels("warm").inc()
+        log.info("warm transfer: handed over", extra={"to": shown})
+        return None
+
+    async def _say_and_wait(self, text: str) -> None:
+        handle = self._session.say(text, allow_interruptions=False)
+        await asyncio.wait_for(handle.wait_for_playout(), 20)
+
+    async def _back_from_hold(self, caller: str, track: str, colleague: str) -> None:
+        """A warm transfer failed: the colleague's leg goes, the caller is heard again."""
+        room = self._ctx.room.name
+        async with self._api(10.0) as lk:
+            try:  # first and on its own: the caller must be heard again whatever else fails
+                await _mute(lk, room, caller, track, muted=False)
+            except _SIP_ERRORS as e:
+                self._refused("caller not taken off hold", room, e)
+            if colleague in self._ctx.room.remote_participants:
+                try:  # it may be leaving already (a 486 ends its leg by itself)
+                    await lk.room.remove_participant(
+                        api.RoomParticipantIdentity(room=room, identity=colleague)
+                    )
+                except _SIP_ERRORS as e:
+                    log.info("colleague leg already gone", extra={"error": str(e)})
+        self._colleague = None
+        self._session.input.set_audio_enabled(True)
+        self.caller_spoke()
+
+    def _caller_number(self, caller: str) -> str:
+        p = self._ctx.room.remote_participants.get(caller)
+        return (p.attributes.get("sip.phoneNumber", "") if p is not None else "") or ""
+
     # -- limits --------------------------------------------------------------------------------
 
     async def _watch_limits(self) -> None:
@@ -299,8 +432,11 @@ class CallControl:
             await asyncio.sleep(0.5)
             now = time.monotonic()
             if self.limits.max_call_s > 0 and now - started >= self.limits.max_call_s:
-                await self.hangup("maximum call length reached", MAX_LENGTH_TEXT)
+                say = None if self._handed_over else MAX_LENGTH_TEXT
+                await self.hangup("maximum call length reached", say)
                 return
+            if self._handed_over or self._transferring:  # the agent is not in the talk
+                self.caller_spoke()
             quiet = now - self._last_caller_activity
             if prompted and quiet < self.limits.idle_timeout_s:
                 prompted = False  # the caller spoke after the prompt
@@ -312,6 +448,124 @@ class CallControl:
             elif step == "hangup":
                 await self.hangup("idle timeout", GOODBYE_TEXT)
                 return
+
+
+def _text(item: Any) -> str:
+    return str(getattr(item, "text_content", None) or "")
+
+
+def _said_by_caller(item: Any) -> bool:
+    return getattr(item, "type", None) == "message" and getattr(item, "role", None) == "user"
+
+
+def _audio_track_sid(participant: rtc.RemoteParticipant | None) -> str | None:
+    if participant is None:
+        return None
+    for sid, pub in participant.track_publications.items():
+        if pub.kind == rtc.TrackKind.KIND_AUDIO:
+            return str(sid)
+    return None
+
+
+async def _mute(lk: api.LiveKitAPI, room: str, identity: str, track: str, *, muted: bool) -> None:
+    await lk.room.mute_published_track(
+        api.MuteRoomTrackRequest(room=room, identity=identity, track_sid=track, muted=muted)
+    )
+
+
+class _MuteColleague:
+    """Mutes the colleague's audio track the moment it is published (the caller is on hold)."""
+
+    def __init__(self, control: CallControl, room: rtc.Room, identity: str) -> None:
+        self._control, self._room, self._identity = control, room, identity
+        self.lk: api.LiveKitAPI | None = None
+        self._done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        room.on("track_published", self._on_published)
+
+    def _on_published(self, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
+        if p.identity == self._identity and pub.kind == rtc.TrackKind.KIND_AUDIO:
+            self._control._spawn(self._mute(pub.sid))
+
+    async def _mute(self, sid: str) -> None:
+        try:
+            assert self.lk is not None
+            await _mute(self.lk, self._room.name, self._identity, sid, muted=True)
+        except (*_SIP_ERRORS, AssertionError, RuntimeError) as e:  # e.g. after the dial ended
+            if not self._done.done():
+                self._done.set_exception(RuntimeError(f"colleague not muted: {e}"))
+            return
+        if not self._done.done():
+            self._done.set_result(sid)
+
+    async def wait(self, within: float) -> str:
+        """The colleague's (muted) track; also catches one published before we listened."""
+        p = self._room.remote_participants.get(self._identity)
+        sid = _audio_track_sid(p)
+        if sid is not None and not self._done.done():
+            await self._mute(sid)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._done), within)
+        except TimeoutError:
+            raise RuntimeError("the colleague published no audio") from None
+
+    def close(self) -> None:
+        self._room.off("track_published", self._on_published)
+
+
+class _Briefing:
+    """A second agent track that only the colleague may hear: the briefing plays on it."""
+
+    NAME = "voicepool-briefing"
+
+    def __init__(self, room: rtc.Room, caller: str, colleague: str) -> None:
+        self._room, self._caller, self._colleague = room, caller, colleague
+        self._pub: rtc.LocalTrackPublication | None = None
+        self._source: rtc.AudioSource | None = None
+
+    async def start(self) -> None:
+        """Before the colleague joins: the caller keeps the agent's own track, nothing else."""
+        me = self._room.local_participant
+        own = [sid for sid, pub in me.track_publications.items() if pub.name != self.NAME]
+        me.set_track_subscription_permissions(
+            allow_all_participants=False,
+            participant_permissions=[
+                rtc.ParticipantTrackPermission(
+                    participant_identity=self._caller, allowed_track_sids=own
+                ),
+                rtc.ParticipantTrackPermission(
+                    participant_identity=self._colleague, allow_all=True
+                ),
+            ],
+        )
+
+    async def play(self, tts: Any, text: str) -> float:
+        """Synthesise ``text`` onto the briefing track; returns the seconds of audio played."""
+        if tts is None:
+            raise RuntimeError("no TTS to brief the colleague with")
+        self._source = rtc.AudioSource(tts.sample_rate, tts.num_channels)
+        track = rtc.LocalAudioTrack.create_audio_track(self.NAME, self._source)
+        opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_UNKNOWN)
+        self._pub = await self._room.local_participant.publish_track(track, opts)
+        samples = 0
+        async with tts.synthesize(text) as stream:
+            async for ev in stream:
+                samples += ev.frame.samples_per_channel
+                await self._source.capture_frame(ev.frame)
+        await self._source.wait_for_playout()
+        return float(samples / tts.sample_rate)
+
+    async def stop(self) -> None:
+        me = self._room.local_participant
+        if self._pub is not None:
+            try:
+                await me.unpublish_track(self._pub.sid)
+            except Exception as e:  # the room may be gone already
+                log.warning("briefing track not unpublished", extra={"error": str(e)})
+            self._pub = None
+        me.set_track_subscription_permissions(allow_all_participants=True)
+        if self._source is not None:
+            await self._source.aclose()
+            self._source = None
 
 
 def outbound_result(code: str | None, sip_status: str | None) -> str:

@@ -22,7 +22,7 @@ submenu -- the prompt spoken when the caller enters it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 DTMF_KEYS = frozenset("0123456789*#")
@@ -226,3 +226,24 @@ _NUMBER_IN_TEXT = re.compile(r"\+?[0-9]{7,15}")
 def mask_numbers_in(text: str) -> str:
     """Mask every phone number inside ``text`` (room names carry the caller's number)."""
     return _NUMBER_IN_TEXT.sub(lambda m: mask_number(m.group(0)), text)
+
+
+#: How many of the caller's last sentences a warm-transfer briefing repeats.
+BRIEFING_SENTENCES = 3
+
+
+def briefing(caller_number: str, said: Sequence[str], reason: str = "") -> str:
+    """What the agent tells the colleague, privately, before a warm transfer hands over.
+
+    Who is calling (only the number's last four digits: the colleague sees the rest on the
+    caller's record, the words may be overheard) and the caller's last few sentences.
+    """
+    tail = re.sub(r"[^0-9]", "", caller_number)[-4:]
+    who = f"a caller whose number ends in {spoken_digits(tail)}" if tail else "a caller"
+    lines = [" ".join(s.split()) for s in said if s.strip()][-BRIEFING_SENTENCES:]
+    text = f"Hello, this is the voice assistant. I have {who} on the line."
+    if lines:
+        text += " They said: " + "; ".join(lines) + "."
+    elif reason:
+        text += f" They asked for {reason}."
+    return text + " I am connecting you now."

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import voicepool_contract as contract
+
 from . import callflow, telephony
 
 STT_PROVIDERS = ("pocketsphinx", "openai")
@@ -79,6 +81,7 @@ class WorkerConfig:
     dtmf_menu: Mapping[str, str] = field(default_factory=dict)  # key -> what it "says"
     transfer_to: str | None = None  # SIP REFER target for the keypad's transfer key
     sip_outbound_trunk: str | None = None  # LiveKit outbound trunk id for dialled-out calls
+    warm_transfer_to: str | None = None  # a colleague's number: transfers become warm
     tts_cache: int = 64  # clauses of synthesised audio the embedded TTS keeps (0: off)
     dtmf_inter_digit_timeout_s: float = 5.0  # a pause this long ends a multi-digit entry
     idle_timeout_s: float = 0.0  # caller silence before "are you still there?" (0: off)
@@ -231,8 +234,13 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
     llama_path = (env.get("VOICEPOOL_LLAMA_MODEL_PATH") or "").strip() or None
 
     try:
-        menu = callflow.parse_menu_tree(env.get("VOICEPOOL_DTMF_MENU", telephony.DEFAULT_MENU))
-        transfer_to = telephony.parse_transfer_target(env.get("VOICEPOOL_TRANSFER_TO", ""))
+        menu = callflow.parse_menu_tree(env.get(contract.ENV_DTMF_MENU, telephony.DEFAULT_MENU))
+        transfer_to = telephony.parse_transfer_target(
+            env.get(contract.ENV_TRANSFER_TO, ""), setting=contract.ENV_TRANSFER_TO
+        )
+        warm_transfer_to = telephony.parse_phone_number(
+            env.get(contract.ENV_WARM_TRANSFER_TO, ""), setting=contract.ENV_WARM_TRANSFER_TO
+        )
     except (telephony.TelephonyError, callflow.MenuError) as e:
         raise ConfigError(str(e)) from None
 
@@ -278,15 +286,16 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         llama_model_path=llama_path,
         dtmf_menu=menu,
         transfer_to=transfer_to,
-        sip_outbound_trunk=(env.get("VOICEPOOL_SIP_OUTBOUND_TRUNK") or "").strip() or None,
+        warm_transfer_to=warm_transfer_to,
+        sip_outbound_trunk=(env.get(contract.ENV_SIP_OUTBOUND_TRUNK) or "").strip() or None,
         tts_cache=_int(env, "VOICEPOOL_TTS_CACHE", 64, 0),
-        dtmf_inter_digit_timeout_s=_float(env, "VOICEPOOL_DTMF_INTER_DIGIT_TIMEOUT", 5.0),
-        idle_timeout_s=_float(env, "VOICEPOOL_IDLE_TIMEOUT_SECONDS", 0.0),
-        max_call_s=_float(env, "VOICEPOOL_MAX_CALL_SECONDS", 0.0),
-        mask_phone_numbers=_bool(env, "VOICEPOOL_MASK_PHONE_NUMBERS", True),
-        log_transcripts=_bool(env, "VOICEPOOL_LOG_TRANSCRIPTS", False),
-        outbound_greeting=env.get("VOICEPOOL_OUTBOUND_GREETING", DEFAULT_OUTBOUND_GREETING),
-        ringing_timeout_s=max(1.0, _float(env, "VOICEPOOL_SIP_RINGING_TIMEOUT", 30.0)),
+        dtmf_inter_digit_timeout_s=_float(env, contract.ENV_DTMF_INTER_DIGIT_TIMEOUT, 5.0),
+        idle_timeout_s=_float(env, contract.ENV_IDLE_TIMEOUT, 0.0),
+        max_call_s=_float(env, contract.ENV_MAX_CALL, 0.0),
+        mask_phone_numbers=_bool(env, contract.ENV_MASK_PHONE_NUMBERS, True),
+        log_transcripts=_bool(env, contract.ENV_LOG_TRANSCRIPTS, False),
+        outbound_greeting=env.get(contract.ENV_OUTBOUND_GREETING, DEFAULT_OUTBOUND_GREETING),
+        ringing_timeout_s=max(1.0, _float(env, contract.ENV_SIP_RINGING_TIMEOUT, 30.0)),
         stt_chain=stt_chain,
         llm_chain=llm_chain,
         tts_chain=tts_chain,

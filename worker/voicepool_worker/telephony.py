@@ -72,6 +72,17 @@ def parse_transfer_target(value: str, *, setting: str = "VOICEPOOL_TRANSFER_TO")
     return target
 
 
+def parse_phone_number(value: str, *, setting: str) -> str | None:
+    """An E.164 number (``+15550107777``; spaces, dashes and brackets dropped), or None if unset."""
+    raw = value.strip()
+    if not raw:
+        return None
+    number = re.sub(r"[\s\-().]", "", raw)
+    if not _E164.match(number):
+        raise TelephonyError(f"{setting}={raw!r} is not an E.164 number like +15550107777")
+    return number
+
+
 def action_for(digit: str, menu: dict[str, str], transfer_to: str | None) -> KeyAction | None:
     """The action of a key press; None for a key the menu does not use."""
     text = menu.get(digit)

@@ -32,6 +32,7 @@ import (
 	"time"
 	"unsafe"
 
+	msdk "github.com/livekit/media-sdk"
 	"github.com/livekit/media-sdk/dtmf"
 	"github.com/livekit/media-sdk/g711"
 	"github.com/livekit/media-sdk/mixer"
@@ -81,6 +82,33 @@ func privateField[T any](cli *siptest.Client, name string) *T {
 	return (*T)(unsafe.Pointer(f.UnsafeAddr()))
 }
 
+// sentTap sits between the phone's mixer and its RTP encoder: each 20 ms frame it passes on
+// is encoded and sent as one RTP packet at once, so the time it sees a loud frame is the time
+// that voice left the phone -- where an honest time to first word starts. (The mixer keeps
+// 3-5 frames per input buffered, so stamping the frames as the WAV is written into it would
+// start the clock 60-100 ms early.)
+type sentTap struct {
+	msdk.Writer[msdk.PCM16Sample]
+	loud     float64
+	lastLoud atomic.Int64 // ns since start; 0 = nothing loud sent yet
+}
+
+func (t *sentTap) WriteSample(s msdk.PCM16Sample) error {
+	err := t.Writer.WriteSample(s)
+	if rmsOf(s) >= t.loud {
+		t.lastLoud.Store(int64(time.Since(start)))
+	}
+	return err
+}
+
+func rmsOf(pcm []int16) float64 {
+	var sum float64
+	for _, s := range pcm {
+		sum += float64(s) * float64(s)
+	}
+	return math.Sqrt(sum / float64(max(len(pcm), 1)))
+}
+
 // listener segments what the phone hears into voice/silence and records it as PCM.
 type listener struct {
 	ev      *events
@@ -98,11 +126,7 @@ func (l *listener) HandleRTP(h *rtp.Header, payload []byte) error {
 		return nil
 	}
 	pcm := g711.ULawSample(payload).Decode()
-	var sum float64
-	for _, s := range pcm {
-		sum += float64(s) * float64(s)
-	}
-	rms := math.Sqrt(sum / float64(max(len(pcm), 1)))
+	rms := rmsOf(pcm)
 	now := time.Now()
 	l.frames.Add(1)
 	l.mu.Lock()
@@ -125,7 +149,7 @@ func (l *listener) Close() {}
 
 func (l *listener) String() string { return "voicepool-phone listener" }
 
-// watch closes voice segments after ``hang`` of quiet and reports the last loud frame's time.
+// watch closes voice segments after “hang“ of quiet and reports the last loud frame's time.
 func (l *listener) watch(ctx context.Context) {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
@@ -214,7 +238,7 @@ func readWAV(path string) ([]int16, error) {
 	return nil, errors.New("no data chunk")
 }
 
-// lastVoiced is the index just past the last 20 ms frame louder than ``loud``.
+// lastVoiced is the index just past the last 20 ms frame louder than “loud“.
 func lastVoiced(pcm []int16, loud float64) int {
 	end := 0
 	for i := 0; i+frameLen <= len(pcm); i += frameLen {
@@ -233,6 +257,7 @@ type phone struct {
 	cli    *siptest.Client
 	ev     *events
 	out    *mixer.Mixer
+	sent   *sentTap
 	loud   float64
 	notify atomic.Pointer[string]
 	playMu sync.Mutex
@@ -267,7 +292,14 @@ func (p *phone) play(path string) {
 			voiceEnd = time.Now().Add(20 * time.Millisecond)
 		}
 	}
-	p.ev.emit("play_end", map[string]any{"voice_end": ms(voiceEnd)})
+	// the mixer still holds the last few frames: wait until they are sent, then report the
+	// RTP send time of the last loud one (and, for comparison, when it went into the mixer)
+	time.Sleep(time.Duration(mixer.DefaultInputBufferFrames+2) * 20 * time.Millisecond)
+	sentEnd := voiceEnd
+	if ns := p.sent.lastLoud.Load(); ns > 0 {
+		sentEnd = start.Add(time.Duration(ns))
+	}
+	p.ev.emit("play_end", map[string]any{"voice_end": ms(sentEnd), "voice_end_written": ms(voiceEnd)})
 }
 
 func (p *phone) answerRefer(req *sip.Request) {
@@ -346,11 +378,20 @@ func main() {
 	}
 	p.cli = cli
 	p.out = *privateField[*mixer.Mixer](cli, "audioOut")
+	// tap the mixer's output (the RTP encoder) before any audio flows
+	outField := reflect.ValueOf(p.out).Elem().FieldByName("out")
+	if !outField.IsValid() {
+		panic("mixer.Mixer has no field out (media-sdk version changed?)")
+	}
+	mixOut := (*msdk.Writer[msdk.PCM16Sample])(unsafe.Pointer(outField.UnsafeAddr()))
+	p.sent = &sentTap{Writer: *mixOut, loud: *loud}
+	*mixOut = p.sent
 	lis := &listener{ev: ev, loud: *loud, hang: *hang}
 	var h rtp.HandlerCloser = lis
 	privateField[atomic.Pointer[rtp.HandlerCloser]](cli, "recordHandler").Store(&h)
 
-	ev.emit("invite", map[string]any{"to": *to, "server": *server})
+	// unix_ms ties the phone's clock to the wall clock (worker logs are stamped with it)
+	ev.emit("invite", map[string]any{"to": *to, "server": *server, "unix_ms": time.Now().UnixMilli()})
 	t0 := time.Now()
 	dialed := make(chan error, 1)
 	go func() { dialed <- cli.Dial(*server, "voicepool.local", *to, nil) }()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -74,42 +75,45 @@ async def phone_call(
     demo.show_wide()
     out: list[tuple[str, float | None]] = []
     work = Path(tempfile.mkdtemp(prefix="voicepool-demo-phone-"))
-    question = write_speech("what are your opening hours", work / "q.wav")
-    bye = write_speech("okay goodbye", work / "bye.wav")
-    say(f"the SIP phone dials {NUMBER} at sip:{sip.address} (TCP, G.711 u-law, RFC 4733 keys)")
-    async with Phone(PhoneConfig(server=sip.address, to=NUMBER, answer_timeout_s=60)) as p:
-        answer = await p.answered()
-        out.append(("phone INVITE -> 200 OK", float(answer["invite_ms"])))
-        say(f"phone: answered (200 OK) {answer['invite_ms']:.0f} ms after the INVITE")
-        greeting = await p.speech_heard(float(answer["t"]), 30)
-        say(f"phone: heard the greeting ({(greeting['end'] - greeting['start']) / 1000:.1f} s)")
-        say("phone: caller says 'what are your opening hours'")
-        await p.play(question)
-        end = float((await p.wait_for("play_end", 30))["voice_end"])
-        try:
-            heard = await p.speech_heard(end, 30)
-            ttfw = heard["start"] - end
-            say(f"phone: agent answered, time to first word on the phone leg {ttfw:.0f} ms")
-        except TimeoutError:
-            ttfw = None
-            say("phone: the agent did not answer")
-        out.append(("phone call (SIP)", ttfw))
-        await agent_quiet(p)
-        say("phone: presses 2 on the keypad (menu: 2 = where are you located)")
-        await p.press("2")
-        sent = await p.wait_for("dtmf_sent", 30)
-        try:
-            await p.speech_heard(float(sent["t"]) - 1000, 30)
-            say("phone: the keypad choice was answered")
-        except TimeoutError:
-            say("phone: no answer to the key press")
-        await agent_quiet(p)
-        say("phone: caller says 'okay goodbye' -> the agent hangs up (its call control)")
-        await p.play(bye)
-        try:
-            await p.wait_for("bye", 40)
-            say("phone: received BYE; the call's room is deleted")
-        except TimeoutError:
-            say("phone: no BYE within 40 s; hanging up from the phone")
+    try:
+        question = write_speech("what are your opening hours", work / "q.wav")
+        bye = write_speech("okay goodbye", work / "bye.wav")
+        say(f"the SIP phone dials {NUMBER} at sip:{sip.address} (TCP, G.711 u-law, RFC 4733 keys)")
+        async with Phone(PhoneConfig(server=sip.address, to=NUMBER, answer_timeout_s=60)) as p:
+            answer = await p.answered()
+            out.append(("phone INVITE -> 200 OK", float(answer["invite_ms"])))
+            say(f"phone: answered (200 OK) {answer['invite_ms']:.0f} ms after the INVITE")
+            greeting = await p.speech_heard(float(answer["t"]), 30)
+            say(f"phone: heard the greeting ({(greeting['end'] - greeting['start']) / 1000:.1f} s)")
+            say("phone: caller says 'what are your opening hours'")
+            await p.play(question)
+            end = float((await p.wait_for("play_end", 30))["voice_end"])
+            try:
+                heard = await p.speech_heard(end, 30)
+                ttfw = heard["start"] - end
+                say(f"phone: agent answered, time to first word on the phone leg {ttfw:.0f} ms")
+            except TimeoutError:
+                ttfw = None
+                say("phone: the agent did not answer")
+            out.append(("phone call (SIP)", ttfw))
+            await agent_quiet(p)
+            say("phone: presses 2 on the keypad (menu: 2 = where are you located)")
+            await p.press("2")
+            sent = await p.wait_for("dtmf_sent", 30)
+            try:
+                await p.speech_heard(float(sent["t"]) - 1000, 30)
+                say("phone: the keypad choice was answered")
+            except TimeoutError:
+                say("phone: no answer to the key press")
+            await agent_quiet(p)
+            say("phone: caller says 'okay goodbye' -> the agent hangs up (its call control)")
+            await p.play(bye)
+            try:
+                await p.wait_for("bye", 40)
+                say("phone: received BYE; the call's room is deleted")
+            except TimeoutError:
+                say("phone: no BYE within 40 s; hanging up from the phone")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the synthesised WAVs
     await asyncio.sleep(0)
     return out

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from livekit import api
@@ -183,6 +184,22 @@ async def test_keypad_multi_digit_entry_nested_menu_and_hangup_key(
     assert await rooms(sip_stack) == []
 
 
+# livekit-sip v1.8.0 now and then fails its own REFER transaction although the phone answered
+# 202 (seen in about one run in four of this file): twirp "canceled", "transaction failed to
+# complete (0 intermediate responses)". Only that exact upstream error is excused, as an xfail.
+LIVEKIT_SIP_REFER_FLAKE = "transaction failed to complete (0 intermediate responses)"
+
+
+def refer_result(w: WorkerProcess, timeout: float) -> dict[str, Any]:
+    """The worker's transfer result ("call transferred" or "transfer failed")."""
+    r = w.wait_log(
+        lambda x: x.get("msg") in ("call transferred", "transfer failed"), timeout, "a result"
+    )
+    if LIVEKIT_SIP_REFER_FLAKE in str(r.get("error", "")):
+        pytest.xfail(f"livekit-sip's REFER transaction failed by itself: {r['error']}")
+    return r
+
+
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
     ("notify", "succeeds", "why"),
@@ -208,10 +225,12 @@ async def test_transfer_by_refer_reports_the_notify(
         refer = await p.wait_for("refer", 40, after=after)
         assert refer["refer_to"] == f"<{TRANSFER_TO}>"
         if succeeds:
-            w.wait_log(lambda x: x.get("msg") == "call transferred", 30, "transfer ok")
+            done = refer_result(w, 30)
+            assert done["msg"] == "call transferred", done
             await p.wait_for("bye", 30)  # livekit-sip ends our leg after NOTIFY 200
         else:
-            failed = w.wait_log(lambda x: x.get("msg") == "transfer failed", 50, why)
+            failed = refer_result(w, 50)
+            assert failed["msg"] == "transfer failed", failed
             assert re.search(why, str(failed).lower()), failed
             w.wait_log(
                 lambda x: "could not transfer" in str(x.get("reply", "")),
@@ -252,10 +271,12 @@ async def test_caller_asking_for_a_person_in_words_is_referred(
         assert "human" in str(action.get("reason")), action
         assert not p.seen("dtmf_sent"), "no key was pressed: the words did it"
         if succeeds:
-            w.wait_log(lambda x: x.get("msg") == "call transferred", 30, "transfer ok")
+            done = refer_result(w, 30)
+            assert done["msg"] == "call transferred", done
             await p.wait_for("bye", 30)  # livekit-sip ends our leg after NOTIFY 200
         else:
-            failed = w.wait_log(lambda x: x.get("msg") == "transfer failed", 50, "403")
+            failed = refer_result(w, 50)
+            assert failed["msg"] == "transfer failed", failed
             assert re.search("403|permission", str(failed).lower()), failed
             w.wait_log(
                 lambda x: "could not transfer" in str(x.get("reply", "")),

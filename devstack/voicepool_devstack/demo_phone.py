@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .phone import Phone, PhoneConfig, write_speech
+from .phone import HANGUP_PHRASE, Phone, PhoneConfig, write_speech
 from .sip import SipInfo
 
 NUMBER = "+15550100000"
@@ -77,7 +77,7 @@ async def phone_call(
     work = Path(tempfile.mkdtemp(prefix="voicepool-demo-phone-"))
     try:
         question = write_speech("what are your opening hours", work / "q.wav")
-        bye = write_speech("okay goodbye", work / "bye.wav")
+        bye = write_speech(HANGUP_PHRASE, work / "bye.wav")
         say(f"the SIP phone dials {NUMBER} at sip:{sip.address} (TCP, G.711 u-law, RFC 4733 keys)")
         async with Phone(PhoneConfig(server=sip.address, to=NUMBER, answer_timeout_s=60)) as p:
             answer = await p.answered()
@@ -106,7 +106,7 @@ async def phone_call(
             except TimeoutError:
                 say("phone: no answer to the key press")
             await agent_quiet(p)
-            say("phone: caller says 'okay goodbye' -> the agent hangs up (its call control)")
+            say(f"phone: caller says '{HANGUP_PHRASE}' -> the agent hangs up (its call control)")
             await p.play(bye)
             try:
                 await p.wait_for("bye", 40)

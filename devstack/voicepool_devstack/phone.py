@@ -24,6 +24,10 @@ from .sip import phone_binary
 
 Event = dict[str, Any]
 SAMPLE_RATE = 8000  # G.711
+#: What a caller says to end the call. Over G.711 the offline STT hears "okay goodbye" as
+#: "okay the bike" or "okay did buy it"; these words come through intact ("nothing else"
+#: and "bye" are both hang-up keywords), so a test or the demo does not hang on a mishearing.
+HANGUP_PHRASE = "nothing else, bye bye"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from livekit import api
 from voicepool_devstack.errors import DevstackError
-from voicepool_devstack.phone import Phone, PhoneConfig, write_speech, write_tone
+from voicepool_devstack.phone import HANGUP_PHRASE, Phone, PhoneConfig, write_speech, write_tone
 from voicepool_devstack.stack import LocalStack, StackConfig, StackState, free_port
 from voicepool_operator import sip as op_sip
 from voicepool_operator import telephony as tel
@@ -140,7 +140,7 @@ async def test_inbound_call_is_greeted_answered_logged_and_ends_with_a_bye(
             print(f"phone-leg time to first word: {ttfw:.0f} ms")
             assert answer["end"] - answer["start"] > 1000, "the answer is speech, not a click"
             # "goodbye" in words: the dialog's hang-up goes through call control -> BYE
-            await p.play(write_speech("okay goodbye", tmp_path / "bye.wav"))
+            await p.play(write_speech(HANGUP_PHRASE, tmp_path / "bye.wav"))
             try:
                 await p.wait_for("bye", 40)
             except TimeoutError:

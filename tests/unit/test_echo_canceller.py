@@ -40,7 +40,7 @@ AGENT = "We are open Monday to Friday from 9 AM to 6 PM, and Saturday from 10 AM
 CALLER = "sorry, actually, where are you located?"
 
 
-def run(*, delay_ms: int, aec: bool) -> tuple[float, float, float]:
+def run(*, delay_ms: int, aec: bool, echo: float = 0.316) -> tuple[float, float, float]:
     """(share of echo-only frames still loud, share of caller frames kept, delay estimate)"""
     now = [100.0]
     p = CallerAudioProcessor(
@@ -54,7 +54,7 @@ def run(*, delay_ms: int, aec: bool) -> tuple[float, float, float]:
     far[RATE : RATE + len(agent)] = agent
     d = delay_ms * RATE // 1000
     near = np.zeros(total)
-    near[d:] = 0.316 * far[: total - d]  # -10 dB speakerphone
+    near[d:] = echo * far[: total - d]  # 0.316: a -10 dB speakerphone
     start = RATE + len(agent) // 2
     near[start : start + len(caller)] += caller
     leaks: list[bool] = []
@@ -66,20 +66,13 @@ def run(*, delay_ms: int, aec: bool) -> tuple[float, float, float]:
         own = caller[max(0, i - start) : max(0, i - start) + FRAME] if i >= start else []
         if len(own) and rms(np.asarray(own).astype("<i2").tobytes()) > 500:
             kept.append(out > 200)
-        elif not len(own) and rms(frame.data.tobytes()) > 200:
+        elif not len(own) and rms(frame.data.tobytes()) > 200 and echo > 0:
             leaks.append(out > 200)
         now[0] += FRAME / RATE
-    return float(np.mean(leaks)), float(np.mean(kept)), p.estimator.delay_s
+    return float(np.mean(leaks)) if leaks else 0.0, float(np.mean(kept)), p.estimator.delay_s
 
 
-DOUBLE_TALK_GAP = pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: at 300 ms the residual-echo gate keeps 28 % of the caller's frames while "
-    "the agent talks (34 % at 570 ms); it passed or failed by chance on sampled speech",
-)
-
-
-@pytest.mark.parametrize("delay_ms", [pytest.param(300, marks=DOUBLE_TALK_GAP), 570])
+@pytest.mark.parametrize("delay_ms", [100, 300, 570])
 def test_echo_is_removed_and_the_caller_still_heard(delay_ms: int) -> None:
     leak, kept, estimate = run(delay_ms=delay_ms, aec=True)
     print(
@@ -88,7 +81,15 @@ def test_echo_is_removed_and_the_caller_still_heard(delay_ms: int) -> None:
     )
     assert abs(estimate * 1000 - delay_ms) <= 60
     assert leak <= 0.04
-    assert kept >= 0.3  # while the agent still talks; all of it once the agent stops
+    # while the agent still talks (AEC3 alone keeps 81-88 %; a level gate without a hold kept
+    # 28-34 %, which chopped a barging caller into fragments); all of it once the agent stops
+    assert kept >= 0.55
+
+
+def test_with_nothing_echoing_the_gate_stands_aside() -> None:
+    """A headset: the caller talking over the agent passes as AEC3 leaves it (no gate)."""
+    _leak, kept, _ = run(delay_ms=300, aec=True, echo=0.0)
+    assert kept >= 0.8
 
 
 def test_without_the_canceller_the_echo_comes_through() -> None:

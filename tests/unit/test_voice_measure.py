@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from voicepool_worker.echo_delay import EchoDelayEstimator
+from voicepool_worker.echo_delay import EchoDelayEstimator, ResidualEchoGate
 from voicepool_worker.measure import (
     SPEECH_FLOOR_RMS,
     TtfwSummary,
@@ -119,6 +119,22 @@ def test_echo_delay_is_found_from_the_envelopes() -> None:
         est.push(f, n)
     assert est.estimate() == pytest.approx(0.57)
     assert est.peak > 0.8
+    gain = est.measure_echo_gain()  # the echo's level: 0.3 of what played, give or take noise
+    assert gain is not None and 0.2 < gain < 0.4
+
+
+def test_no_echo_gain_from_a_chance_match_of_two_voices() -> None:
+    rng = np.random.default_rng(3)
+    talk = np.repeat(rng.uniform(0, 1, 120) > 0.5, 10)
+    far = np.where(talk, 3000.0, 0.0)
+    near = np.zeros(far.size) + rng.uniform(0, 30, far.size)  # a headset: nothing comes back
+    near[600:700] = 3000.0  # ... but the caller talks over the agent for a second
+    est = EchoDelayEstimator(initial_s=0.1, window_s=6.0, max_lag_s=1.0)
+    for f, n in zip(far, near, strict=True):
+        est.push(f, n)
+    est.converged, est.delay_s = True, 0.4  # as if a chance peak had been taken for an echo
+    gain = est.measure_echo_gain()
+    assert gain is not None and gain < 0.03
 
 
 def test_echo_delay_is_kept_without_an_echo() -> None:
@@ -154,3 +170,29 @@ def test_the_recent_tail_gives_the_same_stop_time() -> None:
         loud = sorted(float(x) for x in rng.uniform(0, 20, size=int(rng.integers(0, 300))))
         start = float(rng.uniform(0, 20))
         assert stopped_at(recent(loud, start), start, 0.6) == stopped_at(loud, start, 0.6)
+
+
+def test_the_echo_gate_mutes_echo_but_holds_open_for_a_talking_caller() -> None:
+    gate = ResidualEchoGate(-8.0, hold_s=0.3)
+    far = 4000.0  # the agent's voice that may be echoing
+    assert gate.mute(0.00, 300.0, far)  # residual echo: far below the far end
+    assert not gate.mute(0.005, 3000.0, far)  # a lone loud piece passes, but opens no hold
+    assert gate.mute(0.007, 600.0, far)
+    assert not gate.mute(0.01, 3000.0, far)  # the caller, louder than any echo ...
+    assert not gate.mute(0.02, 3000.0, far)  # ... for two pieces in a row: the hold opens
+    assert not gate.mute(0.20, 600.0, far)  # a quieter syllable of the same caller: held
+    assert gate.mute(0.33, 300.0, far)  # the caller stopped: the gate closes again
+    assert not gate.mute(0.34, 300.0, 0.0)  # nothing played: nothing can echo
+
+
+def test_a_hold_of_zero_is_the_bare_level_gate() -> None:
+    gate = ResidualEchoGate(-8.0, hold_s=0.0, open_after=1)
+    assert not gate.mute(0.0, 3000.0, 4000.0)
+    assert gate.mute(0.01, 600.0, 4000.0)
+
+
+def test_before_the_echo_path_is_known_the_gate_does_not_hold() -> None:
+    gate = ResidualEchoGate(-8.0, hold_s=0.5)
+    assert not gate.mute(0.00, 3000.0, 4000.0, hold=False)
+    assert not gate.mute(0.01, 3000.0, 4000.0, hold=False)
+    assert gate.mute(0.02, 600.0, 4000.0, hold=False)  # an unlearnt echo gets no hold

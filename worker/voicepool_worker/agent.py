@@ -123,6 +123,7 @@ async def entrypoint(ctx: JobContext) -> None:
             stream_delay_ms=cfg.echo_delay_ms,
             auto_gain_control=cfg.auto_gain_control,
             echo_gate_db=-cfg.echo_gate_db if cfg.echo_gate_db > 0 else None,
+            echo_gate_hold_s=cfg.echo_gate_hold_s,
         )
 
     session: AgentSession[None] = AgentSession(

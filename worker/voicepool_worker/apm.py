@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 from livekit import rtc
 
-from .echo_delay import EchoDelayEstimator, echo_only
+from .echo_delay import EchoDelayEstimator, ResidualEchoGate
 from .measure import rms
 from .playout_tap import ReferenceSchedule
 
@@ -26,6 +26,10 @@ log = logging.getLogger("voicepool.worker.apm")
 #: The delay left to AEC3 after the reference is shifted: well inside what it aligns itself.
 RESIDUAL_DELAY_MS = 200
 GATE_SPREAD_S = 0.25  # how far the echo path may wander around its estimate
+#: Below this echo gain (agent's voice back in the caller's raw audio / what played, ~-30 dB)
+#: nothing echoes (a headset, a phone's own canceller): the residual-echo gate stands aside.
+MIN_ECHO_GAIN = 0.03
+ECHO_ON_AFTER = 4  # estimates (0.5 s apart) that must all hear an echo to turn the gate back on
 ESTIMATE_EVERY = 50  # 10 ms pieces between two delay estimates
 
 
@@ -65,6 +69,7 @@ class CallerAudioProcessor(rtc.FrameProcessor[rtc.AudioFrame]):
         stream_delay_ms: int = 0,
         auto_gain_control: bool = False,
         echo_gate_db: float | None = -8.0,
+        echo_gate_hold_s: float = 0.3,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # AGC is off by default: nothing upstream levels the caller (the room input does not
@@ -82,8 +87,14 @@ class CallerAudioProcessor(rtc.FrameProcessor[rtc.AudioFrame]):
         self.reference: ReferenceSchedule | None = None  # set once the room output exists
         self.estimator = EchoDelayEstimator(initial_s=stream_delay_ms / 1000)
         self._pieces = 0
+        self._echo = True  # until measured, the caller's audio may hold the agent's echo
+        self._echo_seen = 0  # echo gain estimates in a row that say there is an echo
         self._clock = 0.0
-        self.echo_gate_db = echo_gate_db
+        self.gate = (
+            ResidualEchoGate(echo_gate_db, hold_s=echo_gate_hold_s)
+            if echo_gate_db is not None
+            else None
+        )
         self._now = clock
         self._enabled = True
 
@@ -111,12 +122,14 @@ class CallerAudioProcessor(rtc.FrameProcessor[rtc.AudioFrame]):
                 num_channels=frame.num_channels,
                 samples_per_channel=step,
             )
+            t = self._capture_clock()
             if self._aec and self.reference is not None:
-                self._feed_reference(self._capture_clock(), raw, frame)
+                self._feed_reference(t, raw, frame)
             self._apm.process_stream(piece)
-            if self._aec and self.reference is not None and self.echo_gate_db is not None:
+            if self._aec and self.reference is not None and self.gate is not None and self._echo:
                 far = self.estimator.far_around_echo(GATE_SPREAD_S)
-                if echo_only(rms(bytes(piece.data.cast("B"))), far, self.echo_gate_db):
+                near = rms(bytes(piece.data.cast("B")))
+                if self.gate.mute(t, near, far, hold=self.estimator.converged):
                     piece = rtc.AudioFrame(
                         b"\0" * chunk, frame.sample_rate, frame.num_channels, step
                     )
@@ -152,12 +165,27 @@ class CallerAudioProcessor(rtc.FrameProcessor[rtc.AudioFrame]):
         self._pieces += 1
         if self._pieces % ESTIMATE_EVERY == 0:
             before = self.estimator.delay_s
+            gain = self.estimator.measure_echo_gain()
+            heard = gain is None or gain >= MIN_ECHO_GAIN
+            self._echo_seen = self._echo_seen + 1 if heard else 0
+            # off at once, on again only after ECHO_ON_AFTER estimates in a row: double talk
+            # at a chance lag looks like an echo for a second or two, a real one stays
+            echo = self._echo_seen >= ECHO_ON_AFTER if not self._echo else heard
+            if gain is None:
+                echo = self._echo
+            if echo != self._echo:
+                log.info(
+                    "residual-echo gate " + ("on" if echo else "off"),
+                    extra={"echo_gain": gain if gain is None else round(gain, 3)},
+                )
+            self._echo = echo
             if (after := self.estimator.estimate()) is not None and abs(after - before) > 0.05:
                 log.info(
                     "echo path delay",
                     extra={
                         "echo_delay_ms": round(after * 1000),
                         "echo_peak": round(self.estimator.peak, 2),
+                        "echo_gain": gain if gain is None else round(gain, 3),
                     },
                 )
         shift = max(0.0, self.estimator.delay_s - RESIDUAL_DELAY_MS / 1000)

@@ -71,7 +71,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=f"kopf.{GROUP}")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=f"kopf.{GROUP}", key="last-handled-configuration"
+        prefix=f"kopf.{GROUP}",
+        key="last-handled-configuration",
+        # No handler reacts to a pool's annotations, and the webhook receiver writes one per
+        # waiting room: without this kopf would rewrite its diff-base after every room event.
+        ignored_fields=[("metadata", "annotations")],
     )
     settings.posting.level = logging.WARNING  # our own Events describe actions; kopf: warnings
     settings.watching.server_timeout = 300

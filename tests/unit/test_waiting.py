@@ -198,3 +198,15 @@ async def test_the_endpoint_answers_503_when_the_room_cannot_be_recorded() -> No
     )
     req._read_bytes = body.encode()  # type: ignore[attr-defined]
     assert (await server.handle(req)).status == 503  # livekit-server retries
+
+
+def test_a_recorded_room_replans_the_pool_and_other_annotations_do_not() -> None:
+    from voicepool_operator.handlers import replan_key
+
+    def pool(**annotations: str) -> dict[str, Any]:
+        meta = {"uid": "u", "generation": 3, "annotations": annotations}
+        return {"metadata": meta, "status": {"waitingCalls": 1}}
+
+    base = replan_key(pool(note="a"))
+    assert replan_key(pool(note="b")) == base  # e.g. kopf's own bookkeeping
+    assert replan_key(pool(note="a", **{room_key("r1"): "{}"})) != base

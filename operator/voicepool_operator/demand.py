@@ -22,6 +22,10 @@ The scale-down stabilization window keeps the pods of the highest demand of its 
 seconds; the part of it beyond the cold start is capacity the warm sessions need not repeat
 (`base_stock`'s `held`).
 
+The history is the active replica's memory: a replica that takes over (or restarts) starts
+empty, measures its rates over what it has watched (at least the shortest window, at
+most the long one) and plans for the spec's cold start until it sees a pod register.
+
 Pure and fed by the reconciler (or the simulation) with the pods it observed and the clock:
 unit-tested in tests/unit/test_demand.py.
 """
@@ -229,12 +233,16 @@ class Demand:
             start = now - dt.timedelta(seconds=window)
             return sum(n for t, n in events if t > start)
 
-        steady = count(self._arrivals, LONG_WINDOW_S) / LONG_WINDOW_S
+        # Over what was watched: a replica that just started (or took over from another,
+        # whose history was in its memory) has seen less than the long window.
+        watched = 0.0 if self._since is None else (now - self._since).total_seconds()
+        span = min(LONG_WINDOW_S, max(watched, SHORT_WINDOWS_S[0]))
+        steady = count(self._arrivals, LONG_WINDOW_S) / span
         rate = steady
         for window in SHORT_WINDOWS_S:
             recent = count(self._arrivals, window)
             if poisson_sf(recent, steady * window) < BURST_P:
                 rate = max(rate, recent / window)  # fast up: a burst the long mean missed
-        departures = count(self._departures, LONG_WINDOW_S) / LONG_WINDOW_S
+        departures = count(self._departures, LONG_WINDOW_S) / span
         cold = max(self._cold) if self._cold else None
         return Measured(rate, cold, departures)

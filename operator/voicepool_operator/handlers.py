@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,8 +19,8 @@ import kopf
 from .constants import GROUP, LABEL_MANAGED_BY, LABEL_POOL, MANAGED_BY, PLURAL, VERSION
 from .kube import Kube, login
 from .reconcile import Reconciler
-from .waiting import WaitingRooms
-from .webhook import WebhookServer
+from .waiting import waiting_keys
+from .webhook import WebhookServer, record_on_pools
 
 #: Re-plan at least this often even without events (clock-driven transitions are also
 #: scheduled precisely through the planner's requeue_after).
@@ -37,30 +36,28 @@ MANAGED_PODS: dict[str, Any] = {
 _wakeups: dict[tuple[str, str], asyncio.Event] = {}
 #: Per pool, what of it last woke its loop (see `replan_key`).
 _pool_seen: dict[tuple[str, str], tuple[Any, ...]] = {}
-#: The pools of each agent name: a LiveKit room waiting for that agent wakes them.
-_pools_by_agent: dict[str, set[tuple[str, str]]] = {}
-
-
-def _agent_of(body: Mapping[str, Any]) -> str:
-    return str((body.get("spec") or {}).get("agentName") or "")
-
-
-def _wake_agent(agent: str) -> None:
-    for namespace, name in list(_pools_by_agent.get(agent, ())):
-        _wake(namespace, name)
 
 
 def replan_key(body: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What about a pool object changes the plan: its spec (generation) and its deletion.
+    """What about a pool object changes the plan: its spec (generation), its deletion and
+    the rooms waiting for its agent (annotations any replica's webhook receiver writes).
 
-    Status and metadata-only changes -- above all the operator's own status writes -- do not,
-    so they must not wake another reconcile (GenerationChangedPredicate, in controller terms).
+    Status and other metadata changes -- above all the operator's own status writes -- do
+    not, so they must not wake another reconcile (GenerationChangedPredicate, in controller
+    terms).
     """
     meta = body.get("metadata") or {}
     # The telephony handler's verdict (status.telephony.problem) is folded into Degraded by
     # the reconcile, so it is the one status change that does re-plan.
     phone = ((body.get("status") or {}).get("telephony") or {}).get("problem")
-    return (meta.get("uid"), meta.get("generation"), bool(meta.get("deletionTimestamp")), phone)
+    rooms = waiting_keys(meta.get("annotations"))
+    return (
+        meta.get("uid"),
+        meta.get("generation"),
+        bool(meta.get("deletionTimestamp")),
+        phone,
+        rooms,
+    )
 
 
 def _wake(namespace: str | None, pool: str | None) -> None:
@@ -74,7 +71,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=f"kopf.{GROUP}")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=f"kopf.{GROUP}", key="last-handled-configuration"
+        prefix=f"kopf.{GROUP}",
+        key="last-handled-configuration",
+        # No handler reacts to a pool's annotations, and the webhook receiver writes one per
+        # waiting room: without this kopf would rewrite its diff-base after every room event.
+        ignored_fields=[("metadata", "annotations")],
     )
     settings.posting.level = logging.WARNING  # our own Events describe actions; kopf: warnings
     settings.watching.server_timeout = 300
@@ -84,12 +85,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     identity = os.environ.get("POD_NAME") or socket.gethostname()
     memo.kube = Kube(login(settings=settings), identity)
     memo.reconciler = Reconciler(memo.kube)
-    memo.waiting = WaitingRooms()
     memo.webhook = None
     port = int(memo.get("webhook_port", 0) or 0)
     key, secret = os.environ.get("LIVEKIT_API_KEY"), os.environ.get("LIVEKIT_API_SECRET")
     if port and key and secret:
-        server = WebhookServer(memo.waiting, key, secret, _wake_agent)
+        # Every replica serves it, active or not: the rooms go on the pools (waiting.py).
+        kube, namespaces = memo.kube, list(memo.get("namespaces") or ())
+        server = WebhookServer(
+            key, secret, lambda change: record_on_pools(kube, change, namespaces)
+        )
         if await server.start(str(memo.get("webhook_address", "0.0.0.0")), port):
             memo.webhook = server
     elif port:
@@ -171,12 +175,9 @@ async def pool_changed(
     namespace: str | None, name: str, body: kopf.Body, type: str | None, **_: Any
 ) -> None:
     key = (namespace or "", name)
-    for pools in _pools_by_agent.values():
-        pools.discard(key)
     if type == "DELETED":
         _pool_seen.pop(key, None)
         return
-    _pools_by_agent.setdefault(_agent_of(body), set()).add(key)
     seen = replan_key(body)
     if _pool_seen.get(key) != seen:
         _pool_seen[key] = seen
@@ -207,10 +208,7 @@ async def run_pool(
         while not stopped:
             wake.clear()
             try:
-                waiting = memo.waiting.count(_agent_of(body), time.monotonic())
-                outcome = await memo.reconciler.reconcile(
-                    body, _pods(kwargs["pods_by_pool"], key), waiting_calls=waiting
-                )
+                outcome = await memo.reconciler.reconcile(body, _pods(kwargs["pods_by_pool"], key))
                 delay = outcome.requeue_after
                 backoff = 1.0
             except Exception as e:  # keep the loop alive; the error is logged and counted

@@ -18,7 +18,7 @@ import os
 import ssl
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +238,36 @@ class Kube:
             raise
         data = raw.get("data") or {}
         return {k: base64.b64decode(v).decode(errors="replace") for k, v in data.items()}
+
+    async def list_pools(self, namespaces: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Every VoiceAgentPool (in `namespaces`, or in all): read straight from the API, so
+        a standby replica, whose watches are paused, sees them too."""
+        paths = [f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}" for ns in namespaces] or [
+            f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+        ]
+        out: list[dict[str, Any]] = []
+        for path in paths:
+            async for attempt in _retrying():
+                with attempt:
+                    out += (await self._request("GET", path)).get("items") or []
+        return out
+
+    async def patch_pool_annotations(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None]
+    ) -> bool:
+        """Merge-patch some of a pool's annotations (None deletes one); False if it is gone.
+
+        Only the keys named change, so two writers of different keys never conflict.
+        """
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+        body = {"metadata": {"annotations": dict(annotations)}}
+        try:
+            await self._call("patch_pool", "PATCH", path, body, content_type=MERGE_PATCH)
+        except ApiError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
 
     async def patch_pool_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"

@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 peering_lifetime=args.peering_lifetime,
                 webhook_port=args.webhook_port,
                 webhook_address=args.webhook_address,
+                namespaces=list(args.namespace or ()),
             ),
         )
     except KeyboardInterrupt:

@@ -50,6 +50,7 @@ from .podview import pod_view_from_dict
 from .spec import PoolSpec, SpecError, deletion_spec, parse_spec
 from .status import history_from_status, history_to_status, iso
 from .telephony import with_telephony
+from .waiting import waiting_rooms
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,6 @@ class Reconciler:
         index_pods: Iterable[Mapping[str, Any]],
         *,
         deleting: bool = False,
-        waiting_calls: int = 0,
     ) -> Outcome:
         meta = pool["metadata"]
         key = (meta["namespace"], meta["name"])
@@ -121,7 +121,7 @@ class Reconciler:
             started = time.perf_counter()
             metrics.RECONCILES.labels(*key).inc()
             try:
-                return await self._reconcile(key, state, pool, index_pods, deleting, waiting_calls)
+                return await self._reconcile(key, state, pool, index_pods, deleting)
             finally:
                 metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
@@ -132,10 +132,11 @@ class Reconciler:
         pool: Mapping[str, Any],
         index_pods: Iterable[Mapping[str, Any]],
         deleting: bool,
-        waiting_calls: int = 0,
     ) -> Outcome:
         now = dt.datetime.now(dt.UTC)
         seen = self.observe(state, pool, index_pods, deleting)
+        # Rooms waiting for the agent, as any replica's webhook receiver recorded them.
+        waiting_calls = waiting_rooms(pool["metadata"].get("annotations"), now.timestamp())
         if seen.spec is None:
             assert seen.spec_error is not None
             await self._report_spec_error(key, state, pool, seen, now)

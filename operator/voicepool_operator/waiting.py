@@ -7,15 +7,26 @@ participant events to the operator (`webhook.py`); a room whose metadata names a
 participant joins or the room finishes. Each waiting room is one call of demand for the
 pools of that agent, so a pod is created at once.
 
-Pure bookkeeping with an explicit clock; unit-tested in tests/unit/test_waiting.py.
+The chart runs two operator replicas and only one acts (kopf peering), but livekit-server
+posts to whichever the Service picks. So the receiver keeps nothing in memory: it records
+each waiting room as an annotation on the pools of that agent (one key per room, so
+concurrent merge patches never collide), and the active replica reads the count from the
+pool object it already watches. Entries carry their start time and expire after a TTL (a
+lost `room_finished`); the receiver removes expired ones on its next write.
+
+Pure: event -> annotation change, annotations + clock -> count; unit-tested in
+tests/unit/test_waiting.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from voicepool_contract import ROOM_AGENT_KEY
+from voicepool_contract import ROOM_AGENT_KEY, WAITING_ROOM_PREFIX
 
 #: A room nobody closes (a lost room_finished) stops counting after this long.
 TTL_SECONDS = 600.0
@@ -31,33 +42,74 @@ def room_agent(metadata: str) -> str | None:
     return agent if isinstance(agent, str) and agent else None
 
 
-@dataclass
-class _Room:
-    agent: str
-    since: float
+def room_key(room: str) -> str:
+    """The annotation key for one room: room names are free text, annotation names are not
+    (at most 63 of [-._a-zA-Z0-9]), so the name part is a hash; the value names the room."""
+    return WAITING_ROOM_PREFIX + hashlib.sha256(room.encode()).hexdigest()[:40]
 
 
-class WaitingRooms:
-    def __init__(self, ttl: float = TTL_SECONDS) -> None:
-        self.ttl = ttl
-        self._rooms: dict[str, _Room] = {}
+@dataclass(frozen=True)
+class RoomChange:
+    """What one webhook event changes: `room` starts waiting for `agent`, or stops waiting."""
 
-    def apply(
-        self, event: str, room: str, metadata: str, agent_joined: bool, now: float
-    ) -> str | None:
-        """Feed one webhook event; returns the agent whose waiting count changed, if any."""
-        if event == "room_finished" or (event == "participant_joined" and agent_joined):
-            gone = self._rooms.pop(room, None)
-            return gone.agent if gone else None
-        agent = room_agent(metadata)
-        starts = event in ("room_started", "participant_joined")
-        if starts and agent and room and room not in self._rooms:
-            self._rooms[room] = _Room(agent, now)
-            return agent
+    room: str
+    key: str
+    waiting: bool
+    agent: str | None  # set when the room starts waiting: the pools to record it on
+
+    def annotation(self, now: float) -> str | None:
+        """The annotation value to merge (None deletes it)."""
+        return json.dumps({"room": self.room, "since": round(now, 3)}) if self.waiting else None
+
+
+def change_for(event: str, room: str, metadata: str, agent_joined: bool) -> RoomChange | None:
+    """One webhook event -> the change to the waiting rooms, if any."""
+    if not room:
+        return None
+    if event == "room_finished" or (event == "participant_joined" and agent_joined):
+        return RoomChange(room, room_key(room), False, None)
+    agent = room_agent(metadata)
+    if event in ("room_started", "participant_joined") and agent:
+        return RoomChange(room, room_key(room), True, agent)
+    return None
+
+
+def _since(value: Any) -> float | None:
+    try:
+        data = json.loads(str(value))
+        since = data.get("since") if isinstance(data, dict) else None
+        return float(since) if isinstance(since, int | float) else None
+    except ValueError:
         return None
 
-    def count(self, agent: str, now: float) -> int:
-        for name, r in list(self._rooms.items()):
-            if now - r.since > self.ttl:
-                del self._rooms[name]
-        return sum(1 for r in self._rooms.values() if r.agent == agent)
+
+def waiting_rooms(
+    annotations: Mapping[str, Any] | None, now: float, ttl: float = TTL_SECONDS
+) -> int:
+    """Rooms recorded on a pool that still wait at `now` (unix seconds): the pool's
+    waitingCalls. Entries from a replica whose clock runs ahead count; unreadable ones (the
+    receiver writes none) do not, and go on its next write."""
+    n = 0
+    for key, value in (annotations or {}).items():
+        if key.startswith(WAITING_ROOM_PREFIX):
+            since = _since(value)
+            n += since is not None and now - since <= ttl
+    return n
+
+
+def expired(
+    annotations: Mapping[str, Any] | None, now: float, ttl: float = TTL_SECONDS
+) -> list[str]:
+    """Keys of entries past the TTL (or unreadable): the receiver deletes them."""
+    out = []
+    for key, value in (annotations or {}).items():
+        if key.startswith(WAITING_ROOM_PREFIX):
+            since = _since(value)
+            if since is None or now - since > ttl:
+                out.append(key)
+    return sorted(out)
+
+
+def waiting_keys(annotations: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The recorded rooms, for `replan_key`: a room added or removed re-plans the pool."""
+    return tuple(sorted(k for k in (annotations or {}) if k.startswith(WAITING_ROOM_PREFIX)))

@@ -66,6 +66,7 @@ def spec(**warm: object) -> object:
 
 def test_arrivals_are_rises_in_session_counts() -> None:
     d = Demand()
+    d.observe([view("a", 0), view("b", 0)], at(-LONG_WINDOW_S), 100)  # watched for long
     d.observe([view("a", 0), view("b", 0)], at(0), 100)
     n = int(SHORT_WINDOWS_S[-1])  # one call a second for the longest short window
     for i in range(1, n + 1):
@@ -205,11 +206,27 @@ def test_a_burst_shows_within_seconds_and_noise_does_not() -> None:
 
 def test_departures_are_falls_and_a_deleted_pod_frees_nothing() -> None:
     d = Demand()
+    d.observe([view("a", 3), view("b", 2)], at(-LONG_WINDOW_S), 4)  # watched for long
     d.observe([view("a", 3), view("b", 2)], at(0), 4)
     d.observe([view("a", 1)], at(10), 4)  # two calls ended on a; b was deleted
     m = d.measured(at(10))
     assert m.departure_rate == pytest.approx(2 / LONG_WINDOW_S)
     assert m.arrival_rate == 0
+
+
+def test_a_replica_that_just_took_over_measures_over_what_it_watched() -> None:
+    """The history is one replica's memory: after a failover the new active replica starts
+    empty, and 60 s of a steady 0.25/s must read 0.25/s, not 15 calls / 300 s."""
+    d = Demand()
+    calls = 0
+    for s in range(0, 61):
+        calls += s % 4 == 0 and s > 0
+        d.observe([view("a", calls)], at(s), 10**6)
+    assert d.measured(at(60)).arrival_rate == pytest.approx(0.25)
+    assert d.measured(at(60)).cold_start_s is None  # the spec's guess until a pod registers
+    fresh = Demand()
+    fresh.observe([view("a", 7)], at(0), 10**6)  # calls already running are no arrivals
+    assert fresh.measured(at(0)).arrival_rate == 0
 
 
 def test_waiting_callers_are_arrivals_once() -> None:

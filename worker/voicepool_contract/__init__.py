@@ -52,6 +52,10 @@ ANN_DRAIN_REASON: Final = f"{GROUP}/drain-reason"
 #: Key in a room's metadata (a JSON object) naming the agent the room waits for; the
 #: operator learns of the room from livekit-server's webhook and starts a pod at once.
 ROOM_AGENT_KEY: Final = f"{GROUP}/agent"
+#: Prefix of the pool annotations that record a room waiting for the pool's agent, one per
+#: room (`waiting.voicepool.dev/<hash of the room name>`: {"room": ..., "since": unix s}),
+#: written by whichever operator replica receives the webhook, read by the active one.
+WAITING_ROOM_PREFIX: Final = f"waiting.{GROUP}/"
 
 # -- telephony: environment variables the operator sets on worker pods from spec.telephony
 # (and spec.privacy), the worker reads and the tests set directly --------------------------

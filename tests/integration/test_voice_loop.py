@@ -77,7 +77,7 @@ async def speakerphone(lk: LiveKitInfo, w: WorkerProcess, tag: str) -> tuple[int
 
 @pytest.mark.xfail(
     reason=(
-        "issue 11: 0 spurious turns in the bench at load 3-7, but still leaks at load 12-29 "
+        "issue 11: 0 spurious turns on quiet cores (4 of 5 runs), but leaked at load 12-29 "
         "(a starved call process); open"
     ),
     strict=False,
@@ -127,4 +127,4 @@ async def test_talking_over_a_reply_silences_the_agent(
     replies = [x for x in w.msgs("agent turn") if x.get("room") == c.room_name]
     assert any(x.get("interrupted") for x in replies), replies
     heard = [str(x["transcript"]) for x in w.msgs("user turn") if x.get("room") == c.room_name]
-    assert any("where" in t for t in heard), heard  # the interjection itself was understood
+    assert any("located" in t for t in heard), heard  # the interjection itself was understood

@@ -175,7 +175,7 @@ class CallerAudioProcessor(rtc.FrameProcessor[rtc.AudioFrame]):
                 echo = self._echo
             if echo != self._echo:
                 log.info(
-                    "residual-echo gate " + ("on" if echo else "off"),
+                    "echo " + ("heard: canceller and gate on" if echo else "not heard: off"),
                     extra={"echo_gain": gain if gain is None else round(gain, 3)},
                 )
             self._echo = echo
@@ -189,7 +189,9 @@ class CallerAudioProcessor(rtc.FrameProcessor[rtc.AudioFrame]):
                     },
                 )
         shift = max(0.0, self.estimator.delay_s - RESIDUAL_DELAY_MS / 1000)
-        far = ref.at(t - shift)
+        # nothing echoes (a headset): AEC3 gets a silent far end, so it cannot suppress a
+        # caller talking over the agent (early in a call it did, while still learning)
+        far = ref.at(t - shift) if self._echo else None
         step = frame.sample_rate // 100
         pcm = b"\0" * (step * frame.num_channels * 2) if far is None else far
         if far is not None and ref.sample_rate != frame.sample_rate:

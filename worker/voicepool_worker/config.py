@@ -77,6 +77,7 @@ class WorkerConfig:
     executor: str
     log_level: str
     stt_grammar: str | None
+    stt_second_pass: bool
     llama_model_path: str | None
     dtmf_menu: Mapping[str, str] = field(default_factory=dict)  # key -> what it "says"
     transfer_to: str | None = None  # SIP REFER target for the keypad's transfer key
@@ -284,6 +285,7 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         executor=_choice(env, "VOICEPOOL_JOB_EXECUTOR", "process", EXECUTORS),
         log_level=_log_level(env),
         stt_grammar=(env.get("VOICEPOOL_STT_GRAMMAR") or "").strip() or None,
+        stt_second_pass=_bool(env, "VOICEPOOL_STT_SECOND_PASS", False),
         llama_model_path=llama_path,
         dtmf_menu=menu,
         transfer_to=transfer_to,

@@ -44,7 +44,7 @@ def preload(env: dict[str, str] | None = None) -> list[str]:
     if "pocketsphinx" in cfg.stt_chain:
         from .providers import pocketsphinx_stt
 
-        pocketsphinx_stt.preload(cfg.stt_grammar)
+        pocketsphinx_stt.preload(cfg.stt_grammar, second_pass=cfg.stt_second_pass)
         loaded.append("pocketsphinx")
     if "piper" in cfg.tts_chain:
         from .agent import known_phrases

@@ -93,7 +93,7 @@ def _one_stt(name: str, cfg: WorkerConfig) -> Any:
         return openai.STT(language="en", **openai_kwargs(cfg.stt_openai))
     from .pocketsphinx_stt import PocketsphinxSTT
 
-    return PocketsphinxSTT(grammar_path=cfg.stt_grammar)
+    return PocketsphinxSTT(grammar_path=cfg.stt_grammar, second_pass=cfg.stt_second_pass)
 
 
 def _one_llm(name: str, cfg: WorkerConfig) -> Any:

@@ -27,7 +27,7 @@ def test_preloaded_models_are_shared_with_the_providers() -> None:
         assert tts._voice is voice  # not a second copy of the weights
         assert tts.cache is cache and len(cache) == 2  # known clauses rendered (LRU of 2)
         assert preload_models.vad(0.25) is preload_models.VADS[0.25]
-        decoder = pocketsphinx_stt._SHARED[(None, False)]  # no second pass: the default
+        decoder = pocketsphinx_stt._SHARED[(None, True)]  # with the second pass: the default
         assert pocketsphinx_stt.PocketsphinxSTT()._acquire() is decoder
     finally:
         piper_tts._SHARED.clear()

@@ -285,7 +285,7 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         executor=_choice(env, "VOICEPOOL_JOB_EXECUTOR", "process", EXECUTORS),
         log_level=_log_level(env),
         stt_grammar=(env.get("VOICEPOOL_STT_GRAMMAR") or "").strip() or None,
-        stt_second_pass=_bool(env, "VOICEPOOL_STT_SECOND_PASS", False),
+        stt_second_pass=_bool(env, "VOICEPOOL_STT_SECOND_PASS", True),
         llama_model_path=llama_path,
         dtmf_menu=menu,
         transfer_to=transfer_to,

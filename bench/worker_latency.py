@@ -50,12 +50,13 @@ import plots  # bench/plots.py, next to this script
 from line_noise import frames as noise_frames
 from line_noise import speech_level
 from voicepool_devstack.stack import LiveKitInfo, LocalStack, StackConfig
-from voicepool_worker.caller import Call, CallerConfig, TurnResult, speech_frames
+from voicepool_worker.caller import BargeIn, Call, CallerConfig, TurnResult, speech_frames
 from voicepool_worker.latency import STAGES, percentile
 from voicepool_worker.measure import (
     SPEECH_FLOOR_RMS,
     TtfwSplit,
     TtfwSummary,
+    barge_in_split,
     fits,
     mix,
     rms,
@@ -188,11 +189,13 @@ class Bench:
         self.workdir = workdir
         self.lines = lines
         self.workers: dict[str, WorkerProcess] = {}
+        self.worker_env: dict[str, dict[str, str]] = {}  # what each worker was started with
         self.failures: list[str] = []
         self.lever: dict[str, str] = {}  # the ``ab`` section's settings
 
     def worker(self, name: str, env: dict[str, str] | None = None) -> WorkerProcess:
         if name not in self.workers:
+            self.worker_env[name] = dict(env or {})
             self.workers[name] = WorkerProcess(
                 self.lk,
                 self.workdir,
@@ -329,25 +332,46 @@ class Bench:
         w = self.ready("default")
         interjections = [x.text for x in self.lines[::5]][:trials]
 
-        async def run() -> CallRecord:
+        async def run() -> tuple[CallRecord, list[BargeIn]]:
             c = self.caller(w, "barge")
             rec = CallRecord(c.room_name)
+            got: list[BargeIn] = []
             try:
                 await c.start(join_within=60)
                 await c.wait_greeting(within=30)
                 for b in await barge_ins(c, interjections):
+                    got.append(b)
                     rec.stop_ms.append(b.stop_ms if b.agent_was_talking else None)
-                    got = f"{b.stop_ms:6.0f} ms" if b.stop_ms is not None else "never"
-                    print(f"  agent silent {got} after voicing start  ({b.text!r})", flush=True)
+                    took = f"{b.stop_ms:6.0f} ms" if b.stop_ms is not None else "never"
+                    print(f"  agent silent {took} after voicing start  ({b.text!r})", flush=True)
             finally:
                 await c.hangup()
-            return rec
+            return rec, got
 
-        rec = asyncio.run(run())
+        rec, tries = asyncio.run(run())
         got = [x for x in rec.stop_ms if x is not None]
         print(
             "barge-in stop time (caller's first voiced frame sent -> last loud agent frame "
             f"before 0.6 s of silence): {pct(got)}; never stopped: {len(rec.stop_ms) - len(got)}"
+        )
+        time.sleep(1.0)  # the worker's log lines land
+        starts = [float(x["at"]) for x in w.msgs("caller speaking") if x.get("room") == rec.room]
+        stops = [float(x["at"]) for x in w.msgs("agent silent") if x.get("room") == rec.room]
+        splits = [
+            s
+            for b in tries
+            if b.agent_was_talking
+            and (s := barge_in_split(b.voiced_wall, b.silent_wall, starts, stops)) is not None
+        ]
+        print(
+            "  where it went (worker's wall-clock marks, n="
+            f"{len(splits)}): first voiced frame sent -> the agent's VAD hears speech (uplink,"
+            f" APM, VAD onset) {pct([s.detect_ms for s in splits])}; -> agent audio paused"
+            " (VOICEPOOL_INTERRUPTION_MIN_DURATION "
+            + self.worker_env["default"].get("VOICEPOOL_INTERRUPTION_MIN_DURATION", "0.2, default")
+            + ")"
+            f" {pct([s.interrupt_ms for s in splits])}; -> last loud frame heard (audio"
+            f" already sent, the caller's jitter buffer) {pct([s.drain_ms for s in splits])}"
         )
 
     def echo(self) -> None:

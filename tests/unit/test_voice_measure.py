@@ -10,6 +10,7 @@ from voicepool_worker.echo_delay import EchoDelayEstimator, ResidualEchoGate
 from voicepool_worker.measure import (
     SPEECH_FLOOR_RMS,
     TtfwSummary,
+    barge_in_split,
     edit_distance,
     first_word_at,
     fits,
@@ -152,6 +153,21 @@ def test_ttfw_split_adds_up_to_the_caller_figure() -> None:
     assert s.uplink_ms + s.agent_ms + s.downlink_ms == pytest.approx(900.0)
     assert ttfw_split(100.0, None, 100.1, 100.5) is None  # unanswered
     assert ttfw_split(100.0, 900.0, None, 100.5) is None  # the worker logged no mark
+
+
+def test_barge_in_split_takes_the_marks_after_the_caller_spoke() -> None:
+    # an earlier turn's marks (99.0, 99.5) are not this barge-in's; the VAD may stamp its
+    # start a little before the first voiced frame
+    s = barge_in_split(100.0, 100.42, [99.0, 100.23, 100.9], [99.5, 100.35, 101.0])
+    assert s is not None
+    assert (round(s.detect_ms), round(s.interrupt_ms), round(s.drain_ms)) == (230, 120, 70)
+    assert s.detect_ms + s.interrupt_ms + s.drain_ms == pytest.approx(420.0)
+    early = barge_in_split(100.0, 100.3, [99.97], [100.2])
+    assert early is not None and round(early.detect_ms) == -30
+    assert barge_in_split(100.0, 100.4, [98.0], [100.3]) is None  # no start of speech
+    assert barge_in_split(100.0, 100.4, [100.2], [100.1]) is None  # stopped before it spoke
+    assert barge_in_split(100.0, None, [100.2], [100.3]) is None  # never went silent
+    assert barge_in_split(None, 100.4, [100.2], [100.3]) is None
 
 
 def test_the_recent_tail_gives_the_same_first_word() -> None:

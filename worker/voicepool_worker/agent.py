@@ -150,6 +150,17 @@ async def entrypoint(ctx: JobContext) -> None:
     turns = TurnTracker()
     phone = CallControl(ctx, session, cfg)  # keypad, dialog actions and limits
 
+    @session.on("user_state_changed")
+    def _on_user_state(ev: Any) -> None:
+        # wall-clock marks that split a barge-in's stop time (bench/worker_latency.py)
+        if ev.new_state == "speaking":
+            log.info("caller speaking", extra={"at": time.time()})
+
+    @session.on("agent_state_changed")
+    def _on_agent_state(ev: Any) -> None:
+        if ev.old_state == "speaking":
+            log.info("agent silent", extra={"at": time.time(), "now": str(ev.new_state)})
+
     @session.on("conversation_item_added")
     def _on_item(ev: Any) -> None:
         msg = ev.item

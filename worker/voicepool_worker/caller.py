@@ -66,6 +66,8 @@ class BargeIn:
     text: str
     stop_ms: float | None  # first voiced frame sent -> last loud agent frame; None: never stopped
     agent_was_talking: bool
+    voiced_wall: float | None = None  # time.time() of the caller's first voiced frame sent
+    silent_wall: float | None = None  # time.time() of the last loud agent frame heard
 
 
 @dataclass
@@ -313,8 +315,13 @@ class Call:
         while stop is None and time.monotonic() < deadline:
             stop = stopped_at(recent(self.listener.loud_at, start), start, SILENT_GAP_S)
             await asyncio.sleep(0.05)
+        to_wall = time.time() - time.monotonic()  # the worker logs wall-clock marks
         return BargeIn(
-            text, None if stop is None else (stop - start) * 1000.0, agent_was_talking=talking
+            text,
+            None if stop is None else (stop - start) * 1000.0,
+            agent_was_talking=talking,
+            voiced_wall=start + to_wall,
+            silent_wall=None if stop is None else stop + to_wall,
         )
 
     async def _answer(self, what: str, end: float, answer_timeout: float) -> TurnResult:

@@ -219,3 +219,52 @@ def ttfw_split(
         agent_ms=(started_at - stopped_at) * 1000,
         downlink_ms=(heard - started_at) * 1000,
     )
+
+
+@dataclass(frozen=True)
+class BargeInSplit:
+    """Where one barge-in's stop time went, on the one machine's wall clock (ms)."""
+
+    detect_ms: float  # caller's first voiced frame sent -> the agent's VAD says it speaks
+    interrupt_ms: float  # that start of speech -> the agent's audio output stops (paused)
+    drain_ms: float  # that stop -> the caller hears the agent's last loud frame
+
+
+#: How early the worker's start of speech may be stamped before the caller's first voiced
+#: frame (the VAD's window holds a little audio from before the floor was crossed).
+SPEECH_START_SLACK_S = 0.05
+
+
+def barge_in_split(
+    voiced_wall: float | None,
+    silent_wall: float | None,
+    speech_starts: Iterable[float],
+    output_stops: Iterable[float],
+    *,
+    within_s: float = 3.0,
+) -> BargeInSplit | None:
+    """Split a barge-in by the worker's marks; None when a mark is missing.
+
+    ``speech_starts``: the worker's VAD starts of caller speech; ``output_stops``: the times
+    its agent stopped speaking; the first of each after the caller's first voiced frame.
+    """
+    if voiced_wall is None or silent_wall is None:
+        return None
+    start = min(
+        (
+            t
+            for t in speech_starts
+            if voiced_wall - SPEECH_START_SLACK_S <= t < voiced_wall + within_s
+        ),
+        default=None,
+    )
+    if start is None:
+        return None
+    stop = min((t for t in output_stops if start <= t <= silent_wall + within_s), default=None)
+    if stop is None:
+        return None
+    return BargeInSplit(
+        detect_ms=(start - voiced_wall) * 1000,
+        interrupt_ms=(stop - start) * 1000,
+        drain_ms=(silent_wall - stop) * 1000,
+    )

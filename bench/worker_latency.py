@@ -368,7 +368,7 @@ class Bench:
             f"{len(splits)}): first voiced frame sent -> the agent's VAD hears speech (uplink,"
             f" APM, VAD onset) {pct([s.detect_ms for s in splits])}; -> agent audio paused"
             " (VOICEPOOL_INTERRUPTION_MIN_DURATION "
-            + self.worker_env["default"].get("VOICEPOOL_INTERRUPTION_MIN_DURATION", "0.2, default")
+            + self.worker_env["default"].get("VOICEPOOL_INTERRUPTION_MIN_DURATION", "0.05, default")
             + ")"
             f" {pct([s.interrupt_ms for s in splits])}; -> last loud frame heard (audio"
             f" already sent, the caller's jitter buffer) {pct([s.drain_ms for s in splits])}"

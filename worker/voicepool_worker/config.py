@@ -105,7 +105,7 @@ class WorkerConfig:
     auto_gain_control: bool = False
     echo_gate_db: float = 8.0  # caller audio this far below the echoing far end is muted (0: off)
     echo_gate_hold_s: float = 0.3  # a caller louder than any echo keeps the gate open this long
-    interruption_min_duration_s: float = 0.2  # caller speech that stops the agent (barge-in)
+    interruption_min_duration_s: float = 0.05  # caller speech that stops the agent (barge-in)
     preemptive_tts: bool = True  # synthesise the reply while the endpointing delay runs
     tts_threads: int = 1  # onnxruntime threads of the embedded piper voice (0: its default)
     input_frame_ms: int = 20  # caller audio is handed to APM/VAD/STT in frames this long
@@ -312,7 +312,7 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         auto_gain_control=_bool(env, "VOICEPOOL_AUTO_GAIN_CONTROL", False),
         echo_gate_db=_float(env, "VOICEPOOL_ECHO_GATE_DB", 8.0),
         echo_gate_hold_s=_float(env, "VOICEPOOL_ECHO_GATE_HOLD", 0.3),
-        interruption_min_duration_s=_float(env, "VOICEPOOL_INTERRUPTION_MIN_DURATION", 0.2),
+        interruption_min_duration_s=_float(env, "VOICEPOOL_INTERRUPTION_MIN_DURATION", 0.05),
         preemptive_tts=_bool(env, "VOICEPOOL_PREEMPTIVE_TTS", True),
         tts_threads=_int(env, "VOICEPOOL_TTS_THREADS", 1, 0),
         input_frame_ms=_frame_ms(env, "VOICEPOOL_INPUT_FRAME_MS", 20),

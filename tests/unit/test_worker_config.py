@@ -83,6 +83,10 @@ def test_openai_endpoints_take_the_key_from_env() -> None:
         ({"VOICEPOOL_INPUT_FRAME_MS": "25"}, "must be a multiple of 10 ms"),
         ({"VOICEPOOL_INPUT_FRAME_MS": "5"}, "must be >= 10"),
         ({"VOICEPOOL_WARM_TRANSFER_TO": "sip:desk@pbx"}, "is not an E.164 number"),
+        (
+            {"VOICEPOOL_VAD_ACTIVATION": "1.5"},
+            "VOICEPOOL_VAD_ACTIVATION=1.5 must be between 0 and 1",
+        ),
     ],
 )
 def test_bad_values_are_one_line_errors(env: dict[str, str], message: str) -> None:

@@ -37,7 +37,10 @@ def prewarm(proc: JobProcess) -> None:
 
     cfg = config.load(os.environ)
     proc.userdata["cfg"] = cfg
-    proc.userdata["vad"] = vad = shared_vad(cfg.vad_min_silence_s)  # loaded before the fork
+    # loaded before the fork
+    proc.userdata["vad"] = vad = shared_vad(
+        cfg.vad_min_silence_s, cfg.vad_activation, cfg.vad_min_speech_s
+    )
     stt = providers.build_stt(cfg, vad=vad)
     tts = providers.build_tts(cfg)
     llm = providers.build_llm(cfg)

@@ -106,6 +106,8 @@ class WorkerConfig:
     echo_gate_db: float = 8.0  # caller audio this far below the echoing far end is muted (0: off)
     echo_gate_hold_s: float = 0.3  # a caller louder than any echo keeps the gate open this long
     interruption_min_duration_s: float = 0.05  # caller speech that stops the agent (barge-in)
+    vad_activation: float = 0.5  # silero probability that starts speech (barge-in onset)
+    vad_min_speech_s: float = 0.05  # speech that long above it is a start of speech
     preemptive_tts: bool = True  # synthesise the reply while the endpointing delay runs
     tts_threads: int = 1  # onnxruntime threads of the embedded piper voice (0: its default)
     input_frame_ms: int = 20  # caller audio is handed to APM/VAD/STT in frames this long
@@ -157,6 +159,13 @@ def _int(env: Mapping[str, str], key: str, default: int, minimum: int) -> int:
         raise ConfigError(f"{key}={raw!r} is not an integer") from None
     if value < minimum:
         raise ConfigError(f"{key}={value} must be >= {minimum}")
+    return value
+
+
+def _fraction(env: Mapping[str, str], key: str, default: float) -> float:
+    value = _float(env, key, default)
+    if not 0 < value < 1:
+        raise ConfigError(f"{key}={value} must be between 0 and 1")
     return value
 
 
@@ -313,6 +322,8 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         echo_gate_db=_float(env, "VOICEPOOL_ECHO_GATE_DB", 8.0),
         echo_gate_hold_s=_float(env, "VOICEPOOL_ECHO_GATE_HOLD", 0.3),
         interruption_min_duration_s=_float(env, "VOICEPOOL_INTERRUPTION_MIN_DURATION", 0.05),
+        vad_activation=_fraction(env, "VOICEPOOL_VAD_ACTIVATION", 0.5),
+        vad_min_speech_s=_float(env, "VOICEPOOL_VAD_MIN_SPEECH", 0.05),
         preemptive_tts=_bool(env, "VOICEPOOL_PREEMPTIVE_TTS", True),
         tts_threads=_int(env, "VOICEPOOL_TTS_THREADS", 1, 0),
         input_frame_ms=_frame_ms(env, "VOICEPOOL_INPUT_FRAME_MS", 20),

@@ -17,18 +17,32 @@ from typing import Any
 
 log = logging.getLogger("voicepool.worker.preload")
 
-#: silero VADs by min-silence setting, loaded before the fork.
-VADS: dict[float, Any] = {}
+#: silero VADs by setting (min silence, activation, min speech), loaded before the fork.
+VADS: dict[tuple[float, float, float], Any] = {}
 
 
-def vad(min_silence_s: float) -> Any:
-    """The preloaded VAD for this setting, else a freshly loaded one."""
-    shared = VADS.get(min_silence_s)
+def vad(min_silence_s: float, activation: float = 0.5, min_speech_s: float = 0.05) -> Any:
+    """The preloaded VAD for this setting, else a freshly loaded one.
+
+    The end of speech keeps silero's default deactivation (0.35) whatever the activation: a
+    lower activation hears a caller start sooner without moving the end of a turn.
+    """
+    key = (min_silence_s, activation, min_speech_s)
+    shared = VADS.get(key)
     if shared is not None:
         return shared
     from livekit.plugins import silero
 
-    return silero.VAD.load(min_silence_duration=min_silence_s)
+    return silero.VAD.load(
+        min_silence_duration=min_silence_s,
+        activation_threshold=activation,
+        deactivation_threshold=min(activation, DEACTIVATION),
+        min_speech_duration=min_speech_s,
+    )
+
+
+#: silero's end-of-speech threshold with its default activation (0.5 - 0.15).
+DEACTIVATION = 0.35
 
 
 def preload(env: dict[str, str] | None = None) -> list[str]:
@@ -37,9 +51,10 @@ def preload(env: dict[str, str] | None = None) -> list[str]:
 
     cfg = config.load(env if env is not None else dict(os.environ))
     loaded: list[str] = []
-    from livekit.plugins import silero
 
-    VADS[cfg.vad_min_silence_s] = silero.VAD.load(min_silence_duration=cfg.vad_min_silence_s)
+    VADS[cfg.vad_min_silence_s, cfg.vad_activation, cfg.vad_min_speech_s] = vad(
+        cfg.vad_min_silence_s, cfg.vad_activation, cfg.vad_min_speech_s
+    )
     loaded.append("silero")
     if "pocketsphinx" in cfg.stt_chain:
         from .providers import pocketsphinx_stt

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from voicepool_worker.echo_delay import EchoDelayEstimator, ResidualEchoGate
+from voicepool_worker.echo_delay import EchoDelayEstimator, EchoPresence, ResidualEchoGate
 from voicepool_worker.measure import (
     SPEECH_FLOOR_RMS,
     TtfwSummary,
@@ -212,3 +212,16 @@ def test_before_the_echo_path_is_known_the_gate_does_not_hold() -> None:
     assert not gate.mute(0.00, 3000.0, 4000.0, hold=False)
     assert not gate.mute(0.01, 3000.0, 4000.0, hold=False)
     assert gate.mute(0.02, 600.0, 4000.0, hold=False)  # an unlearnt echo gets no hold
+
+
+def test_echo_presence_goes_off_at_once_and_on_only_after_a_run() -> None:
+    p = EchoPresence(min_gain=0.03, on_after=4)
+    assert p.heard  # until measured, an echo may be there
+    assert p.update(None) is False and p.heard  # the agent did not talk: no news
+    assert p.update(0.01) is True and not p.heard  # off at the first quiet estimate
+    # double talk at a chance lag: a short run of "echo" estimates does not turn it on
+    assert [p.update(g) for g in (0.2, 0.2, 0.01)] == [False, False, False] and not p.heard
+    assert [p.update(0.2) for _ in range(3)] == [False] * 3 and not p.heard
+    assert p.update(None) is False and not p.heard  # a silent stretch keeps the state
+    assert p.update(0.2) is True and p.heard  # a run of 4+ (the silent one counts as heard)
+    assert p.update(0.5) is False and p.heard

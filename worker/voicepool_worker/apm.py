@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 from livekit import rtc
 
-from .echo_delay import EchoDelayEstimator, ResidualEchoGate
+from .echo_delay import EchoDelayEstimator, EchoPresence, ResidualEchoGate
 from .measure import rms
 from .playout_tap import ReferenceSchedule
 
@@ -26,10 +26,6 @@ log = logging.getLogger("voicepool.worker.apm")
 #: The delay left to AEC3 after the reference is shifted: well inside what it aligns itself.
 RESIDUAL_DELAY_MS = 200
 GATE_SPREAD_S = 0.25  # how far the echo path may wander around its estimate
-#: Below this echo gain (agent's voice back in the caller's raw audio / what played, ~-30 dB)
-#: nothing echoes (a headset, a phone's own canceller): the residual-echo gate stands aside.
-MIN_ECHO_GAIN = 0.03
-ECHO_ON_AFTER = 4  # estimates (0.5 s apart) that must all hear an echo to turn the gate back on
 ESTIMATE_EVERY = 50  # 10 ms pieces between two delay estimates
 
 
@@ -87,8 +83,7 @@ class CallerAudioProcessor(rtc.FrameProcessor[rtc.AudioFrame]):
         self.reference: ReferenceSchedule | None = None  # set once the room output exists
         self.estimator = EchoDelayEstimator(initial_s=stream_delay_ms / 1000)
         self._pieces = 0
-        self._echo = True  # until measured, the caller's audio may hold the agent's echo
-        self._echo_seen = 0  # echo gain estimates in a row that say there is an echo
+        self.echo = EchoPresence()  # until measured, the caller's audio may hold the echo
         self._clock = 0.0
         self.gate = (
             ResidualEchoGate(echo_gate_db, hold_s=echo_gate_hold_s)
@@ -126,7 +121,12 @@ class CallerAudioProcessor(rtc.FrameProcessor[rtc.AudioFrame]):
             if self._aec and self.reference is not None:
                 self._feed_reference(t, raw, frame)
             self._apm.process_stream(piece)
-            if self._aec and self.reference is not None and self.gate is not None and self._echo:
+            if (
+                self._aec
+                and self.reference is not None
+                and self.gate is not None
+                and self.echo.heard
+            ):
                 far = self.estimator.far_around_echo(GATE_SPREAD_S)
                 near = rms(bytes(piece.data.cast("B")))
                 if self.gate.mute(t, near, far, hold=self.estimator.converged):
@@ -166,19 +166,12 @@ class CallerAudioProcessor(rtc.FrameProcessor[rtc.AudioFrame]):
         if self._pieces % ESTIMATE_EVERY == 0:
             before = self.estimator.delay_s
             gain = self.estimator.measure_echo_gain()
-            heard = gain is None or gain >= MIN_ECHO_GAIN
-            self._echo_seen = self._echo_seen + 1 if heard else 0
-            # off at once, on again only after ECHO_ON_AFTER estimates in a row: double talk
-            # at a chance lag looks like an echo for a second or two, a real one stays
-            echo = self._echo_seen >= ECHO_ON_AFTER if not self._echo else heard
-            if gain is None:
-                echo = self._echo
-            if echo != self._echo:
+            if self.echo.update(gain):
                 log.info(
-                    "echo " + ("heard: canceller and gate on" if echo else "not heard: off"),
+                    "echo "
+                    + ("heard: canceller and gate on" if self.echo.heard else "not heard: off"),
                     extra={"echo_gain": gain if gain is None else round(gain, 3)},
                 )
-            self._echo = echo
             if (after := self.estimator.estimate()) is not None and abs(after - before) > 0.05:
                 log.info(
                     "echo path delay",
@@ -191,7 +184,7 @@ class CallerAudioProcessor(rtc.FrameProcessor[rtc.AudioFrame]):
         shift = max(0.0, self.estimator.delay_s - RESIDUAL_DELAY_MS / 1000)
         # nothing echoes (a headset): AEC3 gets a silent far end, so it cannot suppress a
         # caller talking over the agent (early in a call it did, while still learning)
-        far = ref.at(t - shift) if self._echo else None
+        far = ref.at(t - shift) if self.echo.heard else None
         step = frame.sample_rate // 100
         pcm = b"\0" * (step * frame.num_channels * 2) if far is None else far
         if far is not None and ref.sample_rate != frame.sample_rate:

@@ -170,3 +170,34 @@ class ResidualEchoGate:
             return False
         self._loud = 0
         return t >= self._open_until
+
+
+#: Below this echo gain (agent's voice back in the caller's raw audio / what played, ~-30 dB)
+#: nothing echoes (a headset, a phone's own canceller): the residual-echo gate stands aside.
+MIN_ECHO_GAIN = 0.03
+ECHO_ON_AFTER = 4  # estimates (0.5 s apart) that must all hear an echo to turn the gate back on
+
+
+class EchoPresence:
+    """Whether the caller's audio holds the agent's echo, from successive echo-gain estimates.
+
+    Off at once, on again only after ``on_after`` estimates in a row hear an echo: double talk
+    at a chance lag looks like an echo for a second or two, a real one stays. Until measured
+    the audio may hold an echo (on). An estimate of None (the agent did not talk) keeps it.
+    """
+
+    def __init__(self, *, min_gain: float = MIN_ECHO_GAIN, on_after: int = ECHO_ON_AFTER) -> None:
+        self.min_gain = min_gain
+        self.on_after = on_after
+        self.heard = True
+        self._seen = 0  # estimates in a row that heard an echo
+
+    def update(self, gain: float | None) -> bool:
+        """Take one estimate; returns whether the echo state changed."""
+        heard = gain is None or gain >= self.min_gain
+        self._seen = self._seen + 1 if heard else 0
+        if gain is None:
+            return False
+        now = heard if self.heard else self._seen >= self.on_after
+        changed, self.heard = now != self.heard, now
+        return changed

@@ -33,7 +33,7 @@ from tests.integration.operator_harness import (
     Cluster,
     OperatorProcess,
     install_crds,
-    pool_manifest,
+    zero_pool_manifest,
 )
 
 AGENT = "zero-bench"
@@ -70,15 +70,7 @@ def main() -> int:
         op.start()
         try:
             cl = Cluster(api, ns)
-            cl.create_pool(
-                pool_manifest(
-                    "zero",
-                    agentName=AGENT,
-                    minReplicas=0,
-                    warmPool={"idleSessions": 0},
-                    scaleDown={"stabilizationWindowSeconds": 0},
-                )
-            )
+            cl.create_pool(zero_pool_manifest("zero", AGENT))
             watcher = PodWatch(core, ns)
             watcher.start()
             times: list[float] = []

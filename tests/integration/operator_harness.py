@@ -246,6 +246,17 @@ def pool_manifest(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
+def zero_pool_manifest(name: str, agent: str) -> dict[str, Any]:
+    """A pool that keeps no pod until a caller waits for ``agent`` (scale from zero)."""
+    return pool_manifest(
+        name,
+        agentName=agent,
+        minReplicas=0,
+        warmPool={"idleSessions": 0},
+        scaleDown={"stabilizationWindowSeconds": 0},
+    )
+
+
 class Cluster:
     """Small verbs the tests use; everything goes through the real API."""
 

@@ -36,6 +36,7 @@ from .operator_harness import (
     create_peering,
     install_crds,
     pool_manifest,
+    zero_pool_manifest,
 )
 
 pytestmark = pytest.mark.cluster
@@ -174,15 +175,7 @@ def test_a_webhook_posted_to_the_standby_scales_a_pool_from_zero(
     wait_for(lambda: RESUMED in first.log_text(), timeout=30, what="the oldest replica to resume")
     assert RESUMED not in second.log_text(), second.log_tail()
     agent = f"ha-zero-{namespace}"
-    cluster.create_pool(
-        pool_manifest(
-            "zero",
-            agentName=agent,
-            minReplicas=0,
-            warmPool={"idleSessions": 0},
-            scaleDown={"stabilizationWindowSeconds": 0},
-        )
-    )
+    cluster.create_pool(zero_pool_manifest("zero", agent))
     wait_for(
         lambda: cluster.pool("zero").get("status", {}).get("desiredReplicas") == 0,
         timeout=30,

@@ -21,6 +21,7 @@ import pytest
 from voicepool_devstack.testing import Environment
 from voicepool_worker.caller import Call
 from voicepool_worker.config import DEFAULT_GREETING
+from voicepool_worker.measure import wer
 from voicepool_worker.providers.llama_llm import find_model
 
 from .llm_server import ALIAS, HangingServer, LlamaServer, closed_port_url
@@ -337,7 +338,9 @@ async def test_openai_stt_and_tts_against_real_speech_servers(
         finally:
             await c.hangup()
         heard = [str(line.get("transcript", "")).lower() for line in w.msgs("user turn")]
-        assert any("opening hours" in t for t in heard), heard
+        # the server transcribed the caller: at most one word of five wrong (CI's whisper once
+        # heard "what are your opening now?")
+        assert any(wer([(HOURS, t)]) <= 0.2 for t in heard), heard
         assert "Monday" in replies(w, room)[-1]
         assert stt.requests_served("/v1/audio/transcriptions") >= 1
         w.wait_log(lambda line: line.get("msg") == "session ended", 30, "session ended")

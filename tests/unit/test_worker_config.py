@@ -22,6 +22,7 @@ def test_defaults_are_the_embedded_offline_providers() -> None:
     assert "piper" in preload_modules(cfg) and "livekit.plugins.openai" not in preload_modules(cfg)
     # the voice-loop levers the benchmark kept (docs/worker.md, "Figures")
     assert cfg.vad_min_silence_s == 0.25 and cfg.input_frame_ms == 20
+    assert cfg.interruption_min_duration_s == 0.05 and cfg.vad_activation == 0.5
     assert not cfg.sync_transcription
     assert preload_modules(cfg)[-1] == "voicepool_worker.preload_models"
 

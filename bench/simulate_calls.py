@@ -1102,10 +1102,11 @@ def adaptive_section(p: Params) -> int:
         oracle = bench.adaptive(p.adaptive_floor, p.window, oracle=True)
         reaching = [f for f in floors if by_floor[f].warm_pct >= 99.0 and by_floor[f].cut == 0]
         pick = reaching[0] if reaching else None
-        policies = [("static", static)]
-        policies += [(f"adaptive, floor {f}", by_floor[f]) for f in floors]
-        policies.append((ORACLE, oracle))
-        best = max(r.warm_pct for _, r in policies)
+        # (label, run, its floor when it is one of the floors tried)
+        policies: list[tuple[str, Result, int | None]] = [("static", static, None)]
+        policies += [(f"adaptive, floor {f}", by_floor[f], f) for f in floors]
+        policies.append((ORACLE, oracle, None))
+        best = max(r.warm_pct for _, r, _ in policies)
         bench.sweep(math.ceil(p.warm_sessions / p.spp), best)
 
         one_ok, one_text = judge(bench, adaptive)
@@ -1126,12 +1127,11 @@ def adaptive_section(p: Params) -> int:
         per_trace.append(line + "; needs >= 99%, 0, >= +25%")
         if trace == "burst":
             onset.append((adaptive, oracle))
-        for label, r in policies:
+        for label, r, floor in policies:
             b = bench.as_warm(r.warm_pct)
             ref = None if b is None else bench.buffers[b]
             saving = None if ref is None else 1 - r.idle_pod_h / ref.idle_pod_h
             ok, _ = judge(bench, r)
-            floor = None if not label.startswith("adaptive, floor") else int(label.split()[-1])
             rows.append(
                 [
                     trace,

@@ -10,12 +10,12 @@ each figure is taken is printed next to it. Sections (``--sections``, default al
   first agent frame above the floor it receives; p50/p90/max and the share not answered
   within 3 s; the agent-side stage breakdown; STT word error rate; replies that fit;
 * ``bargein``: the caller talks over a long reply: first voiced frame sent -> the agent's
-  last loud frame before it fell silent;
+  last loud frame before it fell silent, early barge-in (the energy onset) on and off;
 * ``echo``: the agent's voice played back into the caller's microphone (speakerphone,
   -10 dB, 100 ms later) while the caller only asks its questions: spurious user turns over
   >= 30 s of agent speech, echo cancellation on vs off;
 * ``noise``: street noise and babble mixed into the microphone at 10 dB SNR: WER, fits,
-  spurious turns, noise suppression on vs off;
+  spurious turns, early barge-in pauses the VAD did not confirm, noise suppression on vs off;
 * ``concurrency``: 2 simultaneous calls on one worker (``sessionsPerPod: 2``): TTFW and PSS
   per extra call;
 * ``memory``: worker RSS/PSS after each of 20 calls.
@@ -127,6 +127,12 @@ class Analysis:
     replies: list[str]
     split: int  # sentences the worker took as more than one turn (cut at a pause)
     where: list[TtfwSplit] = field(default_factory=list)  # uplink / agent / downlink per turn
+
+
+def false_pauses(w: WorkerProcess, room: str) -> int:
+    """Early barge-in pauses the VAD did not confirm (the reply resumed): a noise or an echo
+    the onset took for the caller's voice."""
+    return sum(1 for x in w.msgs("onset resumed") if x.get("room") == room)
 
 
 def analyse(w: WorkerProcess, rec: CallRecord, *, settle_s: float = 2.0) -> Analysis:
@@ -329,11 +335,24 @@ class Bench:
 
     def bargein(self, trials: int = 6) -> None:
         print("\n== barge-in: the caller talks over a long reply ==", flush=True)
-        w = self.ready("default")
         interjections = [x.text for x in self.lines[::5]][:trials]
+        rows = []
+        for name, label in (("default", "early on"), ("early_off", "early off")):
+            w = self.ready(name)
+            print(f"  {label} (VOICEPOOL_EARLY_BARGE_IN):", flush=True)
+            rows.append((label, self._barge_in_call(w, name, interjections)))
+        print(
+            "barge-in stop time (caller's first voiced frame sent -> last loud agent frame "
+            "before 0.6 s of silence), early barge-in on (the default) and off, side by side:"
+        )
+        for label, got in rows:
+            print(f"  {label:9} {got}")
+
+    def _barge_in_call(self, w: WorkerProcess, name: str, interjections: list[str]) -> str:
+        """One call that talks over ``interjections``; prints each, returns its summary line."""
 
         async def run() -> tuple[CallRecord, list[BargeIn]]:
-            c = self.caller(w, "barge")
+            c = self.caller(w, f"barge-{name}")
             rec = CallRecord(c.room_name)
             got: list[BargeIn] = []
             try:
@@ -343,36 +362,49 @@ class Bench:
                     got.append(b)
                     rec.stop_ms.append(b.stop_ms if b.agent_was_talking else None)
                     took = f"{b.stop_ms:6.0f} ms" if b.stop_ms is not None else "never"
-                    print(f"  agent silent {took} after voicing start  ({b.text!r})", flush=True)
+                    print(f"    agent silent {took} after voicing start  ({b.text!r})", flush=True)
             finally:
                 await c.hangup()
             return rec, got
 
         rec, tries = asyncio.run(run())
         got = [x for x in rec.stop_ms if x is not None]
-        print(
-            "barge-in stop time (caller's first voiced frame sent -> last loud agent frame "
-            f"before 0.6 s of silence): {pct(got)}; never stopped: {len(rec.stop_ms) - len(got)}"
-        )
         time.sleep(1.0)  # the worker's log lines land
-        starts = [float(x["at"]) for x in w.msgs("caller speaking") if x.get("room") == rec.room]
-        stops = [float(x["at"]) for x in w.msgs("agent silent") if x.get("room") == rec.room]
+        mine = rec.room
+
+        def marks(msg: str) -> list[float]:
+            return [float(x["at"]) for x in w.msgs(msg) if x.get("room") == mine]
+
+        starts, stops, onsets = (
+            marks("caller speaking"),
+            marks("agent silent"),
+            marks("onset pause"),
+        )
+        talked = [b for b in tries if b.agent_was_talking and b.voiced_wall is not None]
         splits = [
             s
-            for b in tries
-            if b.agent_was_talking
-            and (s := barge_in_split(b.voiced_wall, b.silent_wall, starts, stops)) is not None
+            for b in talked
+            if (s := barge_in_split(b.voiced_wall, b.silent_wall, starts, stops)) is not None
+        ]
+        early = [
+            (o - b.voiced_wall) * 1000
+            for b in talked
+            if b.voiced_wall is not None
+            and (o := min((t for t in onsets if t >= b.voiced_wall - 0.05), default=None))
+            is not None
+            and o - b.voiced_wall < 3.0
         ]
         print(
-            "  where it went (worker's wall-clock marks, n="
-            f"{len(splits)}): first voiced frame sent -> the agent's VAD hears speech (uplink,"
-            f" APM, VAD onset) {pct([s.detect_ms for s in splits])}; -> agent audio paused"
-            " (VOICEPOOL_INTERRUPTION_MIN_DURATION "
-            + self.worker_env["default"].get("VOICEPOOL_INTERRUPTION_MIN_DURATION", "0.05, default")
-            + ")"
-            f" {pct([s.interrupt_ms for s in splits])}; -> last loud frame heard (audio"
-            f" already sent, the caller's jitter buffer) {pct([s.drain_ms for s in splits])}"
+            "    where it went (worker's wall-clock marks): first voiced frame sent -> the"
+            f" energy onset paused the agent {pct(early)}; -> the agent's VAD hears speech"
+            f" (uplink, APM, VAD onset) {pct([s.detect_ms for s in splits])}; -> the framework"
+            " interrupts (VOICEPOOL_INTERRUPTION_MIN_DURATION "
+            + self.worker_env[name].get("VOICEPOOL_INTERRUPTION_MIN_DURATION", "0.05, default")
+            + f") {pct([s.interrupt_ms for s in splits])}; onsets resumed (no speech followed):"
+            f" {false_pauses(w, mine)}",
+            flush=True,
         )
+        return f"{pct(got)}; never stopped: {len(rec.stop_ms) - len(got)}"
 
     def echo(self) -> None:
         print(
@@ -391,12 +423,28 @@ class Bench:
                 return await echo_call(c, w, seconds=ECHO_SECONDS)
 
             out = asyncio.run(run())
-            rows.append((label, out.agent_talk_s, out.spurious, out.interrupted, len(out.asked)))
+            rows.append(
+                (
+                    label,
+                    out.agent_talk_s,
+                    out.spurious,
+                    out.interrupted,
+                    false_pauses(w, out.room),
+                    len(out.asked),
+                )
+            )
             print(f"  {label}: the worker heard {out.user_turns}", flush=True)
-        print(f"  {'':8} {'agent talk':>10} {'spurious turns':>15} {'interrupted':>12}")
-        for label, talked, spurious, interrupted, asked in rows:
-            print(f"  {label:8} {talked:9.0f}s {spurious:15d} {interrupted:12d}  ({asked} asked)")
+        print(
+            f"  {'':8} {'agent talk':>10} {'spurious turns':>15} {'interrupted':>12}"
+            f" {'false pauses':>13}"
+        )
+        for label, talked, spurious, interrupted, paused, asked in rows:
+            print(
+                f"  {label:8} {talked:9.0f}s {spurious:15d} {interrupted:12d} {paused:13d}"
+                f"  ({asked} asked)"
+            )
         print("  spurious = user turns committed while the caller was silent (it heard itself)")
+        print("  false pauses = early barge-in onsets the VAD did not confirm (the reply resumed)")
 
     def noise(self, per_kind: int = 6) -> None:
         print(f"\n== background noise at {NOISE_SNR_DB:.0f} dB SNR ==", flush=True)
@@ -412,10 +460,18 @@ class Bench:
                 rec = asyncio.run(self.converse(w, f"{kind}-{name}", lines, noise=noise))
                 a = analyse(w, rec)
                 s = TtfwSummary.of(a.ttfw)
-                rows.append((label, kind, a.wer, a.fit, len(lines), a.spurious, s.p50_ms))
-        print(f"  {'':7} {'noise':7} {'WER':>6} {'fit':>6} {'spurious':>9} {'TTFW p50':>9}")
-        for label, kind, e, fit, n, spurious, p50 in rows:
-            print(f"  {label:7} {kind:7} {e:6.1%} {fit:3d}/{n:<2d} {spurious:9d} {p50:7.0f}ms")
+                paused = false_pauses(w, rec.room)
+                rows.append((label, kind, a.wer, a.fit, len(lines), a.spurious, paused, s.p50_ms))
+        print(
+            f"  {'':7} {'noise':7} {'WER':>6} {'fit':>6} {'spurious':>9} {'false pauses':>13}"
+            f" {'TTFW p50':>9}"
+        )
+        for label, kind, e, fit, n, spurious, paused, p50 in rows:
+            ttfw = "no reply" if p50 != p50 else f"{p50:7.0f}ms"  # NaN: no turn was answered
+            print(
+                f"  {label:7} {kind:7} {e:6.1%} {fit:3d}/{n:<2d} {spurious:9d} {paused:13d}"
+                f" {ttfw:>9}"
+            )
 
     def concurrency(self, per_call: int = 10) -> None:
         print("\n== 2 simultaneous calls on one worker (sessionsPerPod 2) ==", flush=True)
@@ -536,6 +592,7 @@ class Bench:
 WORKERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     # name: (sections that use it, its environment beyond the defaults)
     "default": (("quiet", "bargein", "echo", "noise"), {}),
+    "early_off": (("bargein",), {"VOICEPOOL_EARLY_BARGE_IN": "false"}),
     "aec_off": (("echo",), {"VOICEPOOL_ECHO_CANCELLATION": "false"}),
     "ns_off": (("noise",), {"VOICEPOOL_NOISE_SUPPRESSION": "false"}),
     "duo": (("concurrency",), {"VOICEPOOL_SESSIONS_PER_POD": "2"}),

@@ -2,7 +2,8 @@
 
 A real worker and a synthetic WebRTC caller (``voicepool_worker.caller``): for echo the caller's
 "speakerphone" plays the agent's received voice back into its microphone (-10 dB, 100 ms
-later) while the caller only asks its questions; for barge-in it talks over a long reply.
+later) while the caller only asks its questions; for barge-in it talks over a long reply, or
+knocks on the desk during one (the early barge-in pauses the reply and resumes it).
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from voicepool_devstack.stack import LiveKitInfo, LocalStack, StackConfig
 
 from .voice_scenarios import (
     ECHO_DELAY_MS,
+    LONG_QUESTION,
     SPEAKERPHONE_GAIN_DB,
     barge_ins,
     caller,
@@ -102,9 +105,6 @@ async def test_without_echo_cancellation_it_does(
     assert spurious > 0, f"no self-answer even without echo cancellation: {detail}"
 
 
-@pytest.mark.xfail(
-    reason="issue 11: under load the agent talked on over the caller once; open", strict=False
-)
 @pytest.mark.timeout(240)
 async def test_talking_over_a_reply_silences_the_agent(
     livekit: LiveKitInfo, tmp_path: Path, workers: list[WorkerProcess]
@@ -124,7 +124,49 @@ async def test_talking_over_a_reply_silences_the_agent(
     print(f"\nagent silent {b.stop_ms:.0f} ms after the caller's voicing start")
     # the agent stopped while the caller was still speaking (~2 s), not after its reply ended
     assert b.stop_ms < 2000, b
-    replies = [x for x in w.msgs("agent turn") if x.get("room") == c.room_name]
+    mine = c.room_name
+    assert [x for x in w.msgs("onset pause") if x.get("room") == mine], "no early barge-in"
+    replies = [x for x in w.msgs("agent turn") if x.get("room") == mine]
     assert any(x.get("interrupted") for x in replies), replies
-    heard = [str(x["transcript"]) for x in w.msgs("user turn") if x.get("room") == c.room_name]
-    assert any("located" in t for t in heard), heard  # the interjection itself was understood
+    heard = [str(x["transcript"]) for x in w.msgs("user turn") if x.get("room") == mine]
+    if not any("located" in t for t in heard):  # the barge-in held; the words are STT's part
+        pytest.xfail(f"issue 11: the interjection over the agent was heard as {heard}")
+
+
+def knock() -> tuple[bytes, ...]:
+    """60 ms of a knock on the desk: a loud noise burst that decays, no voice in it."""
+    rng = np.random.default_rng(7)
+    frames = []
+    for i in range(6):
+        burst = rng.normal(0.0, 6000.0 * 0.6**i, 480).clip(-32767, 32767)
+        frames.append(burst.astype("<i2").tobytes())
+    return (*frames, *([b"\0" * 960] * 30))
+
+
+@pytest.mark.timeout(240)
+async def test_a_knock_over_a_reply_pauses_it_briefly_and_the_reply_goes_on(
+    livekit: LiveKitInfo, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """The early barge-in's onset also fires on a sound that is not the caller's voice; the
+    VAD then hears no speech, so the reply resumes where it paused and nothing is lost."""
+    w = worker(livekit, tmp_path, workers, {})
+    lk = livekit
+    c = caller(w, lk.url, lk.api_key, lk.api_secret, "knock")
+    try:
+        await c.start(join_within=60)
+        assert await c.wait_greeting(within=30), "no greeting"
+        await c.speak(LONG_QUESTION, quiet=1.0)
+        b = await c.talk_over("", frames=knock())
+        await c.wait_agent_quiet(quiet=1.5, within=20)
+    finally:
+        await c.hangup()
+    assert b.agent_was_talking, "the long reply never started"
+    mine = c.room_name
+    paused = [x for x in w.msgs("onset pause") if x.get("room") == mine]
+    resumed = [x for x in w.msgs("onset resumed") if x.get("room") == mine]
+    assert paused and resumed, f"paused {paused}, resumed {resumed}\n{w.tail()}"
+    replies = [x for x in w.msgs("agent turn") if x.get("room") == mine]
+    long = [x for x in replies if "open" in str(x.get("reply", "")).lower()]
+    assert long and not any(x.get("interrupted") for x in long), replies
+    heard = [str(x["transcript"]) for x in w.msgs("user turn") if x.get("room") == mine]
+    assert len(heard) == 1, heard  # the question only: the knock was no turn

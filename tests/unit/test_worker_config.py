@@ -24,6 +24,7 @@ def test_defaults_are_the_embedded_offline_providers() -> None:
     assert cfg.vad_min_silence_s == 0.25 and cfg.input_frame_ms == 20
     assert cfg.interruption_min_duration_s == 0.05 and cfg.vad_activation == 0.5
     assert not cfg.sync_transcription
+    assert cfg.early_barge_in and cfg.early_barge_in_hold_s == 0.3
     assert preload_modules(cfg)[-1] == "voicepool_worker.preload_models"
 
 
@@ -84,6 +85,8 @@ def test_openai_endpoints_take_the_key_from_env() -> None:
         ({"VOICEPOOL_INPUT_FRAME_MS": "25"}, "must be a multiple of 10 ms"),
         ({"VOICEPOOL_INPUT_FRAME_MS": "5"}, "must be >= 10"),
         ({"VOICEPOOL_WARM_TRANSFER_TO": "sip:desk@pbx"}, "is not an E.164 number"),
+        ({"VOICEPOOL_EARLY_BARGE_IN": "soon"}, "VOICEPOOL_EARLY_BARGE_IN='soon' is not a boolean"),
+        ({"VOICEPOOL_EARLY_BARGE_IN_HOLD": "0"}, "VOICEPOOL_EARLY_BARGE_IN_HOLD"),
         (
             {"VOICEPOOL_VAD_ACTIVATION": "1.5"},
             "VOICEPOOL_VAD_ACTIVATION=1.5 must be between 0 and 1",

@@ -26,7 +26,8 @@ from .callcontrol import (
     CallControl,
 )
 from .latency import TurnTracker
-from .playout_tap import attach_echo_reference
+from .onset import EarlyBargeIn
+from .playout_tap import attach_echo_reference, room_audio_source
 
 log = logging.getLogger("voicepool.worker.agent")
 
@@ -197,8 +198,16 @@ async def entrypoint(ctx: JobContext) -> None:
                 extra["latency"] = {k: round(v, 4) for k, v in stages.items()}
             log.info("agent turn", extra=extra)
 
+    early: EarlyBargeIn | None = None
+
     @session.on("close")
     def _on_close(ev: Any) -> None:
+        if early is not None:
+            early.close()
+            log.info(
+                "early barge-in",
+                extra={"onset_pauses": early.paused, "onset_resumed": early.resumed},
+            )
         log.info("session closed", extra={"reason": str(ev.reason), "error": str(ev.error or "")})
         ctx.shutdown(reason=f"session closed: {ev.reason}")
 
@@ -222,6 +231,15 @@ async def entrypoint(ctx: JobContext) -> None:
     if processor is not None and cfg.echo_cancellation:
         # the reference is what the room output plays, when it plays (see playout_tap)
         processor.reference = attach_echo_reference(session.output.audio)
+    if processor is not None and cfg.early_barge_in:
+        # the caller's voice pauses the agent on its first 30 ms, before silero hears it
+        source = room_audio_source(session.output.audio)
+        early = EarlyBargeIn(
+            session,
+            hold_s=cfg.early_barge_in_hold_s,
+            flush=source.clear_queue if source is not None else None,
+        )
+        processor.on_piece = early.piece
     try:
         number = telephony.dial_request(ctx.job.metadata or "")
     except telephony.TelephonyError as e:

@@ -92,6 +92,8 @@ class CallerAudioProcessor(rtc.FrameProcessor[rtc.AudioFrame]):
         )
         self._now = clock
         self._enabled = True
+        #: called with the RMS of every processed 10 ms piece (the early barge-in's onset)
+        self.on_piece: Callable[[float], None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -133,7 +135,10 @@ class CallerAudioProcessor(rtc.FrameProcessor[rtc.AudioFrame]):
                     piece = rtc.AudioFrame(
                         b"\0" * chunk, frame.sample_rate, frame.num_channels, step
                     )
-            out += piece.data.cast("B")
+            processed = piece.data.cast("B")
+            if self.on_piece is not None:
+                self.on_piece(rms(bytes(processed)))
+            out += processed
         out += data[len(out) :]
         return rtc.AudioFrame(
             data=bytes(out),

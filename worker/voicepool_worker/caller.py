@@ -294,13 +294,22 @@ class Call:
         result.started_wall, result.ended_wall = started, ended_wall
         return result
 
-    async def talk_over(self, text: str, *, after_s: float = 1.0, within: float = 20.0) -> BargeIn:
-        """Wait until the agent has talked for ``after_s``, then speak ``text`` over it.
+    async def talk_over(
+        self,
+        text: str,
+        *,
+        after_s: float = 1.0,
+        within: float = 20.0,
+        frames: tuple[bytes, ...] | None = None,
+    ) -> BargeIn:
+        """Wait until the agent has talked for ``after_s``, then speak ``text`` over it
+        (or play ``frames``, 10 ms 48 kHz ones: a sound that is not speech).
 
         The stop time runs from the caller's first voiced frame handed to WebRTC to the last
         loud agent frame received before a silence of ``SILENT_GAP_S``.
         """
-        frames = await asyncio.to_thread(speech_frames, text)
+        if frames is None:
+            frames = await asyncio.to_thread(speech_frames, text)
         deadline = time.monotonic() + within
         self._heard.clear()  # set again by the next loud agent frame
         with contextlib.suppress(TimeoutError):

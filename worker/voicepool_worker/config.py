@@ -108,6 +108,8 @@ class WorkerConfig:
     interruption_min_duration_s: float = 0.05  # caller speech that stops the agent (barge-in)
     vad_activation: float = 0.5  # silero probability that starts speech (barge-in onset)
     vad_min_speech_s: float = 0.05  # speech that long above it is a start of speech
+    early_barge_in: bool = True  # an energy onset pauses the agent before the VAD hears speech
+    early_barge_in_hold_s: float = 0.3  # an onset the VAD does not confirm resumes after this
     preemptive_tts: bool = True  # synthesise the reply while the endpointing delay runs
     tts_threads: int = 1  # onnxruntime threads of the embedded piper voice (0: its default)
     input_frame_ms: int = 20  # caller audio is handed to APM/VAD/STT in frames this long
@@ -324,6 +326,8 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         interruption_min_duration_s=_float(env, "VOICEPOOL_INTERRUPTION_MIN_DURATION", 0.05),
         vad_activation=_fraction(env, "VOICEPOOL_VAD_ACTIVATION", 0.5),
         vad_min_speech_s=_float(env, "VOICEPOOL_VAD_MIN_SPEECH", 0.05),
+        early_barge_in=_bool(env, "VOICEPOOL_EARLY_BARGE_IN", True),
+        early_barge_in_hold_s=_positive(env, "VOICEPOOL_EARLY_BARGE_IN_HOLD", 0.3),
         preemptive_tts=_bool(env, "VOICEPOOL_PREEMPTIVE_TTS", True),
         tts_threads=_int(env, "VOICEPOOL_TTS_THREADS", 1, 0),
         input_frame_ms=_frame_ms(env, "VOICEPOOL_INPUT_FRAME_MS", 20),

@@ -124,6 +124,21 @@ def test_echo_delay_is_found_from_the_envelopes() -> None:
     assert gain is not None and 0.2 < gain < 0.4
 
 
+def test_an_echo_is_still_heard_when_the_delay_estimate_is_off_by_a_syllable() -> None:
+    rng = np.random.default_rng(4)
+    talk = np.repeat(rng.uniform(0, 1, 120) > 0.5, 10)
+    far = np.where(talk, 3000.0, 0.0) * rng.uniform(0.5, 1.5, talk.size)
+    lag = 19  # the 190 ms echo path a live call had, when a chance peak said 0 ms
+    near = np.concatenate([np.zeros(lag), far * 0.3])[: far.size]  # digital silence between
+    est = EchoDelayEstimator(initial_s=0.1, window_s=6.0, max_lag_s=1.0)
+    for f, n in zip(far, near, strict=True):
+        est.push(f, n)
+    est.converged, est.delay_s = True, 0.0
+    assert est._gain_at(0, 500.0, 8, 0.25) == 0.0  # at the wrong lag the echo reads as none
+    gain = est.measure_echo_gain()
+    assert gain is not None and 0.2 < gain < 0.4
+
+
 def test_no_echo_gain_from_a_chance_match_of_two_voices() -> None:
     rng = np.random.default_rng(3)
     talk = np.repeat(rng.uniform(0, 1, 120) > 0.5, 10)
@@ -225,3 +240,12 @@ def test_echo_presence_goes_off_at_once_and_on_only_after_a_run() -> None:
     assert p.update(None) is False and not p.heard  # a silent stretch keeps the state
     assert p.update(0.2) is True and p.heard  # a run of 4+ (the silent one counts as heard)
     assert p.update(0.5) is False and p.heard
+    # an echo has been heard: one quiet reading (a reply cut short) does not turn it off
+    assert [p.update(g) for g in (0.0, 0.01, 0.3, 0.0, 0.0)] == [False] * 5 and p.heard
+    assert p.update(0.0) is True and not p.heard  # three quiet ones in a row do
+
+
+def test_a_speakerphone_keeps_its_canceller_through_one_quiet_reading() -> None:
+    p = EchoPresence(min_gain=0.03, on_after=4, off_after=3)
+    assert p.update(0.3) is False and p.heard
+    assert p.update(0.0) is False and p.heard

@@ -54,7 +54,12 @@ class EchoDelayEstimator:
         self._near_rms.append(near_rms)
 
     def measure_echo_gain(
-        self, *, far_floor: float = 500.0, min_blocks: int = 8, quantile: float = 0.25
+        self,
+        *,
+        far_floor: float = 500.0,
+        min_blocks: int = 8,
+        quantile: float = 0.25,
+        spread_s: float = 0.25,
     ) -> float | None:
         """How loud the agent comes back in the caller's raw audio, relative to what played
         one echo delay earlier (amplitude ratio); None until a first estimate has run.
@@ -65,17 +70,34 @@ class EchoDelayEstimator:
         own canceller (whose estimate, if any, is a chance match of two voices' rhythms).
         Blocks count only while the agent is still talking: a caller who answers after the
         agent stops lines up with its earlier speech at the gap's lag (turn-taking's rhythm).
+        The gain is the highest at any lag within ``spread_s`` of the delay: an estimate that
+        is off by a syllable (a chance peak during double talk, once 0 ms for a 190 ms echo)
+        must not read a real echo as none -- that turns the canceller off mid-call.
         """
         # before an estimate is sure, the best-matching lag: with no echo at all (a headset
         # never gives a clear peak) the caller is silent there too, and the gain reads ~0
         best = self.delay_s if self.converged else self.best_lag_s
         if best is None:
             return None
-        lag = round(best / TICK_S)
+        centre = round(best / TICK_S)
+        w = round(spread_s / TICK_S)
+        gains = [
+            g
+            for lag in range(max(0, centre - w), centre + w + 1, 2)
+            if (g := self._gain_at(lag, far_floor, min_blocks, quantile)) is not None
+        ]
+        if gains:
+            self.echo_gain = max(gains)
+        return self.echo_gain
+
+    def _gain_at(
+        self, lag: int, far_floor: float, min_blocks: int, quantile: float
+    ) -> float | None:
+        """The echo gain at one lag (ticks); None when too few blocks are loud there."""
         near = np.asarray(self._near_rms)
         far = np.asarray(self._far_rms)
         if len(near) <= lag + 10:
-            return self.echo_gain
+            return None
         # near[i] may echo played[i]; now[i] is what plays while near[i] is captured
         near, played, now = near[lag:], far[: len(far) - lag], far[lag:]
         blocks = len(near) // 10
@@ -86,9 +108,8 @@ class EchoDelayEstimator:
         near_e, far_e = energy(near), energy(played)
         loud = (far_e >= 10 * far_floor**2) & (energy(now) >= 10 * far_floor**2)
         if int(loud.sum()) < min_blocks:
-            return self.echo_gain
-        self.echo_gain = float(np.quantile(np.sqrt(near_e[loud] / far_e[loud]), quantile))
-        return self.echo_gain
+            return None
+        return float(np.quantile(np.sqrt(near_e[loud] / far_e[loud]), quantile))
 
     def far_around_echo(self, spread_s: float) -> float:
         """The loudest far end that can be echoing in the newest capture piece: played one
@@ -176,21 +197,36 @@ class ResidualEchoGate:
 #: nothing echoes (a headset, a phone's own canceller): the residual-echo gate stands aside.
 MIN_ECHO_GAIN = 0.03
 ECHO_ON_AFTER = 4  # estimates (0.5 s apart) that must all hear an echo to turn the gate back on
+ECHO_OFF_AFTER = 3  # quiet estimates in a row that turn it off, once an echo has been heard
 
 
 class EchoPresence:
     """Whether the caller's audio holds the agent's echo, from successive echo-gain estimates.
 
-    Off at once, on again only after ``on_after`` estimates in a row hear an echo: double talk
-    at a chance lag looks like an echo for a second or two, a real one stays. Until measured
-    the audio may hold an echo (on). An estimate of None (the agent did not talk) keeps it.
+    On again only after ``on_after`` estimates in a row hear an echo: double talk at a chance
+    lag looks like an echo for a second or two, a real one stays. Off at once while no
+    estimate has heard an echo yet (a headset: early in a call, AEC3 still learning
+    suppressed a caller who talked over the agent); once one has, only after ``off_after``
+    quiet ones in a row: a single quiet reading on a speakerphone (replies cut short, an
+    estimate a syllable off) turned the canceller off mid-call and the agent answered its own
+    echo until it came back. Until measured the audio may hold an echo (on). An estimate of
+    None (the agent did not talk) keeps it.
     """
 
-    def __init__(self, *, min_gain: float = MIN_ECHO_GAIN, on_after: int = ECHO_ON_AFTER) -> None:
+    def __init__(
+        self,
+        *,
+        min_gain: float = MIN_ECHO_GAIN,
+        on_after: int = ECHO_ON_AFTER,
+        off_after: int = ECHO_OFF_AFTER,
+    ) -> None:
         self.min_gain = min_gain
         self.on_after = on_after
+        self.off_after = off_after
         self.heard = True
         self._seen = 0  # estimates in a row that heard an echo
+        self._quiet = 0  # estimates in a row that heard none
+        self._confirmed = False  # an estimate has heard an echo on this call
 
     def update(self, gain: float | None) -> bool:
         """Take one estimate; returns whether the echo state changed."""
@@ -198,6 +234,11 @@ class EchoPresence:
         self._seen = self._seen + 1 if heard else 0
         if gain is None:
             return False
-        now = heard if self.heard else self._seen >= self.on_after
+        self._quiet = 0 if heard else self._quiet + 1
+        if self.heard:
+            now = self._quiet < (self.off_after if self._confirmed else 1)
+        else:
+            now = self._seen >= self.on_after
+        self._confirmed = self._confirmed or heard
         changed, self.heard = now != self.heard, now
         return changed

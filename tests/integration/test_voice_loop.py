@@ -80,8 +80,8 @@ async def speakerphone(lk: LiveKitInfo, w: WorkerProcess, tag: str) -> tuple[int
 
 @pytest.mark.xfail(
     reason=(
-        "issue 11: 0 spurious turns on quiet cores (4 of 5 runs), but leaked at load 12-29 "
-        "(a starved call process); open"
+        "issue 11: 0 spurious turns in 3 of 4 runs on quiet cores; an echo leaking at the "
+        "very start of a reply is still answered now and then (and more at load 12-29)"
     ),
     strict=False,
 )

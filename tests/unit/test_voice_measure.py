@@ -139,6 +139,20 @@ def test_an_echo_is_still_heard_when_the_delay_estimate_is_off_by_a_syllable() -
     assert gain is not None and 0.2 < gain < 0.4
 
 
+def test_too_little_agent_talk_gives_no_reading_not_the_last_one_again() -> None:
+    rng = np.random.default_rng(5)
+    talk = np.repeat(rng.uniform(0, 1, 120) > 0.5, 10)
+    far = np.where(talk, 3000.0, 0.0)
+    est = EchoDelayEstimator(initial_s=0.1, window_s=3.0, max_lag_s=1.0)
+    for f in far:
+        est.push(f, 0.0)  # a headset: the agent talked, nothing came back
+    est.converged, est.delay_s = True, 0.2
+    assert est.measure_echo_gain() == 0.0
+    for _ in range(400):  # then replies cut short: the agent barely talks
+        est.push(0.0, 0.0)
+    assert est.measure_echo_gain() is None and est.echo_gain == 0.0
+
+
 def test_no_echo_gain_from_a_chance_match_of_two_voices() -> None:
     rng = np.random.default_rng(3)
     talk = np.repeat(rng.uniform(0, 1, 120) > 0.5, 10)

@@ -62,7 +62,8 @@ class EchoDelayEstimator:
         spread_s: float = 0.25,
     ) -> float | None:
         """How loud the agent comes back in the caller's raw audio, relative to what played
-        one echo delay earlier (amplitude ratio); None until a first estimate has run.
+        one echo delay earlier (amplitude ratio); None until a first estimate has run, and
+        None while too little of the agent's talk is in the history to tell.
 
         Taken over 100 ms blocks where that far end is loud, as a low quantile: a caller who
         talks over the agent only raises some blocks, so the quantile is the echo's own level
@@ -86,8 +87,12 @@ class EchoDelayEstimator:
             for lag in range(max(0, centre - w), centre + w + 1, 2)
             if (g := self._gain_at(lag, far_floor, min_blocks, quantile)) is not None
         ]
-        if gains:
-            self.echo_gain = max(gains)
+        if not gains:
+            # too little of the agent's talk to judge (replies cut short): no news, not the
+            # last value again -- repeating a stale "no echo" counted as fresh evidence and
+            # turned the canceller off in the middle of a speakerphone call
+            return None
+        self.echo_gain = max(gains)
         return self.echo_gain
 
     def _gain_at(

@@ -154,6 +154,8 @@ async def entrypoint(ctx: JobContext) -> None:
     turns = TurnTracker()
     phone = CallControl(ctx, session, cfg)  # keypad, dialog actions and limits
 
+    early: EarlyBargeIn | None = None  # set once the room output exists
+
     @session.on("user_state_changed")
     def _on_user_state(ev: Any) -> None:
         # wall-clock marks that split a barge-in's stop time (bench/worker_latency.py)
@@ -162,6 +164,8 @@ async def entrypoint(ctx: JobContext) -> None:
 
     @session.on("agent_state_changed")
     def _on_agent_state(ev: Any) -> None:
+        if early is not None:
+            early.agent_state(str(ev.new_state))
         if ev.old_state == "speaking":
             log.info("agent silent", extra={"at": time.time(), "now": str(ev.new_state)})
 
@@ -198,15 +202,17 @@ async def entrypoint(ctx: JobContext) -> None:
                 extra["latency"] = {k: round(v, 4) for k, v in stages.items()}
             log.info("agent turn", extra=extra)
 
-    early: EarlyBargeIn | None = None
-
     @session.on("close")
     def _on_close(ev: Any) -> None:
         if early is not None:
             early.close()
             log.info(
                 "early barge-in",
-                extra={"onset_pauses": early.paused, "onset_resumed": early.resumed},
+                extra={
+                    "onset_pauses": early.paused,
+                    "onset_resumed": early.resumed,
+                    "onset_guarded": early.guarded,
+                },
             )
         log.info("session closed", extra={"reason": str(ev.reason), "error": str(ev.error or "")})
         ctx.shutdown(reason=f"session closed: {ev.reason}")
@@ -234,10 +240,12 @@ async def entrypoint(ctx: JobContext) -> None:
     if processor is not None and cfg.early_barge_in:
         # the caller's voice pauses the agent on its first 30 ms, before silero hears it
         source = room_audio_source(session.output.audio)
+        echo = processor.echo if cfg.echo_cancellation else None
         early = EarlyBargeIn(
             session,
             hold_s=cfg.early_barge_in_hold_s,
             flush=source.clear_queue if source is not None else None,
+            echo_heard=(lambda: echo.heard) if echo is not None else None,
         )
         processor.on_piece = early.piece
     try:

@@ -431,6 +431,7 @@ class Bench:
                     out.interrupted,
                     false_pauses(w, out.room),
                     len(out.asked),
+                    out.at_hangup,
                 )
             )
             print(f"  {label}: the worker heard {out.user_turns}", flush=True)
@@ -438,12 +439,15 @@ class Bench:
             f"  {'':8} {'agent talk':>10} {'spurious turns':>15} {'interrupted':>12}"
             f" {'false pauses':>13}"
         )
-        for label, talked, spurious, interrupted, paused, asked in rows:
+        for label, talked, spurious, interrupted, paused, asked, at_hangup in rows:
             print(
                 f"  {label:8} {talked:9.0f}s {spurious:15d} {interrupted:12d} {paused:13d}"
-                f"  ({asked} asked)"
+                f"  ({asked} asked; {at_hangup} more committed at hang-up)"
             )
-        print("  spurious = user turns committed while the caller was silent (it heard itself)")
+        print(
+            "  spurious = user turns committed while the caller was silent (it heard itself),"
+            " before it hung up (then the session commits what its STT still holds, unanswered)"
+        )
         print("  false pauses = early barge-in onsets the VAD did not confirm (the reply resumed)")
 
     def noise(self, per_kind: int = 6) -> None:

@@ -73,6 +73,7 @@ async def speakerphone(lk: LiveKitInfo, w: WorkerProcess, tag: str) -> tuple[int
     out = await echo_call(c, w, seconds=30.0)
     detail = (
         f"asked {len(out.asked)}, agent talked {out.agent_talk_s:.0f} s, heard {out.user_turns}"
+        f" ({out.at_hangup} committed at hang-up, not counted)"
     )
     print(f"\n{tag}: {out.spurious} spurious turns, {out.interrupted} replies cut; {detail}")
     return out.spurious, out.agent_talk_s, detail

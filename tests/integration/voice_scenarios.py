@@ -39,15 +39,25 @@ class EchoOutcome:
     agent_talk_s: float = 0.0
     spurious: int = 0  # user turns committed while the caller was silent
     interrupted: int = 0  # agent replies cut short
+    at_hangup: int = 0  # user turns committed as the caller hung up (never answered)
     user_turns: list[str] = field(default_factory=list)
 
 
 def spurious_turns(
-    w: WorkerProcess, room: str, asked: list[TurnResult], grace_s: float = 2.0
+    w: WorkerProcess,
+    room: str,
+    asked: list[TurnResult],
+    grace_s: float = 2.0,
+    *,
+    until: float = float("inf"),
 ) -> int:
-    """User turns the worker committed outside every span in which the caller spoke."""
+    """User turns the worker committed outside every span in which the caller spoke, before
+    ``until`` (the caller's hang-up: the session then commits whatever its STT still holds,
+    a turn nothing answers)."""
     spans = [(t.started_wall, t.ended_wall + grace_s) for t in asked]
-    users = [x for x in w.msgs("user turn") if x.get("room") == room]
+    users = [
+        x for x in w.msgs("user turn") if x.get("room") == room and float(x.get("t", 0)) < until
+    ]
     return sum(1 for u in users if not any(a <= float(u.get("t", 0)) <= b for a, b in spans))
 
 
@@ -67,9 +77,13 @@ async def echo_call(
         i += 1
     await c.wait_agent_quiet(quiet=3.0, within=max(1.0, deadline - time.monotonic()))
     out.agent_talk_s = c.agent_talk_s()
+    left = time.time()
     await c.hangup()
     await asyncio.sleep(2.0)  # the worker logs the last turn
-    out.spurious = spurious_turns(w, out.room, out.asked)
+    out.spurious = spurious_turns(w, out.room, out.asked, until=left)
+    out.at_hangup = sum(
+        1 for x in w.msgs("user turn") if x.get("room") == out.room and float(x["t"]) >= left
+    )
     out.interrupted = sum(
         1 for x in w.msgs("agent turn") if x.get("room") == out.room and x.get("interrupted")
     )

@@ -6,7 +6,12 @@ import math
 
 import numpy as np
 import pytest
-from voicepool_worker.echo_delay import EchoDelayEstimator, EchoPresence, ResidualEchoGate
+from voicepool_worker.echo_delay import (
+    EchoDelayEstimator,
+    EchoPresence,
+    ResidualEchoGate,
+    gain_at,
+)
 from voicepool_worker.measure import (
     SPEECH_FLOOR_RMS,
     TtfwSummary,
@@ -134,7 +139,8 @@ def test_an_echo_is_still_heard_when_the_delay_estimate_is_off_by_a_syllable() -
     for f, n in zip(far, near, strict=True):
         est.push(f, n)
     est.converged, est.delay_s = True, 0.0
-    assert est._gain_at(0, 500.0, 8, 0.25) == 0.0  # at the wrong lag the echo reads as none
+    history = np.asarray(est._near_rms), np.asarray(est._far_rms)
+    assert gain_at(*history, 0, 500.0, 8, 0.25) == 0.0  # at the wrong lag: as if none
     gain = est.measure_echo_gain()
     assert gain is not None and 0.2 < gain < 0.4
 

@@ -123,6 +123,7 @@ class CallerAudioProcessor(rtc.FrameProcessor[rtc.AudioFrame]):
             if self._aec and self.reference is not None:
                 self._feed_reference(t, raw, frame)
             self._apm.process_stream(piece)
+            level: float | None = None  # the processed piece's RMS, once computed
             if (
                 self._aec
                 and self.reference is not None
@@ -130,14 +131,15 @@ class CallerAudioProcessor(rtc.FrameProcessor[rtc.AudioFrame]):
                 and self.echo.heard
             ):
                 far = self.estimator.far_around_echo(GATE_SPREAD_S)
-                near = rms(bytes(piece.data.cast("B")))
-                if self.gate.mute(t, near, far, hold=self.estimator.converged):
+                level = rms(bytes(piece.data.cast("B")))
+                if self.gate.mute(t, level, far, hold=self.estimator.converged):
                     piece = rtc.AudioFrame(
                         b"\0" * chunk, frame.sample_rate, frame.num_channels, step
                     )
+                    level = 0.0
             processed = piece.data.cast("B")
             if self.on_piece is not None:
-                self.on_piece(rms(bytes(processed)))
+                self.on_piece(rms(bytes(processed)) if level is None else level)
             out += processed
         out += data[len(out) :]
         return rtc.AudioFrame(

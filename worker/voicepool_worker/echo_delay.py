@@ -82,10 +82,11 @@ class EchoDelayEstimator:
             return None
         centre = round(best / TICK_S)
         w = round(spread_s / TICK_S)
+        near, far = np.asarray(self._near_rms), np.asarray(self._far_rms)
         gains = [
             g
             for lag in range(max(0, centre - w), centre + w + 1, 2)
-            if (g := self._gain_at(lag, far_floor, min_blocks, quantile)) is not None
+            if (g := gain_at(near, far, lag, far_floor, min_blocks, quantile)) is not None
         ]
         if not gains:
             # too little of the agent's talk to judge (replies cut short): no news, not the
@@ -94,27 +95,6 @@ class EchoDelayEstimator:
             return None
         self.echo_gain = max(gains)
         return self.echo_gain
-
-    def _gain_at(
-        self, lag: int, far_floor: float, min_blocks: int, quantile: float
-    ) -> float | None:
-        """The echo gain at one lag (ticks); None when too few blocks are loud there."""
-        near = np.asarray(self._near_rms)
-        far = np.asarray(self._far_rms)
-        if len(near) <= lag + 10:
-            return None
-        # near[i] may echo played[i]; now[i] is what plays while near[i] is captured
-        near, played, now = near[lag:], far[: len(far) - lag], far[lag:]
-        blocks = len(near) // 10
-
-        def energy(x: np.ndarray) -> np.ndarray:
-            return np.asarray((x[: blocks * 10] ** 2).reshape(blocks, 10).sum(axis=1))
-
-        near_e, far_e = energy(near), energy(played)
-        loud = (far_e >= 10 * far_floor**2) & (energy(now) >= 10 * far_floor**2)
-        if int(loud.sum()) < min_blocks:
-            return None
-        return float(np.quantile(np.sqrt(near_e[loud] / far_e[loud]), quantile))
 
     def far_around_echo(self, spread_s: float) -> float:
         """The loudest far end that can be echoing in the newest capture piece: played one
@@ -156,6 +136,27 @@ class EchoDelayEstimator:
         self.delay_s = lag * TICK_S
         self.converged = True
         return self.delay_s
+
+
+def gain_at(
+    near: np.ndarray, far: np.ndarray, lag: int, far_floor: float, min_blocks: int, quantile: float
+) -> float | None:
+    """The echo gain at one lag (ticks) of two 10 ms RMS histories; None when too few
+    100 ms blocks are loud there."""
+    if len(near) <= lag + 10:
+        return None
+    # near[i] may echo played[i]; now[i] is what plays while near[i] is captured
+    near, played, now = near[lag:], far[: len(far) - lag], far[lag:]
+    blocks = len(near) // 10
+
+    def energy(x: np.ndarray) -> np.ndarray:
+        return np.asarray((x[: blocks * 10] ** 2).reshape(blocks, 10).sum(axis=1))
+
+    near_e, far_e = energy(near), energy(played)
+    loud = (far_e >= 10 * far_floor**2) & (energy(now) >= 10 * far_floor**2)
+    if int(loud.sum()) < min_blocks:
+        return None
+    return float(np.quantile(np.sqrt(near_e[loud] / far_e[loud]), quantile))
 
 
 def echo_only(near_rms: float, far_rms: float, gate_db: float) -> bool:

@@ -13,6 +13,7 @@ paused -- a cough or a door costs the caller a short gap, not the answer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -169,12 +170,8 @@ class EarlyBargeIn:
         self._arm()
 
     def _arm(self) -> None:
-        if self._call_later is None:
-            import asyncio
-
-            self._timer = asyncio.get_running_loop().call_later(self.hold_s, self._check)
-        else:
-            self._timer = self._call_later(self.hold_s, self._check)
+        later = self._call_later or asyncio.get_running_loop().call_later
+        self._timer = later(self.hold_s, self._check)
 
     def _check(self) -> None:
         self._timer = None

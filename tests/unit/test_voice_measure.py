@@ -173,6 +173,44 @@ def test_no_echo_gain_from_a_chance_match_of_two_voices() -> None:
     assert gain is not None and gain < 0.03
 
 
+def echo_history(rng: np.random.Generator, lag: int, ticks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Syllables played, and their echo ``lag`` ticks later at a third of the level."""
+    talk = np.repeat(rng.uniform(0, 1, ticks // 10) > 0.5, 10)
+    far = np.where(talk, 3000.0, 0.0) * rng.uniform(0.5, 1.5, talk.size)
+    return far, np.concatenate([np.zeros(lag), far * 0.3])[: far.size]
+
+
+def test_a_jump_of_the_echo_delay_is_taken_only_when_seen_twice_in_a_row() -> None:
+    rng = np.random.default_rng(6)
+    est = EchoDelayEstimator(initial_s=0.1, window_s=3.0, max_lag_s=1.0)
+    for f, n in zip(*echo_history(rng, 15, 400), strict=True):
+        est.push(f, n)
+    assert est.estimate() == pytest.approx(0.15)
+    for f, n in zip(*echo_history(rng, 33, 400), strict=True):  # the jitter buffers grew
+        est.push(f, n)
+    assert est.estimate() is None and est.delay_s == pytest.approx(0.15)  # seen once
+    assert est.candidate_s == pytest.approx(0.33)
+    assert est.estimate() == pytest.approx(0.33) and est.candidate_s is None  # seen again
+
+
+def test_a_lone_far_peak_is_dropped_when_the_next_estimate_does_not_confirm_it() -> None:
+    est = EchoDelayEstimator(initial_s=0.1, window_s=3.0, max_lag_s=1.0)
+    est.converged, est.delay_s, est.candidate_s = True, 0.15, 0.0
+    for _ in range(400):  # the agent fell silent: no clear peak anywhere
+        est.push(0.0, 0.0)
+    assert est.estimate() is None and est.candidate_s is None and est.delay_s == 0.15
+
+
+def test_the_gate_window_covers_a_delay_not_yet_confirmed() -> None:
+    est = EchoDelayEstimator(initial_s=0.1, window_s=3.0, max_lag_s=1.0)
+    for i in range(400):  # loud only 33 ticks before the newest piece
+        est.push(5000.0 if i == 399 - 33 else 0.0, 0.0)
+    est.converged, est.delay_s = True, 0.15
+    assert est.far_around_echo(0.05) == 0.0  # 0.10-0.20 s back: nothing played
+    est.candidate_s = 0.33
+    assert est.far_around_echo(0.05) == 5000.0  # ... but the echo may already come 0.33 s late
+
+
 def test_echo_delay_is_kept_without_an_echo() -> None:
     rng = np.random.default_rng(2)
     est = EchoDelayEstimator(initial_s=0.12)

@@ -7,6 +7,9 @@ longer (~500-650 ms measured here on a loaded 2-core machine). So the delay is e
 the signals themselves -- the normalised cross-correlation of the 10 ms log-energy envelopes of
 what was played and what was heard -- and the reference is shifted by it before the canceller
 sees it. Double talk or no echo at all (a headset) gives no clear peak: the estimate is kept.
+The delay does move during a call (0.15 -> 0.33 s between two replies in a live test), but a
+jump is taken only when two estimates in a row agree: a lone one was a chance match that moved
+the residual-echo gate's window off the echo, and the agent answered itself.
 """
 
 from __future__ import annotations
@@ -31,8 +34,12 @@ class EchoDelayEstimator:
         window_s: float = 3.0,
         min_peak: float = 0.5,
         min_far_active: float = 0.2,
+        jump_s: float = 0.05,
     ) -> None:
         self.delay_s = initial_s
+        self.jump_s = jump_s
+        #: a lag far from the delay, seen once: taken only if the next estimate agrees
+        self.candidate_s: float | None = None
         self.max_lag = int(max_lag_s / TICK_S)
         self.window = int(window_s / TICK_S)
         self.min_peak = min_peak
@@ -102,15 +109,18 @@ class EchoDelayEstimator:
         n = len(self._far_rms)
         if not self.converged:  # the delay is only a guess: anything played lately may echo
             return max(itertools.islice(self._far_rms, max(0, n - self.max_lag), n), default=0.0)
-        lag = round(self.delay_s / TICK_S)
+        # a delay the next estimate may confirm widens the window until it is decided
+        lags = [self.delay_s] if self.candidate_s is None else [self.delay_s, self.candidate_s]
         w = round(spread_s / TICK_S)
-        lo, hi = max(0, n - 1 - lag - w), min(n, n - lag + w)
+        lo = max(0, n - 1 - round(max(lags) / TICK_S) - w)
+        hi = min(n, n - round(min(lags) / TICK_S) + w)
         if lo >= hi:
             return 0.0
         return max(itertools.islice(self._far_rms, lo, hi))
 
     def estimate(self) -> float | None:
         """Update ``delay_s`` from the history when it shows a clear echo; the new value."""
+        pending, self.candidate_s = self.candidate_s, None  # kept only if this one agrees
         if len(self._far) < self._far.maxlen:  # type: ignore[operator]
             return None
         far = np.asarray(self._far)[: self.window]  # played earliest ... window
@@ -129,11 +139,18 @@ class EchoDelayEstimator:
         with np.errstate(invalid="ignore", divide="ignore"):
             ncc = np.where(norms > 0, (seg @ f) / norms, 0.0)
         lag = int(np.argmax(ncc))
-        self.best_lag_s = lag * TICK_S
+        self.best_lag_s = found = lag * TICK_S
         if ncc[lag] < self.min_peak:
             return None
+        # a jump: the echo path does change (the jitter buffers adapt), but a single peak far
+        # away is as often the rhythm of the caller answering the agent just after it stopped
+        # (a broad peak near lag 0); it must be seen twice in a row
+        jump = self.converged and abs(found - self.delay_s) > self.jump_s
+        if jump and (pending is None or abs(found - pending) > self.jump_s):
+            self.candidate_s = found
+            return None
         self.peak = float(ncc[lag])
-        self.delay_s = lag * TICK_S
+        self.delay_s = found
         self.converged = True
         return self.delay_s
 

@@ -274,6 +274,16 @@ def test_the_echo_gate_mutes_echo_but_holds_open_for_a_talking_caller() -> None:
     assert not gate.mute(0.34, 300.0, 0.0)  # nothing played: nothing can echo
 
 
+def test_the_silence_before_a_reply_holds_no_gate_open_for_its_echo() -> None:
+    gate = ResidualEchoGate(-8.0, hold_s=0.3)
+    for i in range(50):  # the caller has stopped; nothing plays yet
+        assert not gate.mute(i * 0.01, 0.0, 0.0)
+    # the reply starts at 0.5 s; its echo comes back 0.2 s later, and the canceller has
+    # not caught its first syllable: the gate is shut, not held open by the silence before
+    assert gate.mute(0.70, 1400.0, 11000.0)
+    assert gate.mute(0.71, 1400.0, 11000.0)
+
+
 def test_a_hold_of_zero_is_the_bare_level_gate() -> None:
     gate = ResidualEchoGate(-8.0, hold_s=0.0, open_after=1)
     assert not gate.mute(0.0, 3000.0, 4000.0)

@@ -207,6 +207,12 @@ class ResidualEchoGate:
         ``hold=False``: the bare level test (before the echo path is known, an echo that the
         canceller has not learnt yet is as loud as a voice, and a hold would let it through).
         """
+        if far_rms <= 0.0:
+            # nothing played that could echo: nothing to mute, and no double talk to hold
+            # open -- a hold armed by the silence before a reply left the gate open for the
+            # first 0.3 s of every reply, just when its echo came back (~0.2 s later)
+            self._loud = 0
+            return False
         if not echo_only(near_rms, far_rms, self.gate_db):  # louder than any echo should be
             self._loud += 1
             if hold and self._loud >= self.open_after:

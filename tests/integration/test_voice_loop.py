@@ -79,13 +79,6 @@ async def speakerphone(lk: LiveKitInfo, w: WorkerProcess, tag: str) -> tuple[int
     return out.spurious, out.agent_talk_s, detail
 
 
-@pytest.mark.xfail(
-    reason=(
-        "issue 11: 0 spurious turns in 3 of 4 runs on quiet cores; an echo leaking at the "
-        "very start of a reply is still answered now and then (and more at load 12-29)"
-    ),
-    strict=False,
-)
 @pytest.mark.timeout(240)
 async def test_the_agent_does_not_answer_its_own_echo(
     livekit: LiveKitInfo, tmp_path: Path, workers: list[WorkerProcess]

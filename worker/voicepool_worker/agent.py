@@ -164,8 +164,6 @@ async def entrypoint(ctx: JobContext) -> None:
 
     @session.on("agent_state_changed")
     def _on_agent_state(ev: Any) -> None:
-        if early is not None:
-            early.agent_state(str(ev.new_state))
         if ev.old_state == "speaking":
             log.info("agent silent", extra={"at": time.time(), "now": str(ev.new_state)})
 
@@ -211,7 +209,6 @@ async def entrypoint(ctx: JobContext) -> None:
                 extra={
                     "onset_pauses": early.paused,
                     "onset_resumed": early.resumed,
-                    "onset_guarded": early.guarded,
                 },
             )
         log.info("session closed", extra={"reason": str(ev.reason), "error": str(ev.error or "")})
@@ -240,12 +237,10 @@ async def entrypoint(ctx: JobContext) -> None:
     if processor is not None and cfg.early_barge_in:
         # the caller's voice pauses the agent on its first 30 ms, before silero hears it
         source = room_audio_source(session.output.audio)
-        echo = processor.echo if cfg.echo_cancellation else None
         early = EarlyBargeIn(
             session,
             hold_s=cfg.early_barge_in_hold_s,
             flush=source.clear_queue if source is not None else None,
-            echo_heard=(lambda: echo.heard) if echo is not None else None,
         )
         processor.on_piece = early.piece
     try:

@@ -32,9 +32,6 @@ ONSET_PIECES = 3  # 10 ms pieces in a row: a lone click or residual-echo spike i
 NOISE_WINDOW = 200  # pieces (2 s) the noise level is taken over
 NOISE_QUANTILE = 0.2
 REARM_QUIET = 20  # pieces (200 ms) below the threshold before a new onset can fire
-#: On a line that echoes, no early pause this long after the agent starts talking (its echo
-#: comes back ~0.2-0.5 s later; the VAD still hears a caller who barges in that early).
-REPLY_GUARD_S = 0.8
 
 
 class SpeechOnset:
@@ -90,9 +87,7 @@ class EarlyBargeIn:
     """Pauses a talking agent on a ``SpeechOnset``; resumes it if the VAD hears no speech.
 
     ``flush`` (the room's ``AudioSource.clear_queue``) drops the audio already queued for
-    WebRTC at the pause, as the framework's own pause does one frame later. ``echo_heard``
-    (the caller's line echoes the agent) holds the onset back for ``reply_guard_s`` after the
-    agent starts talking.
+    WebRTC at the pause, as the framework's own pause does one frame later.
 
     The pause is the same ``AudioOutput.pause`` the framework uses for its own interruption,
     so once the VAD hears the caller the framework owns the paused reply (its agent state
@@ -106,18 +101,10 @@ class EarlyBargeIn:
         hold_s: float = 0.3,
         onset: SpeechOnset | None = None,
         flush: Callable[[], None] | None = None,
-        echo_heard: Callable[[], bool] | None = None,
-        reply_guard_s: float = REPLY_GUARD_S,
         call_later: Callable[[float, Callable[[], None]], Any] | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
         self._flush = flush
-        self._echo_heard = echo_heard
-        self.reply_guard_s = reply_guard_s
-        self._clock = clock
-        self._speaking_since = float("-inf")
-        self.guarded = 0  # onsets ignored at the start of a reply on an echoing line
         self.hold_s = hold_s
         self.onset = onset or SpeechOnset()
         self._call_later = call_later
@@ -133,22 +120,8 @@ class EarlyBargeIn:
             except Exception:  # never break the caller's audio path
                 log.exception("early barge-in failed")
 
-    def agent_state(self, state: str) -> None:
-        """The session's agent state changed (``agent_state_changed``)."""
-        if state == "speaking":
-            self._speaking_since = self._clock()
-
     def _pause(self) -> None:
         s = self._session
-        if (
-            self._echo_heard is not None
-            and self._echo_heard()
-            and self._clock() - self._speaking_since < self.reply_guard_s
-        ):
-            # a reply's first moments on a speakerphone: its echo still leaks past the
-            # canceller there now and then, and an onset on it paused the agent for nothing
-            self.guarded += 1
-            return
         speech = s.current_speech
         audio = s.output.audio
         if (

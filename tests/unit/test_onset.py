@@ -114,6 +114,8 @@ def test_an_onset_the_vad_never_confirms_resumes_the_reply() -> None:
     s = session()
     early, timers = barge(s)
     assert s.output.audio.calls == ["pause", "flush"]
+    for _ in range(30):  # a knock: over at once
+        early.piece(20.0)
     timers.run()
     assert s.output.audio.calls == ["pause", "flush", "resume"]
     assert (early.paused, early.resumed) == (1, 1)
@@ -130,13 +132,26 @@ def test_once_the_framework_interrupts_the_pause_is_its_own() -> None:
 
 def test_while_the_vad_hears_speech_the_pause_waits_for_the_framework() -> None:
     s = session()
-    _, timers = barge(s)
+    early, timers = barge(s)
     s.user_state = "speaking"
     timers.run()
     assert s.output.audio.calls == ["pause", "flush"] and len(timers.due) == 1
     s.user_state = "listening"  # a short sound: no interruption followed
+    for _ in range(30):
+        early.piece(20.0)
     timers.run()
     assert s.output.audio.calls == ["pause", "flush", "resume"]
+
+
+def test_a_sound_that_goes_on_keeps_the_reply_paused_for_the_vad_up_to_a_limit() -> None:
+    s = session()
+    early, timers = barge(s)  # holds 0.5 s at a time
+    for _ in range(45):  # a voice the VAD has not heard yet
+        early.piece(4000.0)
+    timers.run()
+    assert s.output.audio.calls == ["pause", "flush"] and len(timers.due) == 1
+    timers.run()  # 1.0 s: the longest a pause waits for the VAD (a television, music)
+    assert s.output.audio.calls == ["pause", "flush", "resume"] and early.resumed == 1
 
 
 def test_nothing_is_paused_unless_an_interruptible_reply_is_playing() -> None:

@@ -7,8 +7,9 @@ so while the agent talks, a few 10 ms pieces in a row well above the line's own 
 almost always the caller. ``SpeechOnset`` (pure) says when; ``EarlyBargeIn`` (thin glue on an
 ``AgentSession``) pauses the agent's audio at once and hands over to the framework: if the VAD
 then hears speech, the framework's own interruption takes the paused reply from there (and
-resumes it if no words follow); if it does not within ``hold_s``, the reply resumes where it
-paused -- a cough or a door costs the caller a short gap, not the answer.
+resumes it if no words follow); if it does not within ``hold_s`` (longer while the sound goes
+on, up to ``MAX_HOLD_S``), the reply resumes where it paused -- a cough or a door costs the
+caller a short gap, not the answer.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ ONSET_PIECES = 3  # 10 ms pieces in a row: a lone click or residual-echo spike i
 NOISE_WINDOW = 200  # pieces (2 s) the noise level is taken over
 NOISE_QUANTILE = 0.2
 REARM_QUIET = 20  # pieces (200 ms) below the threshold before a new onset can fire
+#: The longest a pause waits for the VAD while the sound that paused it goes on (a voice
+#: the VAD hears 0.1-0.2 s after the onset, now and then just past the hold).
+MAX_HOLD_S = 1.0
 
 
 class SpeechOnset:
@@ -82,6 +86,11 @@ class SpeechOnset:
             self._quiet = 0
         return False
 
+    @property
+    def sounding(self) -> bool:
+        """The utterance of the last onset still goes on (not yet ``rearm_quiet`` below)."""
+        return self._quiet < self.rearm_quiet
+
 
 class EarlyBargeIn:
     """Pauses a talking agent on a ``SpeechOnset``; resumes it if the VAD hears no speech.
@@ -99,6 +108,7 @@ class EarlyBargeIn:
         session: Any,
         *,
         hold_s: float = 0.3,
+        max_hold_s: float = MAX_HOLD_S,
         onset: SpeechOnset | None = None,
         flush: Callable[[], None] | None = None,
         call_later: Callable[[float, Callable[[], None]], Any] | None = None,
@@ -106,6 +116,8 @@ class EarlyBargeIn:
         self._session = session
         self._flush = flush
         self.hold_s = hold_s
+        self.max_hold_s = max_hold_s
+        self._held = 0.0  # how long the current pause has waited
         self.onset = onset or SpeechOnset()
         self._call_later = call_later
         self._timer: Any = None
@@ -140,10 +152,12 @@ class EarlyBargeIn:
             self._flush()
         self.paused += 1
         log.info("onset pause", extra={"at": time.time()})
+        self._held = 0.0
         self._arm()
 
     def _arm(self) -> None:
         later = self._call_later or asyncio.get_running_loop().call_later
+        self._held += self.hold_s
         self._timer = later(self.hold_s, self._check)
 
     def _check(self) -> None:
@@ -153,6 +167,11 @@ class EarlyBargeIn:
             return  # the framework interrupted (it owns the pause) or the reply ended
         if s.user_state == "speaking":
             self._arm()  # the VAD hears the caller; the framework's interruption is due
+            return
+        if self.onset.sounding and self._held < self.max_hold_s:
+            # the sound goes on: a voice the VAD has not heard yet (resuming here sent
+            # ~100 ms of the reply over a caller the VAD heard 3 ms later)
+            self._arm()
             return
         audio = s.output.audio
         if audio is not None:

@@ -168,7 +168,7 @@ class EarlyBargeIn:
         if s.user_state == "speaking":
             self._arm()  # the VAD hears the caller; the framework's interruption is due
             return
-        if self.onset.sounding and self._held < self.max_hold_s:
+        if self.onset.sounding and self._held + self.hold_s <= self.max_hold_s + 1e-9:
             # the sound goes on: a voice the VAD has not heard yet (resuming here sent
             # ~100 ms of the reply over a caller the VAD heard 3 ms later)
             self._arm()

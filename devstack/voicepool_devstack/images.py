@@ -242,7 +242,7 @@ class Builder:
             REPO_ROOT / name,
             REPO_ROOT / "operator" / "voicepool_operator" / "__init__.py",
             REPO_ROOT / "worker" / "voicepool_worker" / "__init__.py",
-            REPO_ROOT / "worker" / "voicepool_contract",
+            REPO_ROOT / "contract",
             REPO_ROOT / "devstack" / "voicepool_devstack" / "__init__.py",
         ]
         key = _tree_digest(sources, base, wheels.name)

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 from livekit.api import CreateAgentDispatchRequest, LiveKitAPI
+from voicepool_contract.phone import mask_number
 from voicepool_devstack.testing import Environment, wait_for
 from voicepool_worker.caller import Call, CallerConfig
-from voicepool_worker.callflow import mask_number
 from voicepool_worker.sessions import (
     ANN_CAPACITY,
     ANN_DELETION_COST,

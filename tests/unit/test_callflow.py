@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from voicepool_contract.phone import MenuError, mask_number, mask_numbers_in, parse_menu_tree
 from voicepool_worker import config
 from voicepool_worker.callflow import (
     NO_DIGITS_TEXT,
@@ -11,14 +12,10 @@ from voicepool_worker.callflow import (
     CallLimits,
     Hangup,
     Keypad,
-    MenuError,
     Say,
     Transfer,
     briefing,
     idle_step,
-    mask_number,
-    mask_numbers_in,
-    parse_menu_tree,
     spoken_digits,
 )
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from voicepool_contract.phone import MenuError, parse_menu_tree
 from voicepool_worker import config
+from voicepool_worker.callflow import NO_TRANSFER_TEXT, Ask, Keypad, Transfer
 from voicepool_worker.telephony import (
     DEFAULT_MENU,
-    NO_TRANSFER_TEXT,
-    KeyAction,
     TelephonyError,
-    action_for,
     dial_request,
-    parse_menu,
     parse_transfer_target,
 )
 
@@ -21,7 +19,7 @@ BASE = {"LIVEKIT_URL": "ws://127.0.0.1:7880", "LIVEKIT_API_KEY": "k", "LIVEKIT_A
 
 
 def test_default_menu_answers_the_receptionist_questions_and_transfers_on_zero() -> None:
-    menu = parse_menu(DEFAULT_MENU)
+    menu = parse_menu_tree(DEFAULT_MENU)
     assert menu["1"] == "what are your opening hours"
     assert menu["0"] == "transfer"
     assert set(menu) == {"0", "1", "2", "3", "4"}
@@ -29,30 +27,30 @@ def test_default_menu_answers_the_receptionist_questions_and_transfers_on_zero()
 
 def test_menu_text_keeps_commas_and_folds_spaces() -> None:
     """Entries are split on ';' so a key may say a sentence with commas."""
-    assert parse_menu(" 1 =  hours,  please ; # = repeat that ;") == {
+    assert parse_menu_tree(" 1 =  hours,  please ; # = repeat that ;") == {
         "1": "hours, please",
         "#": "repeat that",
     }
 
 
 def test_empty_menu_disables_the_keypad() -> None:
-    assert parse_menu("") == {}
+    assert parse_menu_tree("") == {}
     assert config.load({**BASE, "VOICEPOOL_DTMF_MENU": ""}).dtmf_menu == {}
 
 
 @pytest.mark.parametrize(
     ("spec", "needle"),
     [
-        ("1", "is not KEY=TEXT"),
-        ("12=hours", "is not KEY=TEXT"),
-        ("a=hours", "is not KEY=TEXT"),
-        ("1=", "is not KEY=TEXT"),
+        ("1", "is not KEY=ACTION"),
+        ("12=hours", "is not KEY=ACTION"),
+        ("a=hours", "is not KEY=ACTION"),
+        ("1=", "is not KEY=ACTION"),
         ("1=hours;1=address", "key '1' is defined twice"),
     ],
 )
 def test_bad_menus_name_the_setting(spec: str, needle: str) -> None:
-    with pytest.raises(TelephonyError) as err:
-        parse_menu(spec)
+    with pytest.raises(MenuError) as err:
+        parse_menu_tree(spec)
     assert needle in str(err.value) and "VOICEPOOL_DTMF_MENU" in str(err.value)
 
 
@@ -75,16 +73,16 @@ def test_unset_transfer_target_is_none() -> None:
 
 
 def test_key_actions() -> None:
-    menu = parse_menu(DEFAULT_MENU)
-    assert action_for("1", menu, None) == KeyAction("1", text="what are your opening hours")
-    assert action_for("0", menu, "tel:+15550100") == KeyAction("0", transfer=True)
-    assert action_for("9", menu, "tel:+15550100") is None
+    keypad = Keypad(parse_menu_tree(DEFAULT_MENU), transfer_available=True)
+    assert keypad.press("1", 0.0) == [Ask("what are your opening hours")]
+    assert keypad.press("0", 1.0) == [Transfer()]
+    assert keypad.press("9", 2.0) == []
 
 
 def test_transfer_key_without_a_target_asks_for_a_person_instead() -> None:
     """Nowhere to send the call: the dialog answers the request rather than a dead key."""
-    menu = parse_menu(DEFAULT_MENU)
-    assert action_for("0", menu, None) == KeyAction("0", text=NO_TRANSFER_TEXT)
+    keypad = Keypad(parse_menu_tree(DEFAULT_MENU), transfer_available=False)
+    assert keypad.press("0", 0.0) == [Ask(NO_TRANSFER_TEXT)]
 
 
 @pytest.mark.parametrize(

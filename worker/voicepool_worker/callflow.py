@@ -25,16 +25,39 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-DTMF_KEYS = frozenset("0123456789*#")
-TRANSFER, HANGUP, COLLECT = "transfer", "hangup", "collect:"
+from voicepool_contract.phone import (
+    BACK_KEY,
+    COLLECT,
+    DTMF_KEYS,
+    END_KEY,
+    HANGUP,
+    TRANSFER,
+    MenuError,
+    children,
+    parse_menu_tree,
+)
+
+__all__ = [
+    "DTMF_KEYS",
+    "Ask",
+    "CallLimits",
+    "Effect",
+    "Hangup",
+    "Keypad",
+    "MenuError",
+    "Say",
+    "Transfer",
+    "briefing",
+    "idle_step",
+    "parse_menu_tree",
+    "spoken_digits",
+]
+
 MAX_DIGITS = 32
-BACK_KEY, END_KEY = "*", "#"
 NO_SUCH_KEY_TEXT = "Sorry, that key is not in this menu."
 NO_DIGITS_TEXT = "I did not get any digits. Please try again."
-
-
-class MenuError(ValueError):
-    """A bad ``VOICEPOOL_DTMF_MENU``; the message names the entry and the fix."""
+#: What the transfer key "says" when no transfer target is configured: the dialog answers it.
+NO_TRANSFER_TEXT = "i would like to talk to a person"
 
 
 @dataclass(frozen=True)
@@ -62,48 +85,6 @@ class Hangup:
 
 
 Effect = Say | Ask | Transfer | Hangup
-
-
-def parse_menu_tree(spec: str, *, setting: str = "VOICEPOOL_DTMF_MENU") -> dict[str, str]:
-    """``"1=hours;4=booking menu;4>1=book a cleaning"`` -> {"1": .., "4": .., "41": ..}.
-
-    Keys are paths without separators (a key is one character). A submenu key without its own
-    entry gets a generic prompt. Empty spec: no keypad.
-    """
-    menu: dict[str, str] = {}
-    for raw in spec.split(";"):
-        entry = raw.strip()
-        if not entry:
-            continue
-        path_raw, sep, action = entry.partition("=")
-        keys = [k.strip() for k in path_raw.split(">")]
-        action = " ".join(action.split())
-        bad = not sep or not action or any(len(k) != 1 or k not in DTMF_KEYS for k in keys)
-        if bad or any(k in (BACK_KEY, END_KEY) for k in keys[:-1]):
-            raise MenuError(
-                f"{setting}: {entry!r} is not KEY=ACTION or KEY>KEY=ACTION with keys 0-9, * "
-                "or # (e.g. '1=what are your opening hours;4>1=book a cleaning;0=transfer')"
-            )
-        path = "".join(keys)
-        if path in menu:
-            raise MenuError(f"{setting}: key {'>'.join(keys)!r} is defined twice")
-        if action.lower().startswith(COLLECT) and not action[len(COLLECT) :].strip():
-            raise MenuError(f"{setting}: {entry!r} needs a label after collect:")
-        menu[path] = action
-    for path in list(menu):
-        for i in range(1, len(path)):
-            menu.setdefault(path[:i], "Please choose an option.")
-    for path, action in menu.items():
-        if _children(menu, path) and action.lower() in (TRANSFER, HANGUP):
-            raise MenuError(
-                f"{setting}: key {'>'.join(path)!r} has a submenu, so it cannot be "
-                f"{action!r}; its text is the submenu's prompt"
-            )
-    return menu
-
-
-def _children(menu: Mapping[str, str], path: str) -> list[str]:
-    return [p for p in menu if len(p) == len(path) + 1 and p.startswith(path)]
 
 
 def spoken_digits(digits: str) -> str:
@@ -146,17 +127,13 @@ class Keypad:
         if action is None:  # ignored in the main menu (a stray key); explained in a submenu
             return [Say(NO_SUCH_KEY_TEXT)] if self.path else []
         here = self.path + key
-        if _children(self.menu, here):
+        if children(self.menu, here):
             self.path = here
             return [Say(action)]
         self.path = ""  # a leaf: the next key starts from the top again
         low = action.lower()
         if low == TRANSFER:
-            return (
-                [Transfer()]
-                if self.transfer_available
-                else [Ask("i would like to talk to a person")]
-            )
+            return [Transfer()] if self.transfer_available else [Ask(NO_TRANSFER_TEXT)]
         if low == HANGUP:
             return [Hangup("caller chose hang up on the keypad")]
         if low.startswith(COLLECT):
@@ -210,22 +187,6 @@ def idle_step(limits: CallLimits, quiet_for_s: float, prompted: bool) -> str | N
     if quiet_for_s >= limits.idle_timeout_s and not prompted:
         return "prompt"
     return None
-
-
-def mask_number(value: str) -> str:
-    """``+15550100001`` -> ``+1555…0001``: enough to tell calls apart, not to dial back."""
-    digits = value.strip()
-    if len(digits) <= 8:
-        return "…" + digits[-2:] if len(digits) > 2 else "…"
-    return f"{digits[:5]}…{digits[-4:]}"
-
-
-_NUMBER_IN_TEXT = re.compile(r"\+?[0-9]{7,15}")
-
-
-def mask_numbers_in(text: str) -> str:
-    """Mask every phone number inside ``text`` (room names carry the caller's number)."""
-    return _NUMBER_IN_TEXT.sub(lambda m: mask_number(m.group(0)), text)
 
 
 #: How many of the caller's last sentences a warm-transfer briefing repeats.

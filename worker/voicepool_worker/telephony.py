@@ -1,63 +1,28 @@
-"""Telephony bookkeeping, pure: the keypad menu and transfer targets (no I/O here).
+"""Telephony settings, pure: the default keypad menu, transfer targets and numbers to dial.
 
-Phone callers reach the agent through LiveKit SIP; their key presses arrive as DTMF room
-events and a transfer is a SIP REFER that LiveKit sends for us. This module decides *what* a
-key means and validates where a call may be transferred to; ``agent.py`` does the talking.
+Phone callers reach the agent through LiveKit SIP; a transfer is a SIP REFER that LiveKit
+sends for us and an outbound call is a SIP participant it dials. This module validates where
+a call may be transferred to and what a dispatch asks to dial; the keypad itself is
+``callflow.Keypad`` and the menu syntax ``voicepool_contract.phone``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+
+from voicepool_contract.phone import E164
 
 #: The keypad menu of the default receptionist: each key says what a caller would have said.
 DEFAULT_MENU = (
     "1=what are your opening hours;2=where are you located;3=how much does a cleaning cost;"
     "4=i would like to book an appointment;0=transfer"
 )
-DTMF_KEYS = frozenset("0123456789*#")
-TRANSFER = "transfer"
-#: What key 0 ("transfer") says when no transfer target is configured.
-NO_TRANSFER_TEXT = "i would like to talk to a person"
-_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _TARGET = re.compile(r"^(tel:\+?[0-9][0-9\-\s().]{2,30}|sips?:[^\s@]+@[^\s]+)$")
 
 
 class TelephonyError(ValueError):
     """A bad menu or transfer target; the message names the setting and the fix."""
-
-
-@dataclass(frozen=True)
-class KeyAction:
-    """What one key press does: speak as if the caller had said ``text``, or transfer."""
-
-    digit: str
-    transfer: bool = False
-    text: str = ""
-
-
-def parse_menu(spec: str, *, setting: str = "VOICEPOOL_DTMF_MENU") -> dict[str, str]:
-    """``"1=opening hours;0=transfer"`` -> {"1": "opening hours", "0": "transfer"}.
-
-    An empty spec disables the keypad. Entries are separated by ``;`` (text may hold commas).
-    """
-    menu: dict[str, str] = {}
-    for raw in spec.split(";"):
-        entry = raw.strip()
-        if not entry:
-            continue
-        key, sep, text = entry.partition("=")
-        key, text = key.strip(), " ".join(text.split())
-        if not sep or key not in DTMF_KEYS or not text:
-            raise TelephonyError(
-                f"{setting}: {entry!r} is not KEY=TEXT with KEY one of 0-9, * or # "
-                f"(e.g. '1=what are your opening hours;0=transfer')"
-            )
-        if key in menu:
-            raise TelephonyError(f"{setting}: key {key!r} is defined twice")
-        menu[key] = text
-    return menu
 
 
 def parse_transfer_target(value: str, *, setting: str = "VOICEPOOL_TRANSFER_TO") -> str | None:
@@ -78,21 +43,9 @@ def parse_phone_number(value: str, *, setting: str) -> str | None:
     if not raw:
         return None
     number = re.sub(r"[\s\-().]", "", raw)
-    if not _E164.match(number):
+    if not E164.match(number):
         raise TelephonyError(f"{setting}={raw!r} is not an E.164 number like +15550107777")
     return number
-
-
-def action_for(digit: str, menu: dict[str, str], transfer_to: str | None) -> KeyAction | None:
-    """The action of a key press; None for a key the menu does not use."""
-    text = menu.get(digit)
-    if text is None:
-        return None
-    if text.lower() == TRANSFER:
-        if transfer_to is None:  # nowhere to send the call: ask the dialog for a person
-            return KeyAction(digit, text=NO_TRANSFER_TEXT)
-        return KeyAction(digit, transfer=True)
-    return KeyAction(digit, text=text)
 
 
 def dial_request(metadata: str) -> str | None:
@@ -109,7 +62,7 @@ def dial_request(metadata: str) -> str | None:
         return None
     raw = str(data["phone_number"])
     number = re.sub(r"[\s\-().]", "", raw)
-    if not _E164.match(number):
+    if not E164.match(number):
         raise TelephonyError(
             f"dispatch metadata phone_number={raw!r} is not an E.164 number like +15550100"
         )

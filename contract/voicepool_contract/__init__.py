@@ -60,6 +60,9 @@ WAITING_ROOM_PREFIX: Final = f"waiting.{GROUP}/"
 # -- telephony: environment variables the operator sets on worker pods from spec.telephony
 # (and spec.privacy), the worker reads and the tests set directly --------------------------
 ENV_SIP_OUTBOUND_TRUNK: Final = "VOICEPOOL_SIP_OUTBOUND_TRUNK"
+#: Comma-separated E.164 prefixes outbound calls may go to (spec.telephony.outbound.
+#: allowedDestinations); unset or empty: the worker places no outbound call at all.
+ENV_SIP_ALLOWED_DESTINATIONS: Final = "VOICEPOOL_SIP_ALLOWED_DESTINATIONS"
 ENV_SIP_RINGING_TIMEOUT: Final = "VOICEPOOL_SIP_RINGING_TIMEOUT"
 ENV_IDLE_TIMEOUT: Final = "VOICEPOOL_IDLE_TIMEOUT_SECONDS"
 ENV_MAX_CALL: Final = "VOICEPOOL_MAX_CALL_SECONDS"

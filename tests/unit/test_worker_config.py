@@ -98,3 +98,11 @@ def test_bad_values_are_one_line_errors(env: dict[str, str], message: str) -> No
         config.load({**BASE, **env})
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_outbound_destinations_are_an_allow_list_of_prefixes() -> None:
+    assert config.load(BASE).allowed_destinations == ()  # unset: no outbound call at all
+    cfg = config.load({**BASE, "VOICEPOOL_SIP_ALLOWED_DESTINATIONS": "+1555, +44 20"})
+    assert cfg.allowed_destinations == ("+1555", "+4420")
+    with pytest.raises(ConfigError, match="VOICEPOOL_SIP_ALLOWED_DESTINATIONS: '1555'"):
+        config.load({**BASE, "VOICEPOOL_SIP_ALLOWED_DESTINATIONS": "1555"})

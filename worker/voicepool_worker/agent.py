@@ -15,7 +15,7 @@ from typing import Any
 
 from livekit.agents import Agent, AgentSession, JobContext, JobProcess, room_io
 
-from . import callflow, config, dialog_actions, providers, resilience, telephony
+from . import config, dialog_actions, providers, resilience, telephony
 from .apm import CallerAudioProcessor
 from .callcontrol import (
     GOODBYE_TEXT,
@@ -107,9 +107,8 @@ def _turn_detection(cfg: config.WorkerConfig) -> Any:
 async def entrypoint(ctx: JobContext) -> None:
     """One call: join the dispatched room, greet, converse until the caller leaves."""
     cfg: config.WorkerConfig = ctx.proc.userdata["cfg"]
-    shown = callflow.mask_numbers_in if cfg.mask_phone_numbers else str
     fields: dict[str, Any] = {
-        "room": shown(ctx.job.room.name),
+        "room": ctx.job.room.name,
         "session": ctx.job.id,
         "participant": None,
     }
@@ -253,7 +252,7 @@ async def entrypoint(ctx: JobContext) -> None:
         await phone.end_room(f"outbound call failed: {why}")
         return
     participant = await ctx.wait_for_participant()
-    fields["participant"] = shown(participant.identity)
+    fields["participant"] = participant.identity
     log.info("caller joined", extra={"kind": int(participant.kind)})
     phone.start(participant)
     opening = cfg.greeting

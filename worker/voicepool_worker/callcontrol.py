@@ -20,6 +20,7 @@ import aiohttp
 import voicepool_contract as contract
 from livekit import api, rtc
 from livekit.agents import AgentSession, JobContext
+from voicepool_contract import phone
 
 from . import callflow, config, telephony
 
@@ -86,8 +87,14 @@ class CallControl:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _number(self, value: str) -> str:
-        return callflow.mask_numbers_in(value) if self._cfg.mask_phone_numbers else value
+    def _destination_refused(self, number: str) -> ValueError | None:
+        """Outbound calls go only where the pool allows (``outbound.allowedDestinations``)."""
+        if phone.destination_allowed(number, self._cfg.allowed_destinations):
+            return None
+        return ValueError(
+            f"{number} is not in the pool's outbound allowedDestinations "
+            f"({', '.join(self._cfg.allowed_destinations) or 'none'})"
+        )
 
     @staticmethod
     def _refused(what: str, to: str, e: BaseException) -> str:
@@ -140,7 +147,7 @@ class CallControl:
             kind = "invalid"
         metrics.DTMF.labels(kind).inc()
         who = ev.participant.identity if ev.participant is not None else None
-        extra = {"action": kind, "menu": self.keypad.path or "top", "from": self._number(who or "")}
+        extra = {"action": kind, "menu": self.keypad.path or "top", "from": who or ""}
         if self._cfg.log_transcripts:  # keys can be an account number: logged like words
             extra["digit"] = ev.digit
         log.info("dtmf received", extra=extra)
@@ -285,13 +292,15 @@ class CallControl:
         """Place the outbound call this job was dispatched for; None once the callee answered."""
         from . import metrics
 
-        shown = self._number(number)
         trunk = self._cfg.sip_outbound_trunk
         if trunk is None:
             metrics.OUTBOUND.labels("failed").inc()
             missing = ValueError(f"an outbound call needs {contract.ENV_SIP_OUTBOUND_TRUNK}")
-            return self._refused("outbound call failed", shown, missing)
-        log.info("dialling", extra={"to": shown, "trunk": trunk})
+            return self._refused("outbound call failed", number, missing)
+        if (refused := self._destination_refused(number)) is not None:
+            metrics.OUTBOUND.labels("refused").inc()
+            return self._refused("outbound call refused", number, refused)
+        log.info("dialling", extra={"to": number, "trunk": trunk})
         try:
             async with self._api(self._cfg.ringing_timeout_s + DIAL_MARGIN_S) as lk:
                 if not trunk.startswith("ST_"):  # the operator passes the trunk's name
@@ -310,9 +319,9 @@ class CallControl:
             status = getattr(e, "metadata", None) or {}
             result = outbound_result(getattr(e, "code", None), status.get("sip_status_code"))
             metrics.OUTBOUND.labels(result).inc()
-            return self._refused(f"outbound call failed: {result}", shown, e)
+            return self._refused(f"outbound call failed: {result}", number, e)
         metrics.OUTBOUND.labels("answered").inc()
-        log.info("outbound call answered", extra={"to": shown})
+        log.info("outbound call answered", extra={"to": number})
         return None
 
     # -- warm transfer -------------------------------------------------------------------------
@@ -336,7 +345,10 @@ class CallControl:
         if trunk is None:
             metrics.TRANSFERS.labels("invalid").inc()
             missing = ValueError(f"a warm transfer needs {contract.ENV_SIP_OUTBOUND_TRUNK}")
-            return self._refused("warm transfer refused", self._number(number), missing)
+            return self._refused("warm transfer refused", number, missing)
+        if (refused := self._destination_refused(number)) is not None:
+            metrics.TRANSFERS.labels("invalid").inc()
+            return self._refused("warm transfer refused", number, refused)
         room = self._ctx.room
         caller_track = _audio_track_sid(room.remote_participants.get(caller))
         if caller_track is None:
@@ -346,7 +358,6 @@ class CallControl:
         said = [_text(m) for m in self._session.history.items if _said_by_caller(m)]
         briefing = _Briefing(room, caller, colleague)
         muted = _MuteColleague(self, room, colleague)
-        shown = self._number(number)
         try:
             await self._say_and_wait(WARM_HOLD_TEXT)
             self._session.input.set_audio_enabled(False)  # on hold: the agent does not answer
@@ -357,7 +368,7 @@ class CallControl:
                 await _mute(lk, room.name, caller, caller_track, muted=True)
                 await briefing.start()
                 muted.lk = lk
-                log.info("warm transfer: dialling a colleague", extra={"to": shown})
+                log.info("warm transfer: dialling a colleague", extra={"to": number})
                 if not trunk.startswith("ST_"):
                     trunk = await _trunk_id(lk, trunk)
                 await lk.sip.create_sip_participant(
@@ -383,7 +394,7 @@ class CallControl:
                 await _mute(lk, room.name, caller, caller_track, muted=False)
         except (*_SIP_ERRORS, RuntimeError) as e:
             metrics.TRANSFERS.labels("warm-failed").inc()
-            why = self._refused("warm transfer failed", shown, e)
+            why = self._refused("warm transfer failed", number, e)
             await self._back_from_hold(caller, caller_track, colleague)
             return why
         finally:
@@ -393,7 +404,7 @@ class CallControl:
         self._handed_over = True
         self._session.output.set_audio_enabled(False)  # the agent is out of the conversation
         metrics.TRANSFERS.labels("warm").inc()
-        log.info("warm transfer: handed over", extra={"to": shown})
+        log.info("warm transfer: handed over", extra={"to": number})
         return None
 
     async def _say_and_wait(self, text: str) -> None:

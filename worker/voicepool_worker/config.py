@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import voicepool_contract as contract
+from voicepool_contract import phone
 
-from . import callflow, telephony
+from . import telephony
 
 STT_PROVIDERS = ("pocketsphinx", "openai")
 LLM_PROVIDERS = ("rules", "llama", "openai")
@@ -82,6 +83,8 @@ class WorkerConfig:
     dtmf_menu: Mapping[str, str] = field(default_factory=dict)  # key -> what it "says"
     transfer_to: str | None = None  # SIP REFER target for the keypad's transfer key
     sip_outbound_trunk: str | None = None  # LiveKit outbound trunk id for dialled-out calls
+    #: E.164 prefixes an outbound call (dial-out, warm transfer) may go to; empty: none.
+    allowed_destinations: tuple[str, ...] = ()
     warm_transfer_to: str | None = None  # a colleague's number: transfers become warm
     tts_cache: int = 64  # clauses of synthesised audio the embedded TTS keeps (0: off)
     dtmf_inter_digit_timeout_s: float = 5.0  # a pause this long ends a multi-digit entry
@@ -247,14 +250,18 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
     llama_path = (env.get("VOICEPOOL_LLAMA_MODEL_PATH") or "").strip() or None
 
     try:
-        menu = callflow.parse_menu_tree(env.get(contract.ENV_DTMF_MENU, telephony.DEFAULT_MENU))
+        menu = phone.parse_menu_tree(env.get(contract.ENV_DTMF_MENU, telephony.DEFAULT_MENU))
+        destinations = phone.parse_destinations(
+            env.get(contract.ENV_SIP_ALLOWED_DESTINATIONS, ""),
+            setting=contract.ENV_SIP_ALLOWED_DESTINATIONS,
+        )
         transfer_to = telephony.parse_transfer_target(
             env.get(contract.ENV_TRANSFER_TO, ""), setting=contract.ENV_TRANSFER_TO
         )
         warm_transfer_to = telephony.parse_phone_number(
             env.get(contract.ENV_WARM_TRANSFER_TO, ""), setting=contract.ENV_WARM_TRANSFER_TO
         )
-    except (telephony.TelephonyError, callflow.MenuError) as e:
+    except (telephony.TelephonyError, phone.MenuError) as e:
         raise ConfigError(str(e)) from None
 
     min_delay = _float(env, "VOICEPOOL_ENDPOINTING_MIN_DELAY", 0.2)
@@ -302,6 +309,7 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         transfer_to=transfer_to,
         warm_transfer_to=warm_transfer_to,
         sip_outbound_trunk=(env.get(contract.ENV_SIP_OUTBOUND_TRUNK) or "").strip() or None,
+        allowed_destinations=destinations,
         tts_cache=_int(env, "VOICEPOOL_TTS_CACHE", 64, 0),
         dtmf_inter_digit_timeout_s=_float(env, contract.ENV_DTMF_INTER_DIGIT_TIMEOUT, 5.0),
         idle_timeout_s=_float(env, contract.ENV_IDLE_TIMEOUT, 0.0),

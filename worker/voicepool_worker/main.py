@@ -111,12 +111,6 @@ class Runtime:
         if self.metrics is not None:
             self.metrics.ACTIVE_SESSIONS.set(self.state.count)
 
-    def _room(self, name: str) -> str:
-        """Room names of phone calls carry the caller's number: masked unless told not to."""
-        from .callflow import mask_numbers_in
-
-        return mask_numbers_in(name) if self.cfg.mask_phone_numbers else name
-
     def request_drain(self, reason: str) -> None:
         """SIGTERM and the drain annotation both land here; only the first one counts."""
         if self.state.draining:
@@ -136,16 +130,25 @@ class Runtime:
             self._force_reason = f"second signal ({sig.name})"
             self._force.set()
 
+    @property
+    def unseen(self) -> bool:
+        """The apiserver refuses our reports: the operator cannot see this pod's calls, so it
+        takes none (it may be scaled down as never having served)."""
+        return self.reporter is not None and self.reporter.refused is not None
+
     def load(self) -> float:
         """livekit-agents' ``load_fnc`` (runs in a thread; reads one immutable snapshot)."""
         state = self.state
-        return 1.0 if state.draining else state.load
+        return 1.0 if state.draining or self.unseen else state.load
 
     async def on_request(self, req: JobRequest) -> None:
-        """Take a job only while not draining and below capacity; else hand it back."""
-        fields = {"room": self._room(req.room.name), "session": req.id, "participant": None}
-        if self.state.draining or self.state.count + self.pending >= self.cfg.capacity:
-            why = "draining" if self.state.draining else "full"
+        """Take a job only while seen, not draining and below capacity; else hand it back."""
+        fields = {"room": req.room.name, "session": req.id, "participant": None}
+        full = self.state.count + self.pending >= self.cfg.capacity
+        if self.state.draining or self.unseen or full:
+            why = (
+                "draining" if self.state.draining else "reports refused" if self.unseen else "full"
+            )
             log.info("job request rejected", extra={**fields, "why": why})
             await req.reject(terminate=False)  # LiveKit may give it to another worker
             return
@@ -183,7 +186,7 @@ class Runtime:
         log.info(
             "session started",
             extra={
-                "room": self._room(job.job.room.name),
+                "room": job.job.room.name,
                 "session": job.job.id,
                 "participant": None,
                 "active_sessions": self.state.count,
@@ -208,7 +211,7 @@ class Runtime:
         log.info(
             "session failed" if failed else "session ended",
             extra={
-                "room": self._room(job.job.room.name),
+                "room": job.job.room.name,
                 "session": job.job.id,
                 "participant": None,
                 "active_sessions": self.state.count,
@@ -226,6 +229,10 @@ class Runtime:
             return web.Response(text="ok\n")
 
         async def readyz(_: web.Request) -> web.Response:
+            if self.unseen:
+                assert self.reporter is not None
+                why = f"pod reports refused: {self.reporter.refused}"
+                return web.Response(status=503, text=f"not ready ({why})\n")
             if self.state.ready and not self.fatal:
                 return web.Response(text=f"ready ({self.state.state.value})\n")
             return web.Response(status=503, text=f"not ready ({self.state.state.value})\n")
@@ -442,7 +449,7 @@ def main() -> None:
     static = {"pool": cfg.pool} if cfg.pool else {}
     if cfg.pod_name:
         static["pod"] = cfg.pod_name
-    logs.setup(cfg.log_level, static)
+    logs.setup(cfg.log_level, static, mask_numbers=cfg.mask_phone_numbers)
     try:
         code = asyncio.run(Runtime(cfg).run())
     except KeyboardInterrupt:

@@ -65,6 +65,9 @@ class PodReporter:
         self._task: asyncio.Task[None] | None = None
         self._on_result = on_result or (lambda _result: None)
         self.writes = 0
+        #: Why the apiserver refuses our reports (401/403), while it does; the runtime is then
+        #: not ready: a pod whose calls the operator cannot see must not take calls.
+        self.refused: str | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="pod-reporter")
@@ -109,6 +112,9 @@ class PodReporter:
                     _content_type="application/merge-patch+json",  # type: ignore[call-arg]
                 )
                 self.writes += 1
+                if self.refused is not None:
+                    log.info("pod reports accepted again", extra={"pod": self.name})
+                    self.refused = None
                 self._on_result("ok")
                 log.info(
                     "pod annotations reported",
@@ -121,6 +127,17 @@ class PodReporter:
                         "own pod not found; annotations not reported", extra={"pod": self.name}
                     )
                     self._on_result("not_found")
+                    return
+                if e.status in (401, 403):  # no retry fixes RBAC: say so once, turn not ready
+                    if self.refused is None:
+                        log.error(
+                            "pod reports refused: this pod's ServiceAccount may not patch its "
+                            "own pod, so the operator cannot see its calls; not ready until it "
+                            "may (use the chart's worker ServiceAccount)",
+                            extra={"pod": self.name, "status": e.status, "error": str(e.reason)},
+                        )
+                    self.refused = f"{e.status} {e.reason}"
+                    self._on_result("refused")
                     return
                 error = f"{e.status} {e.reason}"
             except Exception as e:  # network trouble: bounded retry

@@ -70,6 +70,7 @@ def main() -> int:
         op.start()
         try:
             cl = Cluster(api, ns)
+            cl.livekit_secret(env.livekit)  # the pool's own key signs the webhook events
             cl.create_pool(zero_pool_manifest("zero", AGENT))
             watcher = PodWatch(core, ns)
             watcher.start()

@@ -172,7 +172,8 @@ class Demo:
     # -- setup ------------------------------------------------------------------------------
 
     def install(self) -> None:
-        create_namespace(self.core, NS)  # ready for pods: its default ServiceAccount exists
+        # Ready for pods; the chart creates the worker ServiceAccount in it (worker.namespaces).
+        create_namespace(self.core, NS, worker_service_account=False)
         say("helm install voicepool (CRDs, RBAC, admission policy, dashboard) ...")
         if self.real is not None:
             chart = demo_node.chart_values(self.real, [NS], "voicepool")

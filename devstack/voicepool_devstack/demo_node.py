@@ -57,6 +57,8 @@ def chart_values(state: StackState, worker_namespaces: list[str], peering: str) 
             **node_mod.placement(),
         },
         "worker": {"namespaces": worker_namespaces},
+        # The real node has no pod network: workers run in the node's network namespace.
+        "workerPolicy": {"allowHostNetwork": True},
     }
 
 
@@ -68,7 +70,6 @@ def worker_template(state: StackState, template: dict[str, Any]) -> dict[str, An
         "image": images(state)["worker"],
         "imagePullPolicy": "Never",
         "hostNetwork": True,
-        "serviceAccountName": "voicepool-worker",
         "env": env,
         **node_mod.placement(),
     }

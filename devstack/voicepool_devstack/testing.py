@@ -100,16 +100,37 @@ def wait_for(
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
-def create_namespace(core: client.CoreV1Api, name: str, *, timeout: float = 30.0) -> str:
+#: The ServiceAccount the operator gives worker pods by default (the chart's worker account).
+WORKER_SERVICE_ACCOUNT = "voicepool-worker"
+
+
+def create_namespace(
+    core: client.CoreV1Api,
+    name: str,
+    *,
+    timeout: float = 30.0,
+    worker_service_account: bool = True,
+    labels: dict[str, str] | None = None,
+) -> str:
     """Create namespace ``name`` and return once pods can be created in it.
 
     The apiserver refuses pods in a namespace until the controller-manager's service-account
     controller has made its ``default`` ServiceAccount (a second or so on a fresh stack), so
-    a namespace is only ready for tests, benches and the demo once that account exists.
+    a namespace is only ready for tests, benches and the demo once that account exists. Worker
+    pods run as ``voicepool-worker`` unless their pool names another; the chart creates it in
+    the namespaces it serves, and here it is created unless the chart will
+    (``worker_service_account=False``).
     """
     from kubernetes import client
 
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels or None))
+    )
+    if worker_service_account:
+        core.create_namespaced_service_account(
+            name,
+            client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=WORKER_SERVICE_ACCOUNT)),
+        )
 
     def default_account() -> bool:
         try:

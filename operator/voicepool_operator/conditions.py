@@ -57,3 +57,23 @@ def merge_conditions(
         return (ORDER.index(t) if t in ORDER else len(ORDER), t)
 
     return sorted(merged.values(), key=key)
+
+
+def with_degraded(
+    conditions: Iterable[Condition], reason: str, problem: str | None
+) -> list[Condition]:
+    """Fold a problem found outside the planner (telephony, a refused pod create) into
+    ``Degraded``: appended to a Degraded that is already True, else it becomes the reason.
+    The pool's pods keep being planned as usual: only the condition says what is wrong."""
+    out = list(conditions)
+    if not problem:
+        return out
+    for i, cond in enumerate(out):
+        if cond.type == "Degraded":
+            if cond.status == "True":
+                out[i] = Condition("Degraded", "True", cond.reason, f"{cond.message}; {problem}")
+            else:
+                out[i] = Condition("Degraded", "True", reason, problem)
+            return out
+    out.append(Condition("Degraded", "True", reason, problem))
+    return out

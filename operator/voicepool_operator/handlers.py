@@ -18,9 +18,10 @@ import kopf
 
 from .constants import GROUP, LABEL_MANAGED_BY, LABEL_POOL, MANAGED_BY, PLURAL, VERSION
 from .kube import Kube, login
+from .policy import WorkerPolicy
 from .reconcile import Reconciler
-from .waiting import waiting_keys
-from .webhook import WebhookServer, record_on_pools
+from .waiting import MAX_EVENT_AGE_SECONDS, RoomChange, Signer, waiting_keys
+from .webhook import KeyRing, WebhookServer, record_on_pools
 
 #: Re-plan at least this often even without events (clock-driven transitions are also
 #: scheduled precisely through the planner's requeue_after).
@@ -84,23 +85,24 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 30
     identity = os.environ.get("POD_NAME") or socket.gethostname()
     memo.kube = Kube(login(settings=settings), identity)
-    memo.reconciler = Reconciler(memo.kube)
+    memo.reconciler = Reconciler(memo.kube, policy=memo.get("policy") or WorkerPolicy())
     memo.webhook = None
     port = int(memo.get("webhook_port", 0) or 0)
-    key, secret = os.environ.get("LIVEKIT_API_KEY"), os.environ.get("LIVEKIT_API_SECRET")
-    if port and key and secret:
+    if port:
         # Every replica serves it, active or not: the rooms go on the pools (waiting.py).
+        key, secret = os.environ.get("LIVEKIT_API_KEY"), os.environ.get("LIVEKIT_API_SECRET")
+        platform = Signer(key, secret) if key and secret else None
         kube, namespaces = memo.kube, list(memo.get("namespaces") or ())
+        keys = KeyRing(kube, platform, namespaces)
+
+        async def publish(change: RoomChange, signer: Signer) -> int:
+            return await record_on_pools(kube, keys, change, signer, namespaces)
+
         server = WebhookServer(
-            key, secret, lambda change: record_on_pools(kube, change, namespaces)
+            keys, publish, max_age=float(memo.get("webhook_max_age") or MAX_EVENT_AGE_SECONDS)
         )
         if await server.start(str(memo.get("webhook_address", "0.0.0.0")), port):
             memo.webhook = server
-    elif port:
-        logging.getLogger(__name__).warning(
-            "--webhook-port needs LIVEKIT_API_KEY and LIVEKIT_API_SECRET to verify LiveKit's "
-            "webhook signatures; the endpoint is off"
-        )
 
 
 @kopf.on.login()

@@ -21,9 +21,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import kopf
+import yarl
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -38,6 +40,22 @@ log = logging.getLogger(__name__)
 
 REPORTING_CONTROLLER = "voicepool.dev/operator"
 MERGE_PATCH = "application/merge-patch+json"
+
+
+def api_path(*segments: str) -> str:
+    """An API path from its segments, each quoted as exactly one segment.
+
+    The only way a path is built here: a name with "/", "%2e%2e" or any other escape stays
+    inside its own segment, and "." or ".." (which an HTTP client or the apiserver would
+    collapse into the parent) is refused, so no value can lead a request into another
+    namespace or resource.
+    """
+    out = []
+    for seg in segments:
+        if seg in ("", ".", ".."):
+            raise ValueError(f"refusing an API path with the segment {seg!r}")
+        out.append(quote(seg, safe=""))
+    return "/" + "/".join(out)
 
 
 class ApiError(Exception):
@@ -135,7 +153,7 @@ class Kube:
             )
         async with self._session.request(
             method,
-            self.server + path,
+            yarl.URL(self.server + path, encoded=True),
             json=body,
             params={"fieldManager": FIELD_MANAGER, **(params or {})}
             if method in ("POST", "PATCH")
@@ -160,7 +178,10 @@ class Kube:
 
     async def create_pod(self, namespace: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
         return await self._call(
-            "create_pod", "POST", f"/api/v1/namespaces/{namespace}/pods", dict(manifest)
+            "create_pod",
+            "POST",
+            api_path("api", "v1", "namespaces", namespace, "pods"),
+            dict(manifest),
         )
 
     async def patch_pod_metadata(
@@ -186,7 +207,7 @@ class Kube:
             return await self._call(
                 verb,
                 "PATCH",
-                f"/api/v1/namespaces/{namespace}/pods/{name}",
+                api_path("api", "v1", "namespaces", namespace, "pods", name),
                 body,
                 content_type=MERGE_PATCH,
             )
@@ -203,7 +224,10 @@ class Kube:
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": pre}
         try:
             await self._call(
-                "delete_pod", "DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", body
+                "delete_pod",
+                "DELETE",
+                api_path("api", "v1", "namespaces", namespace, "pods", name),
+                body,
             )
         except ApiError as e:
             if e.status == 404:
@@ -214,7 +238,7 @@ class Kube:
 
     async def ensure_pdb(self, namespace: str, manifest: Mapping[str, Any]) -> bool:
         """Create a PodDisruptionBudget unless one of that name exists; False if not allowed."""
-        path = f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets"
+        path = api_path("apis", "policy", "v1", "namespaces", namespace, "poddisruptionbudgets")
         try:
             await self._call("create_pdb", "POST", path, dict(manifest))
         except ApiError as e:
@@ -228,10 +252,10 @@ class Kube:
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, str]:
         """A Secret's data, decoded; {} when it does not exist (the caller names what lacks)."""
-        import base64
-
         try:
-            raw = await self._request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+            raw = await self._request(
+                "GET", api_path("api", "v1", "namespaces", namespace, "secrets", name)
+            )
         except ApiError as e:
             if e.status == 404:
                 return {}
@@ -242,9 +266,9 @@ class Kube:
     async def list_pools(self, namespaces: Sequence[str] = ()) -> list[dict[str, Any]]:
         """Every VoiceAgentPool (in `namespaces`, or in all): read straight from the API, so
         a standby replica, whose watches are paused, sees them too."""
-        paths = [f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}" for ns in namespaces] or [
-            f"/apis/{GROUP}/{VERSION}/{PLURAL}"
-        ]
+        paths = [
+            api_path("apis", GROUP, VERSION, "namespaces", ns, PLURAL) for ns in namespaces
+        ] or [api_path("apis", GROUP, VERSION, PLURAL)]
         out: list[dict[str, Any]] = []
         for path in paths:
             async for attempt in _retrying():
@@ -259,7 +283,7 @@ class Kube:
 
         Only the keys named change, so two writers of different keys never conflict.
         """
-        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+        path = api_path("apis", GROUP, VERSION, "namespaces", namespace, PLURAL, name)
         body = {"metadata": {"annotations": dict(annotations)}}
         try:
             await self._call("patch_pool", "PATCH", path, body, content_type=MERGE_PATCH)
@@ -270,7 +294,7 @@ class Kube:
         return True
 
     async def patch_pool_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"
+        path = api_path("apis", GROUP, VERSION, "namespaces", namespace, PLURAL, name, "status")
         try:
             await self._call(
                 "patch_status", "PATCH", path, {"status": dict(status)}, content_type=MERGE_PATCH
@@ -312,7 +336,9 @@ class Kube:
         try:
             API_WRITES.labels("event").inc()
             await self._request(
-                "POST", f"/apis/events.k8s.io/v1/namespaces/{namespace}/events", body
+                "POST",
+                api_path("apis", "events.k8s.io", "v1", "namespaces", namespace, "events"),
+                body,
             )
         except (ApiError, aiohttp.ClientError, TimeoutError) as e:
             log.warning("could not record event %s on %s: %s", reason, meta.get("name"), e)

@@ -14,6 +14,8 @@ import kopf
 from kopf._core.engines import peering
 from prometheus_client import start_http_server
 
+from .policy import DEFAULT_WORKER_SERVICE_ACCOUNT, WorkerPolicy
+
 
 def seniority_priority(start_ns: int | None = None) -> int:
     """A kopf peering priority that makes the longest-running replica the active one.
@@ -88,6 +90,41 @@ def main(argv: list[str] | None = None) -> int:
         "checked with $LIVEKIT_API_KEY/$LIVEKIT_API_SECRET (0 disables)",
     )
     parser.add_argument("--webhook-address", default="0.0.0.0")
+    parser.add_argument(
+        "--webhook-max-age",
+        type=float,
+        default=300.0,
+        help="refuse LiveKit webhook events created longer ago than this many seconds "
+        "(a captured event cannot be replayed later)",
+    )
+    policy = parser.add_argument_group(
+        "worker policy", "what a pool author may ask of worker pods (docs/security.md)"
+    )
+    policy.add_argument(
+        "--worker-service-account",
+        default=DEFAULT_WORKER_SERVICE_ACCOUNT,
+        help="ServiceAccount of worker pods whose pool names none (the chart's worker "
+        "ServiceAccount, which may patch only its own pod's reports)",
+    )
+    policy.add_argument(
+        "--allow-service-account",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a further ServiceAccount pools may name (repeatable); any other is refused",
+    )
+    policy.add_argument(
+        "--allow-host-network",
+        action="store_true",
+        help="let pools run workers in the node's network namespace (template.hostNetwork)",
+    )
+    policy.add_argument(
+        "--allow-image-prefix",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="worker images must start with one of these (repeatable); default: any image",
+    )
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--log-format", choices=["plain", "full", "json"], default="plain")
     args = parser.parse_args(argv)
@@ -114,6 +151,13 @@ def main(argv: list[str] | None = None) -> int:
                 webhook_port=args.webhook_port,
                 webhook_address=args.webhook_address,
                 namespaces=list(args.namespace or ()),
+                webhook_max_age=args.webhook_max_age,
+                policy=WorkerPolicy(
+                    default_service_account=args.worker_service_account,
+                    allowed_service_accounts=frozenset(args.allow_service_account),
+                    allow_host_network=args.allow_host_network,
+                    allowed_image_prefixes=tuple(args.allow_image_prefix),
+                ),
             ),
         )
     except KeyboardInterrupt:

@@ -52,7 +52,15 @@ RECONCILE_ERRORS = Counter(
     "voicepool_reconcile_errors_total", "Reconciles that failed", ["namespace", "pool"]
 )
 
-POD_STATES = ("starting", "idle", "busy", "draining", "unknown", "terminating")
+WEBHOOK_EVENTS = Counter(
+    "voicepool_webhook_events_total",
+    "LiveKit webhook events by outcome: recorded, no_pool, ignored, duplicate, stale, unsigned, "
+    "unknown_key, bad_signature, untrusted (a pool that does not trust the signing key), cap "
+    "(the pool's waiting rooms are full), error",
+    ["outcome"],
+)
+
+POD_STATES = ("starting", "idle", "busy", "draining", "unknown", "unreported", "terminating")
 
 
 def forget_pool(namespace: str, pool: str) -> None:

@@ -6,6 +6,8 @@ never break (property-tested in tests/unit):
 * a pod that reports sessions > 0 is never deleted, except when its drain deadline passed;
 * a pod whose session count is unreadable (not an integer in [0, sessionsPerPod]) is taken
   as full: never deleted before its deadline, never warm, and worth no more than its capacity;
+* a Ready pod whose worker never reported is planned as full too: not warm capacity, never
+  drained as idle (its worker may be serving calls it cannot report);
 * a pod is deleted only after it was marked draining (or it never served: starting/failed);
 * the serving pool never grows beyond maxReplicas (+ maxSurge during a rollout);
 * scale-up is immediate, scale-down waits for the stabilization window (HPA-style: the
@@ -53,6 +55,7 @@ class PodState(enum.StrEnum):
     BUSY = "busy"  # ready, >= 1 session
     DRAINING = "draining"  # takes no new calls; deleted when its calls end
     UNKNOWN = "unknown"  # was serving, stopped being ready: its calls may still run
+    UNREPORTED = "unreported"  # ready, but its worker never reported: planned as full
     FAILED = "failed"  # Failed/Succeeded phase (crash, eviction): replace
     TERMINATING = "terminating"  # deletionTimestamp set: the kubelet/kwok finishes it
 
@@ -125,6 +128,10 @@ def classify(pod: PodView, spec: PoolSpec, now: dt.datetime) -> PodState:
         return PodState.FAILED
     if pod.drain_requested or pod.reported_state == "draining":
         return PodState.DRAINING
+    if pod.ready and not pod.reported:
+        # Ready by its probe, yet no report: a worker that may not patch its pod (or no
+        # voicepool worker at all). Its calls are unknown, so it is neither idle nor warm.
+        return PodState.UNREPORTED
     if pod.ready and pod.reported_state == "starting" and not _sessions(pod):
         # Ready by its probe (or by kwok, which runs none) but the worker itself says it is
         # not registered with LiveKit yet: it cannot take a call, so it is not capacity.
@@ -149,7 +156,9 @@ def _no_calls(pod: PodView) -> bool:
     """
     if pod.sessions is not None:
         return pod.sessions == 0
-    return pod.reported_state in (None, "starting", "idle")
+    if pod.reported_state is None:
+        return not pod.ready  # a Ready pod that never reported may be serving calls
+    return pod.reported_state in ("starting", "idle")
 
 
 def _capacity(pod: PodView, spec: PoolSpec) -> int:
@@ -360,6 +369,31 @@ def _retire_unknown(pool: _Pool) -> None:
                 f"{len(pool.by_state[PodState.UNKNOWN])} pod(s) stopped being ready",
             )
         )
+    _unreported(pool)
+
+
+def _unreported(pool: _Pool) -> None:
+    """Ready pods that never reported are kept (they may hold calls) and, after the grace
+    period, named in Degraded: they cost a slot and give no capacity until fixed."""
+    spec, now = pool.spec, pool.now
+    grace = dt.timedelta(seconds=spec.unready_grace_seconds)
+    silent = []
+    for p in pool.by_state[PodState.UNREPORTED]:
+        since = p.ready_since or p.created
+        if now - since >= grace:
+            silent.append(p.name)
+        else:
+            pool.wake_in((since + grace - now).total_seconds())
+    if silent:
+        names = ", ".join(silent[:5]) + (f" and {len(silent) - 5} more" if len(silent) > 5 else "")
+        pool.degraded.append(
+            (
+                "PodsNotReporting",
+                f"{len(silent)} ready pod(s) never reported their calls ({names}): the worker "
+                "may not patch its pod (ServiceAccount?) or does not keep the pod contract; "
+                "they are planned as full and never drained as idle",
+            )
+        )
 
 
 def retire_leaving(pool: _Pool) -> None:
@@ -378,7 +412,9 @@ def desired_replicas(
 ) -> _Desired:
     """Phase: active + waiting calls + warm sessions -> pods, clamped, then stabilized."""
     spec, now = pool.spec, pool.now
-    serving_sessions = sum(_sessions(p) for p in pool.by_state[PodState.BUSY])
+    serving_sessions = sum(_sessions(p) for p in pool.by_state[PodState.BUSY]) + sum(
+        _capacity(p, spec) for p in pool.by_state[PodState.UNREPORTED]
+    )
     warm = spec.warm_sessions(now, measured)
     raw, unclamped = spec.desired_for(serving_sessions + waiting, now, measured)
     if pool_deleting:
@@ -401,10 +437,19 @@ def delete_pool(pool: _Pool) -> None:
     """Phase (pool deleted): pods that never served go now; the others drain their calls."""
     for p in pool.by_state[PodState.STARTING]:
         pool.actions.append(DeletePod(p.name, "PoolDeleted", "pool deleted; pod never served"))
-    for p in pool.by_state[PodState.IDLE] + pool.by_state[PodState.BUSY]:
+    for p in _serving_ready(pool):
         pool.actions.append(
-            MarkDraining(p.name, "PoolDeleted", f"pool deleted; {_sessions(p)} call(s) to finish")
+            MarkDraining(p.name, "PoolDeleted", f"pool deleted; {pool.calls(p)} call(s) to finish")
         )
+
+
+def _serving_ready(pool: _Pool) -> list[PodView]:
+    """Ready pods that hold a serving slot: idle, busy, and those that never reported."""
+    return (
+        pool.by_state[PodState.IDLE]
+        + pool.by_state[PodState.BUSY]
+        + pool.by_state[PodState.UNREPORTED]
+    )
 
 
 @dataclass
@@ -424,12 +469,15 @@ def roll_out(pool: _Pool, want: _Desired) -> _Serving:
     """
     spec, thash, desired = pool.spec, pool.template_hash, want.desired
     starting = pool.by_state[PodState.STARTING]
-    ready = pool.by_state[PodState.IDLE] + pool.by_state[PodState.BUSY]
+    ready = _serving_ready(pool)
     serving = starting + ready
     new = [p for p in serving if p.template_hash == thash]
     ready_names = {p.name for p in ready}
     starting_names = {p.name for p in starting}
-    new_ready = [p for p in new if p.name in ready_names]
+    # A new pod that never reported is no replacement: the old ones keep serving.
+    new_ready = [
+        p for p in new if p.name in ready_names and pool.states[p.name] is not PodState.UNREPORTED
+    ]
 
     old = [p for p in serving if p.template_hash != thash]
     for p in old:
@@ -463,7 +511,7 @@ def roll_out(pool: _Pool, want: _Desired) -> _Serving:
             MarkDraining(
                 p.name,
                 "Rollout",
-                f"replaced by template {thash}; {_sessions(p)} call(s) to finish",
+                f"replaced by template {thash}; {pool.calls(p)} call(s) to finish",
             )
         )
     return _Serving(serving, old)
@@ -502,7 +550,12 @@ def eviction_hints(pool: _Pool) -> None:
     leaving = {a.pod for a in pool.actions if isinstance(a, DeletePod | MarkDraining)}
     for p in pool.pods:
         st = pool.states[p.name]
-        if p.name in leaving or st not in (PodState.IDLE, PodState.BUSY, PodState.DRAINING):
+        if p.name in leaving or st not in (
+            PodState.IDLE,
+            PodState.BUSY,
+            PodState.DRAINING,
+            PodState.UNREPORTED,
+        ):
             continue
         busy = not _no_calls(p)
         want = ("false", BUSY_DELETION_COST) if busy else ("true", IDLE_DELETION_COST)
@@ -531,6 +584,7 @@ def pool_status(pool: _Pool, want: _Desired) -> PoolStatus:
         draining_pods=len(by_state[PodState.DRAINING]),
         starting_pods=len(by_state[PodState.STARTING]),
         unknown_pods=len(by_state[PodState.UNKNOWN]),
+        unreported_pods=len(by_state[PodState.UNREPORTED]),
         terminating_pods=len(by_state[PodState.TERMINATING]),
         updated_pods=sum(1 for p in ready if p.template_hash == pool.template_hash),
         active_sessions=active,
@@ -560,11 +614,7 @@ def plan(
     want = desired_replicas(pool, history, pool_deleting, measured, waiting_calls)
     if pool_deleting:
         delete_pool(pool)
-        serving = (
-            pool.by_state[PodState.STARTING]
-            + pool.by_state[PodState.IDLE]
-            + pool.by_state[PodState.BUSY]
-        )
+        serving = pool.by_state[PodState.STARTING] + _serving_ready(pool)
         current = _Serving(serving, [p for p in serving if p.template_hash != template_hash])
     else:
         current = roll_out(pool, want)

@@ -141,10 +141,13 @@ def build_pod(
     spec: PoolSpec,
     thash: str,
     http_port: int = WORKER_HTTP_PORT,
+    *,
+    service_account: str | None = None,
 ) -> dict[str, Any]:
     """The worker pod manifest for one replica of `pool` at template `thash`.
 
-    ``http_port`` only differs from 8081 for hostNetwork pools (see `free_host_port`).
+    ``http_port`` only differs from 8081 for hostNetwork pools (see `free_host_port`);
+    ``service_account`` is the one the operator's policy gives the pool (`policy.py`).
     """
     t = spec.template
     probe_port = {"port": "http"}
@@ -203,8 +206,10 @@ def build_pod(
     }
     if t.get("hostNetwork"):
         pod_spec["hostNetwork"] = True
+    account = service_account or t.get("serviceAccountName")
+    if account:
+        pod_spec["serviceAccountName"] = account
     for src, dst in (
-        ("serviceAccountName", "serviceAccountName"),
         ("nodeSelector", "nodeSelector"),
         ("affinity", "affinity"),
         ("tolerations", "tolerations"),

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import metrics
-from .conditions import Condition, merge_conditions
+from .conditions import Condition, merge_conditions, with_degraded
 from .constants import (
     ANN_DELETION_COST,
     ANN_DRAIN,
@@ -34,7 +34,7 @@ from .constants import (
 )
 from .demand import Demand
 from .expectations import Expectations
-from .kube import Conflict, Kube
+from .kube import ApiError, Conflict, Kube
 from .planner import (
     Action,
     CreatePod,
@@ -47,6 +47,8 @@ from .planner import (
 )
 from .podtemplate import build_pod, busy_pdb, free_host_port, template_hash
 from .podview import pod_view_from_dict
+from .policy import WorkerPolicy, service_account
+from .policy import check as check_policy
 from .spec import PoolSpec, SpecError, deletion_spec, parse_spec
 from .status import history_from_status, history_to_status, iso
 from .telephony import with_telephony
@@ -58,6 +60,8 @@ log = logging.getLogger(__name__)
 STATUS_QUIET_SECONDS = 1.0
 #: ...or at the latest this long after the first unwritten change, under constant churn.
 STATUS_MAX_DELAY_SECONDS = 10.0
+#: How soon a pod create the apiserver refused is tried again.
+CREATE_RETRY_SECONDS = 10.0
 #: Pod deletions that mean something went wrong: Warning Events.
 WARNING_DELETES = frozenset({"DrainTimeout", "Failed", "Unresponsive"})
 
@@ -83,21 +87,31 @@ class _PoolState:
     pdb_for: str | None = None  # pool uid whose PodDisruptionBudget exists
     demand: Demand = field(default_factory=Demand)  # arrivals and cold starts (adaptive pool)
     degraded_warned: str | None = None  # the Degraded reason we last sent a Warning Event for
+    create_error: str | None = None  # why the apiserver refused our last pod create, if it did
 
 
 @dataclass(frozen=True)
 class _Observed:
     spec: PoolSpec | None
     spec_error: str | None
+    #: Why the pool may not run (InvalidSpec, or the policy's refusal), with spec_error.
+    spec_error_reason: str
     raws: list[Mapping[str, Any]]
     generation: int
     old_status: Mapping[str, Any]
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        policy: WorkerPolicy | None = None,
+    ) -> None:
         self.kube = kube
         self.clock = clock
+        self.policy = policy or WorkerPolicy()
         self._pools: dict[tuple[str, str], _PoolState] = {}
 
     def _state(self, key: tuple[str, str]) -> _PoolState:
@@ -175,15 +189,21 @@ class Reconciler:
         raw_spec = pool.get("spec") or {}
         spec: PoolSpec | None = None
         error: str | None = None
+        reason = "InvalidSpec"
         try:
             spec = parse_spec(raw_spec)
         except SpecError as e:
             error = str(e)
             if deleting:  # a deleted pool drains with what still reads
                 spec = deletion_spec(raw_spec)
+        if spec is not None and not deleting:
+            refusal = check_policy(spec, self.policy)
+            if refusal is not None:  # nothing is created for a pool outside the policy
+                spec, error, reason = None, refusal.message, refusal.reason
         return _Observed(
             spec=spec,
             spec_error=error,
+            spec_error_reason=reason,
             raws=state.expectations.observe(index_pods),
             generation=int(pool["metadata"].get("generation") or 0),
             old_status=pool.get("status") or {},
@@ -214,7 +234,25 @@ class Reconciler:
             except Conflict as e:
                 log.info("re-planning %s/%s: %s", key[0], key[1], e)
                 requeue = 0.05
+            except ApiError as e:
+                if not isinstance(action, CreatePod) or e.status == 429 or e.status >= 500:
+                    raise
+                # Refused for good (a missing ServiceAccount, a quota, an admission policy):
+                # say why once and try again later; the other creates would fail the same way.
+                await self._create_refused(pool, state, e)
+                return _soonest(requeue, CREATE_RETRY_SECONDS)
         return requeue
+
+    async def _create_refused(
+        self, pool: Mapping[str, Any], state: _PoolState, error: ApiError
+    ) -> None:
+        message = f"the apiserver refused a worker pod: {error.message}"
+        metrics.ACTIONS.labels(*_key(pool), "CreatePodRefused", "PodCreateFailed").inc()
+        if state.create_error != message:
+            await self.kube.event(
+                pool, reason="PodCreateFailed", action="CreatePod", note=message, type_="Warning"
+            )
+        state.create_error = message
 
     async def _warn_degraded(
         self, pool: Mapping[str, Any], state: _PoolState, conditions: Iterable[Condition]
@@ -252,9 +290,16 @@ class Reconciler:
             if spec.template.get("hostNetwork"):
                 port = free_host_port(raw_by_name.values())
             manifest = build_pod(
-                name, namespace, pool["metadata"]["uid"], spec, action.template_hash, port
+                name,
+                namespace,
+                pool["metadata"]["uid"],
+                spec,
+                action.template_hash,
+                port,
+                service_account=service_account(spec, self.policy),
             )
             created = await self.kube.create_pod(namespace, manifest)
+            state.create_error = None
             state.expectations.created(created)
             raw_by_name[created["metadata"]["name"]] = created  # next CreatePod sees its port
             await self.kube.event(
@@ -381,7 +426,11 @@ class Reconciler:
             "observedGeneration": seen.generation,
             "conditions": merge_conditions(
                 seen.old_status.get("conditions") or [],
-                with_telephony(result.conditions, seen.old_status.get("telephony")),
+                with_degraded(
+                    with_telephony(result.conditions, seen.old_status.get("telephony")),
+                    "PodCreateFailed",
+                    state.create_error,
+                ),
                 now,
                 seen.generation,
             ),
@@ -431,13 +480,18 @@ class Reconciler:
         if state.spec_error != message:
             state.spec_error = message
             await self.kube.event(
-                pool, reason="InvalidSpec", action="Reconcile", note=message, type_="Warning"
+                pool,
+                reason=seen.spec_error_reason,
+                action="Reconcile",
+                note=message,
+                type_="Warning",
             )
+        reason = seen.spec_error_reason
         conditions = merge_conditions(
             seen.old_status.get("conditions") or [],
             [
-                Condition("Ready", "False", "InvalidSpec", message),
-                Condition("Degraded", "True", "InvalidSpec", message),
+                Condition("Ready", "False", reason, message),
+                Condition("Degraded", "True", reason, message),
             ],
             now,
             seen.generation,
@@ -453,12 +507,18 @@ class Reconciler:
             ("busy", "busyPods"),
             ("draining", "drainingPods"),
             ("unknown", "unknownPods"),
+            ("unreported", "unreportedPods"),
             ("terminating", "terminatingPods"),
         ):
             metrics.POOL_PODS.labels(namespace, name, state).set(summary.get(field_, 0))
         metrics.POOL_SESSIONS.labels(namespace, name).set(summary.get("activeSessions", 0))
         metrics.POOL_CAPACITY.labels(namespace, name).set(summary.get("sessionCapacity", 0))
         metrics.POOL_DESIRED.labels(namespace, name).set(summary.get("desiredReplicas", 0))
+
+
+def _key(pool: Mapping[str, Any]) -> tuple[str, str]:
+    meta = pool["metadata"]
+    return str(meta["namespace"]), str(meta["name"])
 
 
 def _urgent(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:

@@ -25,6 +25,7 @@ from livekit.protocol.room import RoomConfiguration
 from . import telephony as tel
 from .constants import GROUP, PLURAL, VERSION
 from .kube import ApiError, Kube
+from .spec import PoolSpec, SpecError, parse_spec
 
 log = logging.getLogger("voicepool.operator.sip")
 
@@ -55,19 +56,17 @@ def _http_url(ws_url: str) -> str:
     return ws_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
 
 
-async def _livekit(kube: Kube, namespace: str, spec: Mapping[str, Any]) -> api.LiveKitAPI:
-    livekit = spec.get("livekit") or {}
-    ref = livekit.get("credentialsSecretRef") or {}
-    data = await kube.read_secret(namespace, str(ref.get("name") or ""))
-    key = data.get(str(ref.get("apiKeyKey") or "apiKey"))
-    secret = data.get(str(ref.get("apiSecretKey") or "apiSecret"))
+async def _livekit(kube: Kube, namespace: str, pool: PoolSpec) -> api.LiveKitAPI:
+    """A LiveKit API client with the pool's own credentials (a Secret in its own namespace)."""
+    data = await kube.read_secret(namespace, pool.credentials_secret)
+    key, secret = data.get(pool.api_key_key), data.get(pool.api_secret_key)
     if not key or not secret:
         raise TelephonyUnavailable(
             "CredentialsMissing",
-            f"Secret {namespace}/{ref.get('name')} lacks the LiveKit API key or secret",
+            f"Secret {namespace}/{pool.credentials_secret} lacks the LiveKit API key or secret",
         )
     return api.LiveKitAPI(
-        _http_url(str(livekit.get("url") or "")),
+        _http_url(pool.livekit_url),
         key,
         secret,
         timeout=aiohttp.ClientTimeout(total=LIVEKIT_TIMEOUT_S),
@@ -240,7 +239,11 @@ async def _sync(
     kube: Kube, body: Mapping[str, Any], namespace: str, name: str, deleting: bool
 ) -> dict[str, Any]:
     spec = body.get("spec") or {}
-    url = str((spec.get("livekit") or {}).get("url") or "")
+    try:
+        pool = parse_spec(spec)
+    except SpecError as e:  # the reconcile reports it (InvalidSpec); nothing is read or sent
+        return {"problem": str(e), "reason": "InvalidSpec"}
+    url = pool.livekit_url
     try:
         declared = None if deleting else tel.parse_telephony(spec.get("telephony"))
     except tel.TelephonyError as e:
@@ -248,7 +251,7 @@ async def _sync(
     status: dict[str, Any] = {"numbers": list(declared.numbers) if declared else []}
     plan: tel.SipPlan | None = None
     try:
-        lk = await _livekit(kube, namespace, spec)
+        lk = await _livekit(kube, namespace, pool)
         try:
             inbound_auth = await _credentials(
                 kube, namespace, declared.inbound_auth if declared else None
@@ -260,7 +263,7 @@ async def _sync(
             plan = tel.plan_sip(
                 namespace,
                 name,
-                str(spec.get("agentName") or ""),
+                pool.agent_name,
                 declared,
                 observed,
                 inbound_auth=inbound_auth,

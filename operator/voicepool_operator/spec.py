@@ -17,6 +17,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from voicepool_contract.phone import MenuError, parse_menu_tree
+
 from .demand import Measured
 
 
@@ -39,6 +41,30 @@ _SUFFIX = {
     "Ti": Decimal(2**40),
 }
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+#: A Secret, ServiceAccount or PriorityClass name (DNS-1123 subdomain). Such a name is one path
+#: segment of the pool's own namespace: no "/", "..", "%", blanks or upper case ever pass.
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+#: A key inside a Secret's data.
+SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+def local_object_name(value: Any, where: str, what: str = "a Secret") -> str:
+    """A name of an object in the pool's namespace, checked before it reaches any API path."""
+    name = str(value or "")
+    if len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
+        raise SpecError(
+            f"{where}: {name[:80]!r} is not the name of {what} in the pool's namespace "
+            "(lowercase letters, digits, '-' and '.', at most 253; no '/' or '..')"
+        )
+    return name
+
+
+def secret_key(value: Any, default: str, where: str) -> str:
+    """A key of a Secret's data (letters, digits, '-', '_', '.')."""
+    key = str(value or default)
+    if len(key) > 253 or not SECRET_KEY.match(key) or key in (".", ".."):
+        raise SpecError(f"{where}: {key[:80]!r} is not a Secret data key")
+    return key
 
 
 def parse_quantity(value: Any, what: str) -> Decimal:
@@ -102,6 +128,8 @@ class PoolSpec:
     warm_mode: str = "static"  # static | adaptive
     safety_factor: float = 1.0  # adaptive: plan for safety x the measured cold start
     cold_start_seconds: int = 30  # adaptive: the cold start until one has been measured
+    service_account: str | None = None  # None: the operator's default worker ServiceAccount
+    host_network: bool = False
 
     def scheduled_warm_sessions(self, now: dt.datetime) -> int:
         """The warm size the spec names for `now`: idleSessions or the matching window."""
@@ -192,6 +220,10 @@ def parse_spec(spec: Mapping[str, Any]) -> PoolSpec:
     secret = livekit.get("credentialsSecretRef") or {}
     if not secret.get("name"):
         raise SpecError("spec.livekit.credentialsSecretRef.name: required")
+    where = "spec.livekit.credentialsSecretRef"
+    secret_name = local_object_name(secret["name"], f"{where}.name")
+    key_key = secret_key(secret.get("apiKeyKey"), "apiKey", f"{where}.apiKeyKey")
+    secret_key_key = secret_key(secret.get("apiSecretKey"), "apiSecret", f"{where}.apiSecretKey")
 
     spp = _int(spec, "sessionsPerPod", 1, 1, "spec.")
     lo = _int(spec, "minReplicas", 1, 0, "spec.")
@@ -209,6 +241,16 @@ def parse_spec(spec: Mapping[str, Any]) -> PoolSpec:
     template = spec.get("template") or {}
     if not template.get("image"):
         raise SpecError("spec.template.image: required")
+    service_account = None
+    if template.get("serviceAccountName"):
+        service_account = local_object_name(
+            template["serviceAccountName"], "spec.template.serviceAccountName", "a ServiceAccount"
+        )
+    if template.get("priorityClassName"):
+        local_object_name(
+            template["priorityClassName"], "spec.template.priorityClassName", "a PriorityClass"
+        )
+    _check_calls(spec.get("telephony") or {})
     resources = template.get("resources") or {}
     pinning = bool((spec.get("cpuPinning") or {}).get("enabled", True))
     cpu_raw = resources.get("cpu", 1)
@@ -237,9 +279,9 @@ def parse_spec(spec: Mapping[str, Any]) -> PoolSpec:
     return PoolSpec(
         agent_name=agent,
         livekit_url=url,
-        credentials_secret=str(secret["name"]),
-        api_key_key=str(secret.get("apiKeyKey") or "apiKey"),
-        api_secret_key=str(secret.get("apiSecretKey") or "apiSecret"),
+        credentials_secret=secret_name,
+        api_key_key=key_key,
+        api_secret_key=secret_key_key,
         sessions_per_pod=spp,
         min_replicas=lo,
         max_replicas=hi,
@@ -260,7 +302,20 @@ def parse_spec(spec: Mapping[str, Any]) -> PoolSpec:
         warm_mode=mode,
         safety_factor=float(safety),
         cold_start_seconds=_int(adaptive, "coldStartSeconds", 30, 1, "spec.warmPool.adaptive."),
+        service_account=service_account,
+        host_network=bool(template.get("hostNetwork", False)),
     )
+
+
+def _check_calls(telephony: Mapping[str, Any]) -> None:
+    """Settings the worker would refuse at start (a crash loop): refused at the pool instead."""
+    calls = telephony.get("calls") or {}
+    try:
+        parse_menu_tree(
+            str(calls.get("keypadMenu") or ""), setting="spec.telephony.calls.keypadMenu"
+        )
+    except MenuError as e:
+        raise SpecError(str(e)) from None
 
 
 def deletion_spec(spec: Mapping[str, Any]) -> PoolSpec:

@@ -29,6 +29,7 @@ class PoolStatus:
     draining_pods: int = 0
     starting_pods: int = 0
     unknown_pods: int = 0
+    unreported_pods: int = 0
     terminating_pods: int = 0
     updated_pods: int = 0
     active_sessions: int = 0
@@ -47,6 +48,7 @@ class PoolStatus:
             "drainingPods": self.draining_pods,
             "startingPods": self.starting_pods,
             "unknownPods": self.unknown_pods,
+            "unreportedPods": self.unreported_pods,
             "terminatingPods": self.terminating_pods,
             "updatedPods": self.updated_pods,
             "activeSessions": self.active_sessions,

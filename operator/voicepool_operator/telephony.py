@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import voicepool_contract as contract
+from voicepool_contract.phone import E164, MenuError, parse_destinations
 
-from .conditions import Condition
+from .conditions import Condition, with_degraded
+from .spec import SpecError, local_object_name, secret_key
 
 NAME_PREFIX = "voicepool"
-_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _CIDR = re.compile(r"^[0-9a-fA-F.:]+(/[0-9]{1,3})?$")
 _ADDRESS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?$")
 TRANSPORTS = ("auto", "udp", "tcp", "tls")
@@ -55,6 +56,8 @@ class TelephonySpec:
     outbound_numbers: tuple[str, ...] = ()
     outbound_transport: str = "auto"
     outbound_auth: SecretRef | None = None
+    allow_any_caller: bool = False  # an inbound trunk that answers any source, by choice
+    allowed_destinations: tuple[str, ...] = ()  # E.164 prefixes outbound calls may go to
 
     @property
     def inbound(self) -> bool:
@@ -83,17 +86,20 @@ def _secret(raw: Any, where: str) -> SecretRef | None:
         return None
     if not isinstance(raw, Mapping) or not raw.get("name"):
         raise TelephonyError(f"{where}.name: required (a Secret in the pool's namespace)")
-    return SecretRef(
-        str(raw["name"]),
-        str(raw.get("usernameKey") or "username"),
-        str(raw.get("passwordKey") or "password"),
-    )
+    try:
+        return SecretRef(
+            local_object_name(raw["name"], f"{where}.name"),
+            secret_key(raw.get("usernameKey"), "username", f"{where}.usernameKey"),
+            secret_key(raw.get("passwordKey"), "password", f"{where}.passwordKey"),
+        )
+    except SpecError as e:
+        raise TelephonyError(str(e)) from None
 
 
 def _numbers(raw: Any, where: str) -> tuple[str, ...]:
     numbers = tuple(str(n).strip() for n in raw or ())
     for n in numbers:
-        if not _E164.match(n):
+        if not E164.match(n):
             raise TelephonyError(f"{where}: {n!r} is not an E.164 number like +15550100000")
     if len(set(numbers)) != len(numbers):
         raise TelephonyError(f"{where}: a number is listed twice")
@@ -130,11 +136,33 @@ def parse_telephony(raw: Mapping[str, Any] | None) -> TelephonySpec | None:
         raise TelephonyError(
             "spec.telephony.outbound.numbers: at least one caller-ID number is required"
         )
+    inbound_auth = _secret(inbound.get("authSecretRef"), "spec.telephony.inbound.authSecretRef")
+    allow_any = bool(inbound.get("allowAnyCaller", False))
+    numbers = _numbers(inbound.get("numbers"), "spec.telephony.inbound.numbers")
+    answers = bool(numbers) or bool(inbound.get("catchAll", False))
+    if answers and not (addresses or inbound_auth or allow_any):
+        raise TelephonyError(
+            "spec.telephony.inbound: the trunk would answer anyone; set allowedAddresses (your "
+            "SIP provider's addresses) or authSecretRef (digest credentials), or "
+            "allowAnyCaller: true to take calls from any source"
+        )
+    try:
+        destinations = parse_destinations(
+            outbound.get("allowedDestinations") or (),
+            setting="spec.telephony.outbound.allowedDestinations",
+        )
+    except MenuError as e:
+        raise TelephonyError(str(e)) from None
+    if out_address is not None and not destinations:
+        raise TelephonyError(
+            "spec.telephony.outbound.allowedDestinations: required; list the E.164 prefixes "
+            "calls may go to (e.g. +1555), or + for any number"
+        )
     return TelephonySpec(
-        numbers=_numbers(inbound.get("numbers"), "spec.telephony.inbound.numbers"),
+        numbers=numbers,
         catch_all=bool(inbound.get("catchAll", False)),
         allowed_addresses=addresses,
-        inbound_auth=_secret(inbound.get("authSecretRef"), "spec.telephony.inbound.authSecretRef"),
+        inbound_auth=inbound_auth,
         room_prefix=str(inbound.get("roomPrefix") or "call-"),
         ringing_timeout_s=int(inbound.get("ringingTimeoutSeconds") or 20),
         outbound_address=out_address,
@@ -143,6 +171,8 @@ def parse_telephony(raw: Mapping[str, Any] | None) -> TelephonySpec | None:
         outbound_auth=_secret(
             outbound.get("authSecretRef"), "spec.telephony.outbound.authSecretRef"
         ),
+        allow_any_caller=allow_any,
+        allowed_destinations=destinations,
     )
 
 
@@ -368,24 +398,11 @@ def status_problem(plan: SipPlan | None, error: str | None) -> str | None:
 def with_telephony(
     conditions: Iterable[Condition], telephony_status: Mapping[str, Any] | None
 ) -> list[Condition]:
-    """Fold the pool's telephony problem (from ``status.telephony``) into ``Degraded``.
-
-    The pool's pods keep being planned as usual: only the condition says what is wrong.
-    """
-    out = list(conditions)
-    problem = (telephony_status or {}).get("problem")
-    if not problem:
-        return out
-    reason = str((telephony_status or {}).get("reason") or "TelephonyDegraded")
-    for i, cond in enumerate(out):
-        if cond.type == "Degraded":
-            if cond.status == "True":
-                out[i] = Condition("Degraded", "True", cond.reason, f"{cond.message}; {problem}")
-            else:
-                out[i] = Condition("Degraded", "True", reason, str(problem))
-            return out
-    out.append(Condition("Degraded", "True", reason, str(problem)))
-    return out
+    """Fold the pool's telephony problem (from ``status.telephony``) into ``Degraded``."""
+    status = telephony_status or {}
+    problem = status.get("problem")
+    reason = str(status.get("reason") or "TelephonyDegraded")
+    return with_degraded(conditions, reason, str(problem) if problem else None)
 
 
 def worker_env(pool: str, raw: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -399,9 +416,12 @@ def worker_env(pool: str, raw: Mapping[str, Any]) -> list[dict[str, Any]]:
     calls = telephony.get("calls") or {}
     privacy = raw.get("privacy") or {}
     env: list[dict[str, Any]] = []
-    if (telephony.get("outbound") or {}).get("address"):
+    outbound = telephony.get("outbound") or {}
+    if outbound.get("address"):
         name = f"{NAME_PREFIX}/$(POD_NAMESPACE)/{pool}/outbound"
         env.append({"name": contract.ENV_SIP_OUTBOUND_TRUNK, "value": name})
+        allowed = ",".join(str(d).strip() for d in outbound.get("allowedDestinations") or ())
+        env.append({"name": contract.ENV_SIP_ALLOWED_DESTINATIONS, "value": allowed})
     for key, var in contract.CALLS_ENV:
         if calls.get(key) is not None:
             env.append({"name": var, "value": str(calls[key])})

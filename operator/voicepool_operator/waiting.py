@@ -22,14 +22,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from voicepool_contract import ROOM_AGENT_KEY, WAITING_ROOM_PREFIX
 
 #: A room nobody closes (a lost room_finished) stops counting after this long.
 TTL_SECONDS = 600.0
+#: Webhook events created longer ago than this are refused (a captured event replayed later).
+MAX_EVENT_AGE_SECONDS = 300.0
+#: ...and so are events from further in the future than this (clock skew between hosts).
+MAX_CLOCK_SKEW_SECONDS = 60.0
 
 
 def room_agent(metadata: str) -> str | None:
@@ -113,3 +118,78 @@ def expired(
 def waiting_keys(annotations: Mapping[str, Any] | None) -> tuple[str, ...]:
     """The recorded rooms, for `replan_key`: a room added or removed re-plans the pool."""
     return tuple(sorted(k for k in (annotations or {}) if k.startswith(WAITING_ROOM_PREFIX)))
+
+
+# -- which pools an event may touch (tenancy) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A LiveKit API key and its secret: what signed a webhook event, or what a pool trusts."""
+
+    key: str
+    secret: str = field(repr=False)
+
+
+def trusted_signers(
+    own: Signer | None, declared: Iterable[str], platform: Signer | None
+) -> tuple[Signer, ...]:
+    """The signers whose events may touch a pool: its own LiveKit key (from its own Secret),
+    and the operator's own key (chart ``webhook.credentialsSecretRef``) when the pool lists
+    that key in ``spec.livekit.webhookSigningKeys``. Never another namespace's key: a key read
+    from a Secret only ever counts for pools of that Secret's namespace."""
+    out = [own] if own is not None else []
+    if platform is not None and platform.key in set(declared) and platform not in out:
+        out.append(platform)
+    return tuple(out)
+
+
+def room_cap(spec: Mapping[str, Any]) -> int:
+    """At most this many rooms wait for one pool: all it could ever serve (maxReplicas x
+    sessionsPerPod, CRD defaults 10 and 1). More would only grow the annotation."""
+
+    def num(key: str, default: int) -> int:
+        value = spec.get(key, default)
+        return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+    return max(1, num("maxReplicas", 10)) * max(1, num("sessionsPerPod", 1))
+
+
+def event_fresh(
+    created_at: float,
+    now: float,
+    max_age: float = MAX_EVENT_AGE_SECONDS,
+    skew: float = MAX_CLOCK_SKEW_SECONDS,
+) -> bool:
+    """Whether an event created at ``created_at`` (unix s) may still be acted on at ``now``."""
+    return now - max_age <= created_at <= now + skew
+
+
+class RecentIds:
+    """Webhook event ids seen lately: a second delivery of one (a replay, or livekit-server's
+    retry after a lost answer) is ignored. Bounded in count and kept only as long as an event
+    can still be fresh, after which `event_fresh` refuses a replay anyway."""
+
+    def __init__(
+        self,
+        keep_seconds: float = MAX_EVENT_AGE_SECONDS + MAX_CLOCK_SKEW_SECONDS,
+        limit: int = 100_000,
+    ) -> None:
+        self.keep_seconds = keep_seconds
+        self.limit = limit
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def first_time(self, event_id: str, now: float) -> bool:
+        """Record ``event_id``; False when it was seen already."""
+        while self._seen:
+            oldest, at = next(iter(self._seen.items()))
+            if now - at <= self.keep_seconds and len(self._seen) < self.limit:
+                break
+            del self._seen[oldest]
+        if event_id in self._seen:
+            return False
+        self._seen[event_id] = now
+        return True

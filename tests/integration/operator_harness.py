@@ -94,12 +94,14 @@ class OperatorProcess:
         python: str = sys.executable,
         identity: str | None = None,
         livekit: LiveKitInfo | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.kubeconfig = kubeconfig
         self.livekit = livekit  # with a webhook port: serve LiveKit's webhook (scale from 0)
         self.peering = peering
         self.identity = identity  # POD_NAME: the reportingInstance of its Events
         self.python = python  # the bench runs the operator from an image-like minimal venv
+        self.extra_args = extra_args  # e.g. the worker policy's --allow-* flags
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         self.log_path = Path(tempfile.mkstemp(prefix="voicepool-operator-", suffix=".log")[1])
@@ -118,6 +120,7 @@ class OperatorProcess:
                 f"--liveness-port={self.liveness_port}",
                 "--verbose",
                 *self._webhook_args(),
+                *self.extra_args,
             ],
             env={
                 **os.environ,
@@ -322,6 +325,16 @@ class Cluster:
                     }
                 }
             },
+        )
+
+    def livekit_secret(self, lk: LiveKitInfo, name: str = "lk") -> None:
+        """The pool's LiveKit credentials, as a user creates them (keys apiKey, apiSecret)."""
+        self.core.create_namespaced_secret(
+            self.ns,
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(name=name),
+                string_data={"apiKey": lk.api_key, "apiSecret": lk.api_secret},
+            ),
         )
 
     def annotations(self, pod: str) -> dict[str, str]:

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import signal
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -149,7 +150,7 @@ def post_webhook(op: OperatorProcess, lk: LiveKitInfo, event: str, room: str, me
             "event": event,
             "room": {"name": room, "metadata": meta},
             "id": uuid.uuid4().hex,
-            "createdAt": "1764600000",
+            "createdAt": str(int(time.time())),
         }
     ).encode()
     digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
@@ -175,6 +176,7 @@ def test_a_webhook_posted_to_the_standby_scales_a_pool_from_zero(
     wait_for(lambda: RESUMED in first.log_text(), timeout=30, what="the oldest replica to resume")
     assert RESUMED not in second.log_text(), second.log_tail()
     agent = f"ha-zero-{namespace}"
+    cluster.livekit_secret(lk)  # the key the events are signed with is the pool's own
     cluster.create_pool(zero_pool_manifest("zero", agent))
     wait_for(
         lambda: cluster.pool("zero").get("status", {}).get("desiredReplicas") == 0,

@@ -352,6 +352,7 @@ def test_a_waiting_room_scales_a_pool_from_zero(
     if not lk.webhook_port:
         pytest.skip("this LiveKit server posts no webhooks to the operator")
     agent = f"zero-{cluster.ns}"
+    cluster.livekit_secret(lk)  # the pool's own key: the one its webhook events must be signed with
     cluster.create_pool(
         pool_manifest("zero", agentName=agent, minReplicas=0, warmPool={"idleSessions": 0})
     )

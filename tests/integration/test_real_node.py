@@ -115,7 +115,8 @@ def _helm(kubeconfig: str, *args: str) -> str:
 @pytest.fixture(scope="module")
 def ns(real: dict[str, Any]) -> str:
     core = client.CoreV1Api(real["api"])
-    name = create_namespace(core, f"rn-{uuid.uuid4().hex[:6]}")
+    # The chart creates the worker ServiceAccount here (worker.namespaces).
+    name = create_namespace(core, f"rn-{uuid.uuid4().hex[:6]}", worker_service_account=False)
     lk = real["state"].livekit
     core.create_namespaced_secret(
         name,
@@ -208,7 +209,6 @@ def worker_pool(real: dict[str, Any], name: str, **spec: Any) -> dict[str, Any]:
         "image": state.node["images"]["worker"],
         "imagePullPolicy": "Never",
         "hostNetwork": True,
-        "serviceAccountName": "voicepool-worker",
         "resources": {"cpu": 1, "memory": "2Gi"},
         "env": _worker_env(real),
         **node_mod.placement(),

@@ -97,7 +97,7 @@ def test_a_trunk_deleted_by_hand_comes_back_and_the_rule_follows_it() -> None:
 
 def test_changed_numbers_replace_the_trunk() -> None:
     got = converge(SPEC, Observed())
-    spec = {"inbound": {"numbers": ["+15550100000", "+15550100009"]}}
+    spec = {"inbound": {"numbers": ["+15550100000", "+15550100009"], "allowAnyCaller": True}}
     after = converge(spec, got)
     assert sorted(after.inbound[0].numbers) == ["+15550100000", "+15550100009"]
     assert len(after.inbound) == 1 and len(after.rules) == 1
@@ -120,7 +120,7 @@ def test_a_changed_password_is_drift_but_the_password_is_never_compared_or_shown
 
 def test_a_number_claimed_by_another_trunk_is_left_out_and_named() -> None:
     other = InboundTrunk("someone-else", ("+15550100000",), (), id="ST_x")
-    spec = {"inbound": {"numbers": ["+15550100000", "+15550100001"]}}
+    spec = {"inbound": {"numbers": ["+15550100000", "+15550100001"], "allowAnyCaller": True}}
     plan = plan_sip(NS, POOL, AGENT, parse_telephony(spec), Observed(inbound=(other,)))
     assert plan.claimed == {"+15550100000": "someone-else"}
     assert plan.numbers == ("+15550100001",)
@@ -139,14 +139,19 @@ def test_when_every_number_is_claimed_no_catch_all_trunk_is_made() -> None:
 
 
 def test_catch_all_makes_a_trunk_without_numbers() -> None:
-    got = converge({"inbound": {"catchAll": True}}, Observed())
+    got = converge({"inbound": {"catchAll": True, "allowAnyCaller": True}}, Observed())
     assert got.inbound[0].numbers == () and len(got.rules) == 1
 
 
 def test_outbound_trunk_and_removal_of_everything() -> None:
     spec = {
         **SPEC,
-        "outbound": {"address": "127.0.0.1:25060", "numbers": ["+15550109999"], "transport": "udp"},
+        "outbound": {
+            "address": "127.0.0.1:25060",
+            "numbers": ["+15550109999"],
+            "transport": "udp",
+            "allowedDestinations": ["+1555"],
+        },
     }
     got = converge(spec, Observed())
     assert got.outbound[0].address == "127.0.0.1:25060" and got.outbound[0].transport == "udp"
@@ -175,6 +180,44 @@ def test_owner_of_only_recognises_our_names() -> None:
         (
             {"outbound": {"address": "pbx", "numbers": ["+15550109999"], "transport": "ws"}},
             "transport",
+        ),
+        # Closed by default: a trunk that would answer anyone, dialling anywhere.
+        ({"inbound": {"numbers": ["+15550100000"]}}, "would answer anyone"),
+        ({"inbound": {"catchAll": True}}, "would answer anyone"),
+        ({"inbound": {"numbers": ["+15550100000"], "allowAnyCaller": True}}, None),
+        (
+            {"outbound": {"address": "pbx", "numbers": ["+15550109999"]}},
+            "outbound.allowedDestinations: required",
+        ),
+        (
+            {
+                "outbound": {
+                    "address": "pbx",
+                    "numbers": ["+15550109999"],
+                    "allowedDestinations": ["1555"],
+                }
+            },
+            "allowedDestinations: '1555' is not an E.164 prefix",
+        ),
+        # A Secret is a name in the pool's own namespace, never a path.
+        (
+            {"inbound": {"authSecretRef": {"name": "../../kube-system/secrets/x"}}},
+            "authSecretRef.name: '../../kube-system/secrets/x' is not the name of a Secret",
+        ),
+        (
+            {"inbound": {"authSecretRef": {"name": "%2e%2e"}}},
+            "authSecretRef.name: '%2e%2e' is not the name of a Secret",
+        ),
+        (
+            {
+                "outbound": {
+                    "address": "pbx",
+                    "numbers": ["+15550109999"],
+                    "allowedDestinations": ["+"],
+                    "authSecretRef": {"name": "/abs"},
+                }
+            },
+            "outbound.authSecretRef.name: '/abs' is not the name of a Secret",
         ),
     ],
 )
@@ -212,7 +255,11 @@ def test_worker_env_names_the_outbound_trunk_and_carries_call_and_privacy_settin
     raw = {
         "telephony": {
             **SPEC,
-            "outbound": {"address": "pbx:5060", "numbers": ["+15550109999"]},
+            "outbound": {
+                "address": "pbx:5060",
+                "numbers": ["+15550109999"],
+                "allowedDestinations": ["+1555", "+44"],
+            },
             "calls": {
                 "idleTimeoutSeconds": 20,
                 "transferTo": "tel:+15550107777",
@@ -224,6 +271,7 @@ def test_worker_env_names_the_outbound_trunk_and_carries_call_and_privacy_settin
     env = {e["name"]: e["value"] for e in worker_env(POOL, raw)}
     assert env == {
         "VOICEPOOL_SIP_OUTBOUND_TRUNK": f"voicepool/$(POD_NAMESPACE)/{POOL}/outbound",
+        "VOICEPOOL_SIP_ALLOWED_DESTINATIONS": "+1555,+44",
         "VOICEPOOL_IDLE_TIMEOUT_SECONDS": "20",
         "VOICEPOOL_TRANSFER_TO": "tel:+15550107777",
         "VOICEPOOL_WARM_TRANSFER_TO": "+15550107778",

@@ -194,7 +194,8 @@ def reasons(p: Plan) -> dict[str, tuple[str, str]]:
         (idle("a"), PodState.IDLE),
         (busy("a", 2), PodState.BUSY),
         # Ready but never reported: the readiness probe passes only once registered.
-        (make_pod("a", sessions=None, reported_state=None), PodState.IDLE),
+        # Ready and never reported: its calls are unknown, so it is not idle capacity.
+        (make_pod("a", sessions=None, reported_state=None), PodState.UNREPORTED),
         (starting("a"), PodState.STARTING),
         (starting("a", reported_state="starting", sessions=0), PodState.STARTING),
         # Ready (kwok runs no probes) but the worker says it has not registered yet.
@@ -918,6 +919,7 @@ def test_status_counts() -> None:
         "drainingPods": 1,
         "startingPods": 1,
         "unknownPods": 1,
+        "unreportedPods": 0,
         "terminatingPods": 1,
         "updatedPods": 2,
         "activeSessions": 5,
@@ -1143,3 +1145,46 @@ def test_requeue_has_a_floor() -> None:
     spec = make_spec(drain_timeout=600)
     pod = draining("d", 1, drain_requested_at=NOW - dt.timedelta(seconds=599.999))
     assert plan(spec, HASH, [pod], NOW).requeue_after == pytest.approx(0.05)
+
+
+# -- pods whose worker never reported -----------------------------------------------------------
+
+
+def unreported(name: str, **kw: Any) -> PodView:
+    return make_pod(name, sessions=None, reported_state=None, **kw)
+
+
+def test_a_ready_pod_that_never_reported_is_not_warm_capacity() -> None:
+    """One warm session wanted: a silent Ready pod does not count, so a second pod is made."""
+    spec = make_spec(idle_sessions=1)
+    result = plan(
+        spec,
+        HASH,
+        [unreported("a", safe_to_evict="false", deletion_cost="10000", busy_label="true")],
+        NOW,
+    )
+    assert [a.reason for a in result.actions if isinstance(a, CreatePod)] == ["ScaleUp"]
+    assert (result.status.unreported_pods, result.status.idle_pods) == (1, 0)
+    assert result.status.idle_capacity == 0 and result.status.desired_replicas == 2
+
+
+def test_a_pod_that_never_reported_is_never_drained_as_idle() -> None:
+    spec = make_spec(min_replicas=0, idle_sessions=0, stabilization=0)
+    silent = unreported("a", safe_to_evict="false", deletion_cost="10000", busy_label="true")
+    result = plan(spec, HASH, [silent, idle("b")], NOW)
+    drained = [a.pod for a in result.actions if isinstance(a, MarkDraining | DeletePod)]
+    assert drained == ["b"]
+
+
+def test_silent_pods_degrade_the_pool_by_name_after_the_grace_period() -> None:
+    spec = make_spec(grace=60, idle_sessions=0)
+    young = unreported("young", ready_since=ago(10))
+    old = unreported("old", ready_since=ago(120))
+    result = plan(spec, HASH, [young, old], NOW)
+    degraded = next(c for c in result.conditions if c.type == "Degraded")
+    assert degraded.status == "True" and degraded.reason == "PodsNotReporting"
+    assert "(old)" in degraded.message and "young" not in degraded.message
+    assert result.requeue_after is not None and result.requeue_after <= 50
+    # It may hold calls: eviction hints protect it like a busy pod.
+    hints = {a.pod: a for a in result.actions if isinstance(a, SetEvictionHints)}
+    assert hints["young"].safe_to_evict == "false" and hints["young"].busy_label == "true"

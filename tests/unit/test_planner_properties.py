@@ -34,7 +34,9 @@ from voicepool_operator.spec import DAYS, PoolSpec, parse_spec
 BASE = dt.datetime(2026, 3, 2, 0, 0, 0, tzinfo=dt.UTC)  # a Monday
 HASH = "newhash"
 OLD = "oldhash"
-SERVING = (PodState.STARTING, PodState.IDLE, PodState.BUSY)
+SERVING = (PodState.STARTING, PodState.IDLE, PodState.BUSY, PodState.UNREPORTED)
+#: Ready pods that hold a serving slot (a drain is how they leave).
+READY_SERVING = (PodState.IDLE, PodState.BUSY, PodState.UNREPORTED)
 FAST = settings(max_examples=200, deadline=None)
 
 # -- strategies ------------------------------------------------------------------------------
@@ -141,10 +143,13 @@ def scenarios(
 
 
 def may_hold_calls(pod: PodView) -> bool:
-    """It says it has calls, or says busy/draining without a readable count."""
+    """It says it has calls, or says busy/draining without a readable count, or it is Ready
+    and never reported (a worker that may not patch its pod may be serving calls)."""
     if pod.sessions is not None:
         return pod.sessions > 0
-    return pod.reported_state not in (None, "starting", "idle")
+    if pod.reported_state is None:
+        return pod.ready
+    return pod.reported_state not in ("starting", "idle")
 
 
 def check_safety(
@@ -198,8 +203,8 @@ def check_safety(
                 assert action.reason == "DrainObserved", f"drained twice: {action}"
                 assert pod.drain_requested_at is None, f"drain start overwritten: {action}"
                 continue
-            assert st_ in (PodState.IDLE, PodState.BUSY), f"drained a {st_} pod: {action}"
-            if st_ is PodState.BUSY:
+            assert st_ in READY_SERVING, f"drained a {st_} pod: {action}"
+            if st_ in (PodState.BUSY, PodState.UNREPORTED):
                 assert action.reason in ("Rollout", "PoolDeleted"), f"busy scale-down: {action}"
                 if action.reason == "Rollout":
                     assert pod.template_hash != HASH
@@ -219,9 +224,7 @@ def check_safety(
     else:
         assert spec.min_replicas <= result.status.desired_replicas <= spec.max_replicas
     serving = [p for p in pods if state[p.name] in SERVING]
-    rolling = any(
-        state[p.name] in (PodState.IDLE, PodState.BUSY) and p.template_hash != HASH for p in pods
-    )
+    rolling = any(state[p.name] in READY_SERVING and p.template_hash != HASH for p in pods)
     limit = spec.max_replicas + (spec.max_surge if rolling else 0)
     n_create = sum(1 for a in result.actions if isinstance(a, CreatePod))
     if n_create:
@@ -250,7 +253,7 @@ def test_deleted_pool_drains_and_never_creates(
     check_safety(spec, pods, now, result, pool_deleting=True)
     drained = {a.pod for a in result.actions if isinstance(a, MarkDraining)}
     for p in pods:
-        if classify(p, spec, now) in (PodState.IDLE, PodState.BUSY):
+        if classify(p, spec, now) in READY_SERVING:
             assert p.name in drained
     assert all(
         a.reason in ("PoolDeleted", "DrainObserved")
@@ -440,12 +443,18 @@ def test_closed_loop_converges_to_desired(
     spec, pods, now, history = case
     cluster, final, now, _ = run_to_fixed_point(spec, pods, now, history)
     states = {n: classify(p, spec, now) for n, p in cluster.pods.items()}
-    assert set(states.values()) <= {PodState.IDLE, PodState.BUSY}
+    assert set(states.values()) <= {PodState.IDLE, PodState.BUSY, PodState.UNREPORTED}
     serving = list(cluster.pods.values())
     assert all(p.template_hash == HASH for p in serving), "rollout left old pods behind"
-    busy = [p for p in serving if states[p.name] is PodState.BUSY]
-    # A count above the pod's capacity is unreadable and worth exactly that capacity.
-    calls = sum(min(p.sessions or 0, spec.sessions_per_pod) for p in busy)
+    busy = [p for p in serving if states[p.name] in (PodState.BUSY, PodState.UNREPORTED)]
+    # A count above the pod's capacity is unreadable and worth exactly that capacity; a pod
+    # that never reported is planned as full.
+    calls = sum(
+        spec.sessions_per_pod
+        if states[p.name] is PodState.UNREPORTED
+        else min(p.sessions or 0, spec.sessions_per_pod)
+        for p in busy
+    )
     want, _ = spec.desired_for(calls, now)
     assert final.status.desired_replicas == want  # the window has passed
     assert len(serving) == max(want, len(busy))

@@ -697,3 +697,46 @@ def test_template_hash_changes_with_the_pod(changes: dict[str, Any]) -> None:
 def test_template_hash_ignores_scaling_knobs(changes: dict[str, Any]) -> None:
     """Scaling changes never restart calls-carrying pods."""
     assert template_hash(parse_spec(spec_dict(**changes))) == template_hash(parse_spec(MINIMAL))
+
+
+# -- tenancy: every name is an object of the pool's own namespace -----------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../kube-system/secrets/x",
+        "..",
+        ".",
+        "%2e%2e",
+        "a/b",
+        "/absolute",
+        "Upper",
+        "with space",
+        "a..b",
+        "x" * 254,
+    ],
+)
+def test_secret_names_that_leave_the_namespace_are_refused(name: str) -> None:
+    livekit = {"url": "ws://lk", "credentialsSecretRef": {"name": name}}
+    message = spec_error(spec_dict(livekit=livekit))
+    assert "spec.livekit.credentialsSecretRef.name" in message
+    assert "is not the name of a Secret in the pool's namespace" in message
+
+
+def test_secret_data_keys_service_accounts_and_priority_classes_are_checked() -> None:
+    livekit = {"url": "ws://lk", "credentialsSecretRef": {"name": "lk", "apiKeyKey": "a/b"}}
+    assert "credentialsSecretRef.apiKeyKey" in spec_error(spec_dict(livekit=livekit))
+    template = {"image": "w", "serviceAccountName": "../default"}
+    assert "spec.template.serviceAccountName" in spec_error(spec_dict(template=template))
+    template = {"image": "w", "priorityClassName": "System/Critical"}
+    assert "spec.template.priorityClassName" in spec_error(spec_dict(template=template))
+    ok = parse_spec(spec_dict(template={"image": "w", "serviceAccountName": "team-a.worker"}))
+    assert ok.service_account == "team-a.worker" and ok.host_network is False
+
+
+def test_a_keypad_menu_the_worker_would_refuse_is_refused_at_the_pool() -> None:
+    telephony = {"calls": {"keypadMenu": "1=hours;1=again"}}
+    message = spec_error(spec_dict(telephony=telephony))
+    assert "spec.telephony.calls.keypadMenu" in message and "defined twice" in message
+    parse_spec(spec_dict(telephony={"calls": {"keypadMenu": "1=hours;4>1=book"}}))

@@ -18,15 +18,20 @@ from voicepool_contract import ROOM_AGENT_KEY, WAITING_ROOM_PREFIX
 from voicepool_operator.planner import CreatePod, plan
 from voicepool_operator.spec import parse_spec
 from voicepool_operator.waiting import (
+    RecentIds,
     RoomChange,
+    Signer,
     change_for,
+    event_fresh,
     expired,
     room_agent,
+    room_cap,
     room_key,
+    trusted_signers,
     waiting_keys,
     waiting_rooms,
 )
-from voicepool_operator.webhook import WebhookServer, record_on_pools
+from voicepool_operator.webhook import WebhookServer, record_on_pools, signing_key
 
 META = json.dumps({ROOM_AGENT_KEY: "support"})
 
@@ -80,14 +85,19 @@ def test_any_room_name_makes_a_valid_annotation_key(room: str) -> None:
     assert re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?", name) and len(name) <= 63
 
 
+#: The LiveKit key of team "ns" (the key its pools' Secrets hold), and another team's.
+TEAM = Signer("team-key", "team-secret-" * 4)
+OTHER = Signer("other-key", "other-secret-" * 4)
+
+
 class FakePools:
     """Plain pool objects and the merge patches written to them."""
 
-    def __init__(self, *pools: tuple[str, str, dict[str, str]]) -> None:
+    def __init__(self, *pools: tuple[str, str, dict[str, str]], max_replicas: int = 10) -> None:
         self.pools = {
             name: {
                 "metadata": {"namespace": "ns", "name": name, "annotations": ann},
-                "spec": {"agentName": agent},
+                "spec": {"agentName": agent, "maxReplicas": max_replicas, "sessionsPerPod": 1},
             }
             for name, agent, ann in pools
         }
@@ -111,12 +121,26 @@ class FakePools:
         return True
 
 
+class FakeKeys:
+    """Whom each pool trusts (by pool name; default: TEAM), and the known signers."""
+
+    def __init__(self, trust: Mapping[str, tuple[Signer, ...]] | None = None) -> None:
+        self.trust = dict(trust or {})
+
+    async def trusted_by(self, pool: Mapping[str, Any]) -> tuple[Signer, ...]:
+        return self.trust.get(pool["metadata"]["name"], (TEAM,))
+
+    async def candidates(self, key: str) -> list[Signer]:
+        return [s for s in (TEAM, OTHER) if s.key == key]
+
+
 async def test_rooms_are_recorded_on_every_pool_of_their_agent() -> None:
     stale = {room_key("old"): json.dumps({"room": "old", "since": 0})}
     pools = FakePools(("a", "support", dict(stale)), ("b", "support", {}), ("c", "sales", {}))
     start = change_for("room_started", "r1", META, False)
     assert start is not None
-    assert await record_on_pools(pools, start, ["ns"], clock=lambda: 1000.0) == 2
+    keys = FakeKeys()
+    assert await record_on_pools(pools, keys, start, TEAM, ["ns"], clock=lambda: 1000.0) == 2
     assert pools.listed == [("ns",)]
     # One key per room, merged: the stale entry goes in the same write.
     assert pools.patches[0] == (
@@ -128,8 +152,61 @@ async def test_rooms_are_recorded_on_every_pool_of_their_agent() -> None:
         assert waiting_rooms(pools.pools[name]["metadata"]["annotations"], 1001) == 1
     done = change_for("room_finished", "r1", "", False)  # no metadata: found by its key
     assert done is not None
-    assert await record_on_pools(pools, done, clock=lambda: 1002.0) == 2
+    assert await record_on_pools(pools, keys, done, TEAM, clock=lambda: 1002.0) == 2
     assert all(not p["metadata"]["annotations"] for p in pools.pools.values())
+
+
+async def test_a_room_never_touches_a_pool_that_does_not_trust_its_signer() -> None:
+    """Two teams, one agentName: team A's rooms (signed with A's key) scale only A's pool,
+    and a room_finished signed by A cannot remove B's waiting room either."""
+    b_room = change_for("room_started", "rb", META, False)
+    assert b_room is not None
+    pools = FakePools(("a", "support", {}), ("b", "support", {}))
+    keys = FakeKeys({"a": (TEAM,), "b": (OTHER,)})
+    assert await record_on_pools(pools, keys, b_room, OTHER, clock=lambda: 10.0) == 1
+    assert [n for n, _ in pools.patches] == ["b"]
+    a_room = change_for("room_started", "ra", META, False)
+    assert a_room is not None
+    assert await record_on_pools(pools, keys, a_room, TEAM, clock=lambda: 11.0) == 1
+    assert [n for n, _ in pools.patches] == ["b", "a"]
+    forged_end = change_for("room_finished", "rb", "", False)
+    assert forged_end is not None
+    assert await record_on_pools(pools, keys, forged_end, TEAM, clock=lambda: 12.0) == 0
+    assert waiting_rooms(pools.pools["b"]["metadata"]["annotations"], 13.0) == 1
+
+
+async def test_a_pool_holds_at_most_what_it_could_serve_in_waiting_rooms() -> None:
+    pools = FakePools(("a", "support", {}), max_replicas=2)
+    keys = FakeKeys()
+    for i in range(3):
+        change = change_for("room_started", f"r{i}", META, False)
+        assert change is not None
+        await record_on_pools(pools, keys, change, TEAM, clock=lambda: 100.0)
+    annotations = pools.pools["a"]["metadata"]["annotations"]
+    assert waiting_rooms(annotations, 100.0) == 2 == room_cap(pools.pools["a"]["spec"])
+    again = change_for("room_started", "r0", META, False)  # a room already there may refresh
+    assert again is not None
+    assert await record_on_pools(pools, keys, again, TEAM, clock=lambda: 101.0) == 1
+
+
+def test_trusted_signers_are_the_pools_own_key_and_a_declared_operator_key() -> None:
+    platform = Signer("platform", "platform-secret-" * 3)
+    assert trusted_signers(TEAM, (), platform) == (TEAM,)
+    assert trusted_signers(TEAM, ("platform",), platform) == (TEAM, platform)
+    assert trusted_signers(None, ("platform",), platform) == (platform,)
+    assert trusted_signers(None, ("team-key",), None) == ()  # a key id alone proves nothing
+    assert room_cap({}) == 10 and room_cap({"maxReplicas": 3, "sessionsPerPod": 4}) == 12
+
+
+def test_events_are_fresh_only_within_their_window_and_ids_count_once() -> None:
+    assert event_fresh(1000, 1000) and event_fresh(1000 - 300, 1000)
+    assert not event_fresh(1000 - 301, 1000) and not event_fresh(1061, 1000)
+    ids = RecentIds(keep_seconds=10, limit=3)
+    assert ids.first_time("a", 0) and not ids.first_time("a", 5)
+    assert ids.first_time("a", 11)  # forgotten once it could no longer be fresh
+    for name in "bcd":
+        ids.first_time(name, 12)
+    assert len(ids) <= 3
 
 
 @pytest.mark.parametrize(
@@ -164,40 +241,71 @@ def _signed(body: str, key: str, secret: str) -> str:
     return lkapi.AccessToken(key, secret).with_sha256(digest).to_jwt()
 
 
-async def test_the_endpoint_checks_livekits_signature() -> None:
-    woken: list[str] = []
+NOW = 1_800_000_000.0
 
-    async def publish(change: RoomChange) -> int:
-        woken.append(change.agent or "")
+
+def _event(event: str = "room_started", *, id_: str = "EV_1", created: float = NOW) -> str:
+    return json.dumps(
+        {
+            "event": event,
+            "room": {"name": "r1", "metadata": META},
+            "id": id_,
+            "createdAt": str(int(created)),
+        }
+    )
+
+
+async def _post(server: WebhookServer, body: str, auth: str) -> int:
+    req = make_mocked_request("POST", "/livekit/webhook", headers={"Authorization": auth})
+    req._read_bytes = body.encode()  # type: ignore[attr-defined]
+    return (await server.handle(req)).status
+
+
+async def test_the_endpoint_checks_livekits_signature() -> None:
+    woken: list[tuple[str, str]] = []
+
+    async def publish(change: RoomChange, signer: Signer) -> int:
+        woken.append((change.agent or "", signer.key))
         return 1
 
-    server = WebhookServer("key", "secret-" * 6, publish)
-    body = json.dumps({"event": "room_started", "room": {"name": "r1", "metadata": META}})
-
-    async def post(auth: str) -> int:
-        req = make_mocked_request("POST", "/livekit/webhook", headers={"Authorization": auth})
-        req._read_bytes = body.encode()  # type: ignore[attr-defined]
-        return (await server.handle(req)).status
-
-    assert await post("") == 401
-    assert await post(_signed(body, "key", "wrong-secret-" * 3)) == 401
-    assert await post(_signed(body + " ", "key", "secret-" * 6)) == 401  # body changed
+    server = WebhookServer(FakeKeys(), publish, clock=lambda: NOW)
+    body = _event()
+    assert await _post(server, body, "") == 401  # unsigned
+    assert await _post(server, body, "not a jwt") == 401
+    assert await _post(server, body, _signed(body, "team-key", "wrong-secret-" * 3)) == 401
+    assert await _post(server, body, _signed(body, "nobody", "secret-" * 6)) == 401  # unknown
+    assert await _post(server, body + " ", _signed(body, TEAM.key, TEAM.secret)) == 401  # body
     assert woken == []
-    assert await post(_signed(body, "key", "secret-" * 6)) == 200
-    assert woken == ["support"]
+    assert await _post(server, body, _signed(body, TEAM.key, TEAM.secret)) == 200
+    assert woken == [("support", "team-key")]
+    assert signing_key(_signed(body, TEAM.key, TEAM.secret)) == "team-key"
+
+
+async def test_the_endpoint_refuses_replays_and_stale_events() -> None:
+    woken: list[str] = []
+
+    async def publish(change: RoomChange, signer: Signer) -> int:
+        woken.append(change.room)
+        return 1
+
+    server = WebhookServer(FakeKeys(), publish, clock=lambda: NOW)
+    body = _event()
+    auth = _signed(body, TEAM.key, TEAM.secret)
+    assert await _post(server, body, auth) == 200
+    assert await _post(server, body, auth) == 200  # a second delivery: acknowledged, ignored
+    assert woken == ["r1"]
+    old = _event(id_="EV_2", created=NOW - 3600)
+    assert await _post(server, old, _signed(old, TEAM.key, TEAM.secret)) == 400
+    assert woken == ["r1"]
 
 
 async def test_the_endpoint_answers_503_when_the_room_cannot_be_recorded() -> None:
-    async def publish(change: RoomChange) -> int:
+    async def publish(change: RoomChange, signer: Signer) -> int:
         raise ConnectionError("apiserver unreachable")
 
-    server = WebhookServer("key", "secret-" * 6, publish)
-    body = json.dumps({"event": "room_started", "room": {"name": "r1", "metadata": META}})
-    req = make_mocked_request(
-        "POST", "/livekit/webhook", headers={"Authorization": _signed(body, "key", "secret-" * 6)}
-    )
-    req._read_bytes = body.encode()  # type: ignore[attr-defined]
-    assert (await server.handle(req)).status == 503  # livekit-server retries
+    server = WebhookServer(FakeKeys(), publish, clock=lambda: NOW)
+    body = _event()
+    assert await _post(server, body, _signed(body, TEAM.key, TEAM.secret)) == 503  # retried
 
 
 def test_a_recorded_room_replans_the_pool_and_other_annotations_do_not() -> None:

@@ -53,7 +53,15 @@ def pct(values: list[float]) -> str:
 async def provision(state: StackState, agent: str) -> None:
     assert state.livekit is not None
     lk = state.livekit
-    spec = tel.parse_telephony({"inbound": {"numbers": [NUMBER], "ringingTimeoutSeconds": 90}})
+    spec = tel.parse_telephony(
+        {
+            "inbound": {
+                "numbers": [NUMBER],
+                "ringingTimeoutSeconds": 90,
+                "allowedAddresses": ["127.0.0.1/32"],
+            }
+        }
+    )
     async with api.LiveKitAPI(lk.http_url, lk.api_key, lk.api_secret) as lkapi:
         observed = await op_sip.observe(lkapi)
         plan = tel.plan_sip("bench", "phone", agent, spec, observed)

@@ -58,7 +58,14 @@ async def phone_call(
         demo.ns,
         "voiceagentpools",
         demo.name,
-        {"spec": {"telephony": {"inbound": {"numbers": [NUMBER]}}}},
+        # Closed by default: only the local SIP server (livekit-sip's peer) may call in.
+        {
+            "spec": {
+                "telephony": {
+                    "inbound": {"numbers": [NUMBER], "allowedAddresses": ["127.0.0.1/32"]}
+                }
+            }
+        },
     )
     status = await wait_async(
         lambda: (

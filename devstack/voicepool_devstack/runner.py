@@ -29,6 +29,7 @@ from voicepool_contract import ANN_DRAIN
 
 from . import prometheus as prom
 from .stack import free_port
+from .testing import service_account_kubeconfig
 
 log = logging.getLogger(__name__)
 MANAGED = "app.kubernetes.io/managed-by=voicepool-operator"
@@ -58,6 +59,10 @@ class PodRunner:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     on_event: Callable[[str], None] = print
     prometheus: prom.PrometheusInfo | None = None  # the stack's, to register workers with
+    #: Run each worker as its pod's ServiceAccount, with a token bound to the pod (what the
+    #: kubelet mounts), instead of ``kubeconfig``'s identity: the chart's RBAC and admission
+    #: policy then apply to its reports exactly as on a real node.
+    as_service_account: bool = False
 
     def __post_init__(self) -> None:
         # Any: the generated models make every field Optional; these objects come from the API.
@@ -171,9 +176,18 @@ class PodRunner:
         container = pod.spec.containers[0]
         env = self._resolve_env(pod, container.env or [])
         port = free_port()
+        kubeconfig = self.kubeconfig
+        if self.as_service_account:
+            kubeconfig = service_account_kubeconfig(
+                self.api,
+                self.namespace,
+                pod.spec.service_account_name or "default",
+                self.log_dir / f"{pod.metadata.name}.kubeconfig",
+                pod=(pod.metadata.name, pod.metadata.uid),
+            )
         env.update(
             {
-                "KUBECONFIG": self.kubeconfig,
+                "KUBECONFIG": kubeconfig,
                 "VOICEPOOL_HTTP_PORT": str(port),
                 **self.extra_env,
             }

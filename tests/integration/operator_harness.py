@@ -352,9 +352,12 @@ class Cluster:
 
 @contextlib.contextmanager
 def running_operator(
-    kubeconfig: str, peering: str = "voicepool", livekit: LiveKitInfo | None = None
+    kubeconfig: str,
+    peering: str = "voicepool",
+    livekit: LiveKitInfo | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(kubeconfig, peering=peering, livekit=livekit)
+    op = OperatorProcess(kubeconfig, peering=peering, livekit=livekit, extra_args=extra_args)
     op.start()
     try:
         yield op

@@ -9,15 +9,20 @@
 
 from __future__ import annotations
 
-import base64
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes import client
-from voicepool_devstack.testing import Environment, wait_for
+from voicepool_devstack.testing import (
+    Environment,
+    create_namespace,
+    service_account_kubeconfig,
+    wait_for,
+)
 from voicepool_devstack.versions import HELM
 
 from .operator_harness import REPO, Cluster, pool_manifest, running_operator
@@ -171,43 +176,13 @@ def _token_kubeconfig(
 ) -> str:
     """A kubeconfig that authenticates as a ServiceAccount with a TokenRequest token."""
     core = client.CoreV1Api(api)
-    spec = client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
-    if bound_pod is not None:
-        spec.bound_object_ref = client.V1BoundObjectReference(
-            kind="Pod", api_version="v1", name=bound_pod.metadata.name, uid=bound_pod.metadata.uid
-        )
     wait_for(
         lambda: core.read_namespaced_service_account(sa, namespace),
         timeout=30,
         what=f"ServiceAccount {sa}",
     )
-    token = core.create_namespaced_service_account_token(
-        sa, namespace, client.AuthenticationV1TokenRequest(spec=spec)
-    ).status.token
-    cfg = api.configuration
-    ca = Path(cfg.ssl_ca_cert).read_bytes()
-    path = tmp / f"{sa}.kubeconfig"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "current-context": "sa",
-                "clusters": [
-                    {
-                        "name": "c",
-                        "cluster": {
-                            "server": cfg.host,
-                            "certificate-authority-data": base64.b64encode(ca).decode(),
-                        },
-                    }
-                ],
-                "users": [{"name": sa, "user": {"token": token}}],
-                "contexts": [{"name": "sa", "context": {"cluster": "c", "user": sa}}],
-            }
-        )
-    )
-    return str(path)
+    pod = (bound_pod.metadata.name, bound_pod.metadata.uid) if bound_pod is not None else None
+    return service_account_kubeconfig(api, namespace, sa, tmp / f"{sa}.kubeconfig", pod=pod)
 
 
 def test_operator_reconciles_with_the_charts_rbac(
@@ -362,3 +337,77 @@ def test_worker_token_may_patch_only_its_own_pod(
     for name in ("worker-a", "worker-b"):
         core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
     core.delete_namespaced_config_map(owner.metadata.name, ns)
+
+
+@pytest.mark.timeout(300)
+def test_a_scoped_chart_in_a_restricted_namespace(
+    stack_env: Environment, api_client: client.ApiClient, core: client.CoreV1Api, tmp_path: Path
+) -> None:
+    """watchNamespaces: the operator's rights are a Role in that namespace only, its own pod
+    and the workers it creates pass Pod Security "restricted", and it reconciles with them."""
+    tag = uuid.uuid4().hex[:6]
+    restricted = {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }
+    ns = create_namespace(
+        core, f"restricted-{tag}", worker_service_account=False, labels=restricted
+    )
+    other = create_namespace(core, f"elsewhere-{tag}")
+    release = f"scoped-voicepool-{tag}"
+    helm("install", release, str(CHART), "-n", ns, "--set", f"operator.watchNamespaces={{{ns}}}",
+         "--set", f"peering.name={release}", "--set", "operator.replicas=1",
+         "--set", "dashboard.enabled=false", "--wait=false",
+         kubeconfig=stack_env.kubeconfig)  # fmt: skip
+    try:
+        docs = _render(f"operator.watchNamespaces={{{ns}}}")
+        cluster_rules = next(d for d in docs if d["kind"] == "ClusterRole")["rules"]
+        assert not [r for r in cluster_rules if {"secrets", "pods"} & set(r["resources"])]
+        assert {d["kind"] for d in docs} >= {"Role", "RoleBinding", "KopfPeering"}
+
+        def operator_pod() -> client.V1Pod | None:
+            pods = core.list_namespaced_pod(
+                ns, label_selector="app.kubernetes.io/component=operator"
+            ).items
+            return pods[0] if pods else None
+
+        wait_for(operator_pod, timeout=60, what="the operator pod admitted under restricted")
+        account = f"system:serviceaccount:{ns}:{release}-operator"
+        authz = client.AuthorizationV1Api(api_client)
+
+        def may(verb: str, resource: str, namespace: str) -> bool:
+            review = client.V1SubjectAccessReview(
+                spec=client.V1SubjectAccessReviewSpec(
+                    user=account,
+                    groups=["system:serviceaccounts", f"system:serviceaccounts:{ns}"],
+                    resource_attributes=client.V1ResourceAttributes(
+                        verb=verb, resource=resource, namespace=namespace
+                    ),
+                )
+            )
+            return bool(authz.create_subject_access_review(review).status.allowed)
+
+        wait_for(lambda: may("get", "secrets", ns), timeout=30, what="the namespaced Role")
+        for verb, resource in (("get", "secrets"), ("create", "pods"), ("delete", "pods")):
+            assert may(verb, resource, ns) and not may(verb, resource, other), (verb, resource)
+
+        kubeconfig = service_account_kubeconfig(
+            api_client, ns, f"{release}-operator", tmp_path / "operator.kubeconfig"
+        )
+        cluster = Cluster(api_client, ns)
+        with running_operator(kubeconfig, peering=release, extra_args=(f"--namespace={ns}",)):
+            cluster.create_pool(pool_manifest("restricted-pool", warmPool={"idleSessions": 2}))
+
+            def served() -> dict | None:
+                st = cluster.pool("restricted-pool").get("status", {})
+                return st if st.get("readyPods") == 1 else None
+
+            wait_for(served, timeout=90, what="a worker pod admitted under restricted")
+            (pod,) = cluster.pods("restricted-pool")
+            assert pod.spec.service_account_name == "voicepool-worker"
+            cluster.delete_pool("restricted-pool")
+            wait_for(lambda: not cluster.pool_exists("restricted-pool"), 60, what="pool deleted")
+    finally:
+        helm("uninstall", release, "-n", ns, kubeconfig=stack_env.kubeconfig)
+        core.delete_namespace(other, propagation_policy="Background")
+        core.delete_namespace(ns, propagation_policy="Background")

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from livekit import api
+from voicepool_contract.phone import mask_number
 from voicepool_devstack.errors import DevstackError
 from voicepool_devstack.phone import HANGUP_PHRASE, Phone, PhoneConfig, write_speech, write_tone
 from voicepool_devstack.stack import LocalStack, StackConfig, StackState, free_port
@@ -178,6 +179,13 @@ async def test_inbound_call_is_greeted_answered_logged_and_ends_with_a_bye(
     w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
     assert w.metric("voicepool_worker_active_sessions") == 0.0
     assert await rooms(sip_stack) == []
+    # The caller's number reached the worker (the room is call-_<caller>_..., the SIP
+    # participant's attributes carry it) but no log line: masked everywhere by default,
+    # livekit-agents' own records included (privacy.maskPhoneNumbers).
+    caller = PhoneConfig(server=sip_stack.sip.address, to=to).caller
+    text = w.log_text()
+    assert caller not in text and caller[1:] not in text, "the caller's number is in the logs"
+    assert mask_number(caller) in text, "the call's room should be logged, masked"
 
 
 @pytest.mark.timeout(240)
@@ -402,6 +410,8 @@ async def test_idle_and_length_limits_end_the_call_with_a_bye(
 
 SIPP_DIR = Path(__file__).with_name("sipp")
 CALLEE = "+15550101234"
+#: The only numbers the pools of these tests may call (spec.telephony.outbound.allowedDestinations).
+DESTINATIONS = "+1555"
 
 
 @asynccontextmanager
@@ -409,7 +419,14 @@ async def outbound_trunk(state: StackState, agent: str, address: str) -> AsyncIt
     """The pool's outbound trunk made by the operator's code; yields its LiveKit name."""
     pool = f"p-{uuid.uuid4().hex[:6]}"
     spec = tel.parse_telephony(
-        {"outbound": {"address": address, "numbers": ["+15550109999"], "transport": "udp"}}
+        {
+            "outbound": {
+                "address": address,
+                "numbers": ["+15550109999"],
+                "transport": "udp",
+                "allowedDestinations": [DESTINATIONS],
+            }
+        }
     )
     async with lkapi(state) as lk:
         plan = tel.plan_sip("t", pool, agent, spec, await op_sip.observe(lk))
@@ -486,6 +503,7 @@ async def test_outbound_calls_report_a_clear_result_and_free_the_pod(
             workers,
             agent,
             VOICEPOOL_SIP_OUTBOUND_TRUNK=trunk,
+            VOICEPOOL_SIP_ALLOWED_DESTINATIONS=DESTINATIONS,
             VOICEPOOL_SIP_RINGING_TIMEOUT="5",
         )
         sipp = await sipp_callee(scenario, port, tmp_path) if scenario else None
@@ -553,6 +571,7 @@ async def test_warm_transfer_briefs_a_colleague_privately_then_bridges_the_two(
             workers,
             agent,
             VOICEPOOL_SIP_OUTBOUND_TRUNK=trunk,
+            VOICEPOOL_SIP_ALLOWED_DESTINATIONS=DESTINATIONS,
             VOICEPOOL_WARM_TRANSFER_TO=COLLEAGUE,
         )
         sipp = await sipp_callee("callee_answer.xml", port, tmp_path)
@@ -633,6 +652,7 @@ async def test_warm_transfer_to_a_busy_colleague_brings_the_caller_back(
             workers,
             agent,
             VOICEPOOL_SIP_OUTBOUND_TRUNK=trunk,
+            VOICEPOOL_SIP_ALLOWED_DESTINATIONS=DESTINATIONS,
             VOICEPOOL_WARM_TRANSFER_TO=COLLEAGUE,
         )
         sipp = await sipp_callee("callee_busy.xml", port, tmp_path)

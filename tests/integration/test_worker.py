@@ -479,7 +479,14 @@ async def test_outbound_dispatch_dials_through_livekit_and_ends_the_job_when_ref
     LiveKit's reason instead of waiting for a callee (real calls: test_telephony.py)."""
     agent = agent_name()
     w = start_worker(
-        stack_env, tmp_path, workers, agent=agent, extra={"VOICEPOOL_SIP_OUTBOUND_TRUNK": "ST_t"}
+        stack_env,
+        tmp_path,
+        workers,
+        agent=agent,
+        extra={
+            "VOICEPOOL_SIP_OUTBOUND_TRUNK": "ST_t",
+            "VOICEPOOL_SIP_ALLOWED_DESTINATIONS": "+1555",
+        },
     )
     room = f"out-{uuid.uuid4().hex[:6]}"
     lk = stack_env.livekit
@@ -501,3 +508,36 @@ async def test_outbound_dispatch_dials_through_livekit_and_ends_the_job_when_ref
     assert w.metric("voicepool_worker_outbound_calls_total") == 1.0
     assert not w.metric('voicepool_worker_outbound_calls_total{result="answered"}')
     print(f"\nlivekit-server refused the outbound call: {failed['msg']}: {failed['error']}")
+
+
+@pytest.mark.timeout(120)
+async def test_an_outbound_call_outside_the_allowed_destinations_is_never_dialled(
+    stack_env: Environment, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """The pool may call +1555 numbers only: a dispatch to +44 is refused by the worker itself
+    (no SIP request leaves), with one masked log line and a metric, and the job ends."""
+    agent = agent_name()
+    w = start_worker(
+        stack_env,
+        tmp_path,
+        workers,
+        agent=agent,
+        extra={
+            "VOICEPOOL_SIP_OUTBOUND_TRUNK": "ST_t",
+            "VOICEPOOL_SIP_ALLOWED_DESTINATIONS": "+1555",
+        },
+    )
+    room = f"out-{uuid.uuid4().hex[:6]}"
+    lk = stack_env.livekit
+    async with LiveKitAPI(lk.url, lk.api_key, lk.api_secret) as lkapi:
+        await lkapi.agent_dispatch.create_dispatch(
+            CreateAgentDispatchRequest(
+                agent_name=agent, room=room, metadata=json.dumps({"phone_number": "+442071838750"})
+            )
+        )
+    refused = w.wait_log(lambda line: line.get("msg") == "outbound call refused", 30, "refusal")
+    assert "allowedDestinations" in refused["error"] and "+1555" in refused["error"]
+    w.wait_log(lambda line: line.get("msg") == "session ended", 30, "the job to end")
+    assert not w.msgs("dialling")
+    assert "+442071838750" not in w.log_text()  # masked everywhere, the error text included
+    assert w.metric('voicepool_worker_outbound_calls_total{result="refused"}') == 1.0

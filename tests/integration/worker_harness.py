@@ -93,6 +93,12 @@ class WorkerProcess:
     def msgs(self, msg: str) -> list[dict[str, Any]]:
         return self.find(lambda line: line.get("msg") == msg)
 
+    def log_text(self) -> str:
+        """Everything the worker wrote, stdout and stderr, as text."""
+        with contextlib.suppress(FileNotFoundError):
+            return self.log_path.read_text(errors="replace") + self.stderr()
+        return self.stderr()
+
     def stderr(self) -> str:
         with contextlib.suppress(FileNotFoundError):
             return self.err_path.read_text(errors="replace")

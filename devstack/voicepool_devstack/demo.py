@@ -488,6 +488,8 @@ def main() -> int:
                 workdir / "workers",
                 on_event=lambda m: say(f"runner: {m}"),
                 prometheus=stack.state.prometheus,
+                # as the kubelet does: each worker reports with its pod's ServiceAccount token
+                as_service_account=True,
             )
             with demo.operator():
                 demo.apply_pool()

@@ -204,7 +204,9 @@ def test_a_secret_name_that_leaves_the_namespace_never_reaches_another_namespace
         monkeypatch.setenv("KUBECONFIG", stack_env.kubeconfig)
 
         async def read(name: str) -> dict[str, str] | str:
-            kube = Kube(kopf.login_with_kubeconfig(), "tenancy-test")
+            kube = Kube(
+                kopf.login_with_kubeconfig(settings=kopf.OperatorSettings()), "tenancy-test"
+            )
             try:
                 return await kube.read_secret(cluster.ns, name)
             except ValueError as e:
@@ -397,9 +399,14 @@ def _runner(api_client: client.ApiClient, ns: str, env: Environment, tmp: Path) 
     )
 
 
-def _worker_metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
+def _worker_metric(port: int, name: str) -> float | None:
+    """A sum over the worker's /metrics lines that start with ``name``; None until it serves
+    them (503 before livekit-agents started)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
@@ -423,7 +430,9 @@ def test_the_example_pool_reports_through_the_service_account_the_operator_gave_
     runner.start()
     try:
         c.create_pool(manifest)
-        pod = wait_for(lambda: (p := c.pods("receptionist")) and p[0], 60, what="the warm pod")
+        pod = wait_for(
+            lambda: (p := c.pods("receptionist")) and p[0], timeout=60, what="the warm pod"
+        )
         assert pod.spec.service_account_name == "voicepool-worker"
 
         def worker() -> Any:
@@ -432,13 +441,8 @@ def test_the_example_pool_reports_through_the_service_account_the_operator_gave_
         w = wait_for(worker, timeout=60, what="the worker process")
 
         def reported() -> bool:
-            try:
-                return (
-                    _worker_metric(w.http_port, 'voicepool_worker_pod_patches_total{result="ok"}')
-                    >= 2
-                )
-            except OSError:
-                return False
+            ok = _worker_metric(w.http_port, 'voicepool_worker_pod_patches_total{result="ok"}')
+            return ok is not None and ok >= 2
 
         wait_for(reported, timeout=120, interval=1.0, what="the worker's own reports accepted")
         assert (
@@ -455,7 +459,9 @@ def test_the_example_pool_reports_through_the_service_account_the_operator_gave_
         )
         assert status.get("unreportedPods", 0) == 0
         c.delete_pool("receptionist")
-        wait_for(lambda: not c.pool_exists("receptionist"), 90, what="the pool drained away")
+        wait_for(
+            lambda: not c.pool_exists("receptionist"), timeout=90, what="the pool drained away"
+        )
     finally:
         runner.stop()
 
@@ -489,8 +495,10 @@ def test_a_worker_whose_reports_are_refused_is_not_capacity_and_the_pool_says_wh
                 },
             )
         )
-        pod = wait_for(lambda: (p := cluster.ready_pods("silent")) and p[0], 60, what="a pod")
-        w = wait_for(lambda: runner.workers.get(pod.metadata.name), 60, what="the worker")
+        pod = wait_for(
+            lambda: (p := cluster.ready_pods("silent")) and p[0], timeout=60, what="a pod"
+        )
+        w = wait_for(lambda: runner.workers.get(pod.metadata.name), timeout=60, what="the worker")
 
         def refused_line() -> bool:
             return "pod reports refused" in w.log_path.read_text(errors="replace")
@@ -507,8 +515,11 @@ def test_a_worker_whose_reports_are_refused_is_not_capacity_and_the_pool_says_wh
                 return False
 
         wait_for(not_ready, timeout=30, what="/readyz 503 naming the refusal")
-        assert (
-            _worker_metric(w.http_port, 'voicepool_worker_pod_patches_total{result="refused"}') >= 1
+        refused = 'voicepool_worker_pod_patches_total{result="refused"}'
+        wait_for(
+            lambda: (_worker_metric(w.http_port, refused) or 0) >= 1,
+            timeout=60,
+            what="the refusal counted on /metrics",
         )
 
         def degraded() -> dict[str, Any] | None:

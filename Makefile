@@ -3,16 +3,22 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+LOCK := worker/requirements.lock
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha1sum | cut -c1-12)
 
-.PHONY: install build lint test unit integration demo cluster-up cluster-down bench clean kind-test
+.PHONY: install build lint test unit integration demo cluster-up cluster-down bench clean kind-test locks
 
-$(STAMP): pyproject.toml
+## install: the images' pinned runtime set first (worker/requirements.lock, every file's sha256
+## checked), then the project and its dev tools, held to the same pins
+$(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "voicepool needs Python >= 3.11 (found %s)" % sys.version.split()[0])'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "[make] installing voicepool with dev extras into $(VENV) ..."
+	@echo "[make] installing the pinned runtime set ($(LOCK), hashes checked) into $(VENV) ..."
 	@$(BIN)/pip install -q --upgrade pip
-	@$(BIN)/pip install -q -e '.[dev,worker]'
+	@$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
+	@sed -n 's/^\([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p' $(LOCK) > $(VENV)/constraints.txt
+	@echo "[make] installing voicepool with dev extras (held to the lock's versions) ..."
+	@$(BIN)/pip install -q -c $(VENV)/constraints.txt -e '.[dev,worker]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -22,6 +28,19 @@ install: $(STAMP)
 build: install
 	@$(BIN)/python -m voicepool_devstack.llama_build & llama=$$!; \
 	$(BIN)/voicepool-devstack build; rc=$$?; wait $$llama || rc=1; exit $$rc
+
+## locks: re-pin the images' locks with every distribution file's sha256 (uv pip compile); the
+## current pins are kept as constraints, so only `make locks UPGRADE=1` moves a version
+locks: install
+	@set -e; for part in operator worker; do \
+	  extra=$$( [ $$part = worker ] && echo "--extra worker" || true ); \
+	  keep=$$( [ -n "$(UPGRADE)" ] || echo "-c $$part/requirements.lock" ); \
+	  echo "[make] $$part/requirements.lock ..."; \
+	  $(BIN)/uv pip compile pyproject.toml $$extra $$keep --generate-hashes --quiet \
+	    --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	    --custom-compile-command "make locks" -o $$part/requirements.lock.new; \
+	  mv $$part/requirements.lock.new $$part/requirements.lock; \
+	done
 
 lint: install
 	$(BIN)/ruff check .

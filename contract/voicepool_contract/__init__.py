@@ -48,6 +48,13 @@ ANN_DRAIN: Final = f"{GROUP}/drain"
 ANN_DRAIN_REQUESTED_AT: Final = f"{GROUP}/drain-requested-at"
 ANN_DRAIN_REASON: Final = f"{GROUP}/drain-reason"
 
+# -- the local stack's kwok plays a worker's reports unless a pod's template says otherwise --
+#: "starting": kwok reports only "starting" (a real worker process reports the rest);
+#: "none": no report at all. Unset: kwok reports "starting", then "idle" once Ready.
+ANN_KWOK_REPORT: Final = "kwok.voicepool.dev/report"
+KWOK_REPORT_STARTING_ONLY: Final = "starting"
+KWOK_REPORT_NONE: Final = "none"
+
 # -- a LiveKit room that waits for a pool's agent (scale from zero) ------------------------
 #: Key in a room's metadata (a JSON object) naming the agent the room waits for; the
 #: operator learns of the room from livekit-server's webhook and starts a pod at once.

@@ -42,7 +42,7 @@ from voicepool_contract import (
 from . import demo_node, prometheus
 from . import node as node_mod
 from .errors import DevstackError
-from .runner import PodRunner
+from .runner import RUNNER_POD_ANNOTATIONS, PodRunner
 from .sip import SipInfo
 from .stack import LiveKitInfo, LocalStack, StackConfig, StackState, free_port
 from .testing import create_namespace
@@ -270,7 +270,9 @@ class Demo:
         spec["scaleDown"] = {"stabilizationWindowSeconds": 10}
         spec["drain"] = {"timeoutSeconds": 300}
         spec["template"]["resources"] = {"cpu": 1, "memory": "2Gi"}
-        if self.real is not None:
+        if self.real is None:  # kwok plays the container, the runner's worker its reports
+            spec["template"]["annotations"] = RUNNER_POD_ANNOTATIONS
+        else:
             # 1900m allocatable on 2 cores: three unpinned 500m workers fit; pinning is shown
             # at the end with one cpu: 1 worker.
             spec["template"] = demo_node.worker_template(self.real, spec["template"])

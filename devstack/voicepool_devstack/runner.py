@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, watch
-from voicepool_contract import ANN_DRAIN
+from voicepool_contract import ANN_DRAIN, ANN_KWOK_REPORT, KWOK_REPORT_STARTING_ONLY
 
 from . import prometheus as prom
 from .stack import free_port
@@ -33,6 +33,9 @@ from .testing import service_account_kubeconfig
 
 log = logging.getLogger(__name__)
 MANAGED = "app.kubernetes.io/managed-by=voicepool-operator"
+#: ``template.annotations`` of a pool whose pods a PodRunner runs: kwok reports "starting" only,
+#: and the real worker reports "idle" once it is registered with LiveKit, as on a kubelet.
+RUNNER_POD_ANNOTATIONS = {ANN_KWOK_REPORT: KWOK_REPORT_STARTING_ONLY}
 
 
 @dataclass

@@ -406,9 +406,7 @@ def test_a_scoped_chart_in_a_restricted_namespace(
             (pod,) = cluster.pods("restricted-pool")
             assert pod.spec.service_account_name == "voicepool-worker"
             cluster.delete_pool("restricted-pool")
-            wait_for(
-                lambda: not cluster.pool_exists("restricted-pool"), timeout=60, what="deleted"
-            )
+            wait_for(lambda: not cluster.pool_exists("restricted-pool"), timeout=60, what="deleted")
     finally:
         helm("uninstall", release, "-n", ns, kubeconfig=stack_env.kubeconfig)
         core.delete_namespace(other, propagation_policy="Background")

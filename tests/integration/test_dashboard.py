@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 from voicepool_devstack import prometheus
-from voicepool_devstack.runner import PodRunner
+from voicepool_devstack.runner import RUNNER_POD_ANNOTATIONS, PodRunner
 from voicepool_devstack.testing import Environment, wait_for
 
 from .operator_harness import REPO, Cluster, install_crds, pool_manifest, running_operator
@@ -141,6 +141,7 @@ def test_every_panel_query_returns_data(
         template={
             "image": "ghcr.io/voicepool/voicepool-worker:test",
             "resources": {"cpu": 1, "memory": "2Gi"},
+            "annotations": RUNNER_POD_ANNOTATIONS,  # the real worker reports, not kwok
         },
     )
     cluster = Cluster(api_client, namespace)

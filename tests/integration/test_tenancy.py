@@ -36,8 +36,8 @@ import yaml
 from aiohttp import web
 from kubernetes import client
 from livekit import api as lkapi
-from voicepool_contract import ROOM_AGENT_KEY
-from voicepool_devstack.runner import PodRunner
+from voicepool_contract import ANN_KWOK_REPORT, KWOK_REPORT_NONE, ROOM_AGENT_KEY
+from voicepool_devstack.runner import RUNNER_POD_ANNOTATIONS, PodRunner
 from voicepool_devstack.stack import free_port
 from voicepool_devstack.testing import Environment, create_namespace, wait_for
 from voicepool_devstack.versions import HELM
@@ -424,6 +424,8 @@ def test_the_example_pool_reports_through_the_service_account_the_operator_gave_
     manifest["spec"]["livekit"]["url"] = stack_env.livekit.url
     # One warm worker process on a 2-core machine, whatever the Berlin office hours.
     manifest["spec"]["warmPool"] = {"idlePods": 1}
+    # kwok plays the container, the real worker process its reports (PodRunner)
+    manifest["spec"]["template"]["annotations"] = RUNNER_POD_ANNOTATIONS
     assert "serviceAccountName" not in manifest["spec"]["template"]
     c.livekit_secret(stack_env.livekit, name="livekit-credentials")
     runner = _runner(api_client, ns, stack_env, tmp_path)
@@ -491,7 +493,7 @@ def test_a_worker_whose_reports_are_refused_is_not_capacity_and_the_pool_says_wh
                 template={
                     "image": "example.invalid/voicepool-worker:test",
                     "resources": {"cpu": 1, "memory": "512Mi"},
-                    "annotations": {"kwok.voicepool.dev/report": "none"},
+                    "annotations": {ANN_KWOK_REPORT: KWOK_REPORT_NONE},
                 },
             )
         )

@@ -28,7 +28,7 @@ from kubernetes import client, watch
 from voicepool_contract import ANN_DRAIN
 
 from . import prometheus as prom
-from .stack import free_port
+from .procs import free_port
 
 log = logging.getLogger(__name__)
 MANAGED = "app.kubernetes.io/managed-by=voicepool-operator"

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from .livekit import LiveKitInfo
 from .prometheus import PrometheusInfo
 from .sip import SipInfo
-from .stack import LiveKitInfo, LocalStack, StackConfig
+from .stack import LocalStack, StackConfig
 
 if TYPE_CHECKING:
     from kubernetes import client

@@ -19,7 +19,7 @@ import pytest
 from kubernetes import client
 from livekit import api
 from livekit.protocol import sip as lksip
-from voicepool_devstack.stack import free_port
+from voicepool_devstack.procs import free_port
 from voicepool_devstack.testing import Environment, wait_for
 from voicepool_devstack.versions import KUBERNETES
 

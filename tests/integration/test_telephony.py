@@ -23,7 +23,8 @@ import pytest
 from livekit import api
 from voicepool_devstack.errors import DevstackError
 from voicepool_devstack.phone import HANGUP_PHRASE, Phone, PhoneConfig, write_speech, write_tone
-from voicepool_devstack.stack import LocalStack, StackConfig, StackState, free_port
+from voicepool_devstack.procs import free_port
+from voicepool_devstack.stack import LocalStack, StackConfig, StackState
 from voicepool_operator import sip as op_sip
 from voicepool_operator import telephony as tel
 

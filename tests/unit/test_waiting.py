@@ -28,6 +28,8 @@ from voicepool_operator.waiting import (
 )
 from voicepool_operator.webhook import WebhookServer, record_on_pools
 
+from .conftest import HASH, NOW, spec_dict
+
 META = json.dumps({ROOM_AGENT_KEY: "support"})
 
 
@@ -141,20 +143,9 @@ def test_room_agent(metadata: str, agent: str | None) -> None:
 
 
 def test_a_waiting_call_starts_a_pod_in_an_empty_pool() -> None:
-    spec = parse_spec(
-        {
-            "agentName": "support",
-            "livekit": {"url": "ws://lk", "credentialsSecretRef": {"name": "s"}},
-            "template": {"image": "w"},
-            "sessionsPerPod": 2,
-            "minReplicas": 0,
-        }
-    )
-    import datetime as dt
-
-    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    assert plan(spec, "h", [], now).actions == []
-    result = plan(spec, "h", [], now, waiting_calls=1)
+    spec = parse_spec(spec_dict(agentName="support", sessionsPerPod=2, minReplicas=0))
+    assert plan(spec, HASH, [], NOW).actions == []
+    result = plan(spec, HASH, [], NOW, waiting_calls=1)
     assert [a.reason for a in result.actions if isinstance(a, CreatePod)] == ["WaitingCall"]
     assert result.status.desired_replicas == 1
 

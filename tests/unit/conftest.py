@@ -13,6 +13,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from voicepool_contract import LABEL_TEMPLATE_HASH
 from voicepool_operator.constants import IDLE_DELETION_COST
 from voicepool_operator.podview import PodView
@@ -143,6 +144,14 @@ def pod_dict(
         },
         "status": status,
     }
+
+
+# -- audio -------------------------------------------------------------------------------------
+
+
+def pcm(value: int, n: int = 480) -> bytes:
+    """``n`` samples of 16-bit PCM at one constant ``value`` (480: 10 ms at 48 kHz)."""
+    return np.full(n, value, dtype="<i2").tobytes()
 
 
 # -- the worker's environment ------------------------------------------------------------------

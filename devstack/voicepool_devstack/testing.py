@@ -12,8 +12,8 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -35,6 +35,8 @@ class Environment:
     embedded: bool  # True when the control plane is the devstack's own (kwok nodes)
     prometheus: PrometheusInfo | None = None  # the stack's own Prometheus, when it runs one
     sip: SipInfo | None = None  # livekit-sip of the local stack (None with an external LiveKit)
+    #: The local stack's servers by name: each PID leads the process group of its server.
+    pids: Mapping[str, int] = field(default_factory=dict)
 
 
 def _external_livekit() -> LiveKitInfo | None:
@@ -77,7 +79,12 @@ def environment(
         livekit = external_lk or state.livekit
         assert kubeconfig is not None and livekit is not None
         yield Environment(
-            kubeconfig, livekit, embedded=need_kube, prometheus=state.prometheus, sip=state.sip
+            kubeconfig,
+            livekit,
+            embedded=need_kube,
+            prometheus=state.prometheus,
+            sip=state.sip,
+            pids=state.pids,
         )
     finally:
         stack.stop()

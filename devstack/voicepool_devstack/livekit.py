@@ -1,8 +1,12 @@
 """livekit-server in the local stack: dev mode on 127.0.0.1, free ports, fresh API keys.
 
-Media stays on loopback: the signalling port and the RTC TCP port bind 127.0.0.1, the UDP
-range is picked free, no STUN lookup (``use_external_ip: false``) and the candidates it
-advertises say 127.0.0.1 (``node_ip``). It posts room events to the operator's webhook port.
+Media stays on loopback, as far as livekit-server's own config reaches (``config``): its ICE
+candidates are gathered on 127.0.0.1 only, no ICE over TCP (its listener would bind every
+interface), no STUN lookup of its own, and the STUN server it hands its clients is on loopback
+(it would hand them Google's public ones). The clients' side is up to their libraries: the
+Python SDK's libwebrtc and livekit-sip's pion offer no interface filter, so their host
+candidates are the machine's own non-loopback address (see docs/design.md, "Loopback").
+It posts room events to the operator's webhook port.
 """
 
 from __future__ import annotations
@@ -54,18 +58,25 @@ def register(builders: Builders) -> None:
 
 
 def config(
-    port: int, tcp_port: int, udp_start: int, api_key: str, api_secret: str
+    port: int, udp_start: int, stun_port: int, api_key: str, api_secret: str
 ) -> dict[str, Any]:
     """livekit-server's YAML config for a loopback-only stack."""
     return {
         "port": port,
         "bind_addresses": ["127.0.0.1"],
         "rtc": {
-            "tcp_port": tcp_port,
             "port_range_start": udp_start,
             "port_range_end": udp_start + 200,
-            "use_external_ip": False,
-            "node_ip": "127.0.0.1",
+            "tcp_port": 0,  # no ICE over TCP: its listener binds every interface
+            "use_external_ip": False,  # no STUN lookup of the server's own address
+            "node_ip": "127.0.0.1",  # what its candidates say
+            # Gather on 127.0.0.1 only (pion skips loopback unless asked, and gathers on every
+            # other interface: the machine's own address).
+            "enable_loopback_candidate": True,
+            "ips": {"includes": ["127.0.0.1/32"]},
+            # For the clients: without a STUN server of its own it hands them Google's public
+            # ones. Nothing answers here; on one machine there is nothing to discover.
+            "stun_servers": [f"127.0.0.1:{stun_port}"],
         },
         "keys": {api_key: api_secret},
         "logging": {"level": "info", "json": False},
@@ -74,10 +85,10 @@ def config(
 
 def start(procs: Processes, extra: dict[str, Any] | None = None) -> LiveKitInfo:
     """Start livekit-server with ``extra`` config sections (SIP's redis); wait until it serves."""
-    port, tcp_port, udp_start = free_port(), free_port(), free_port()
+    port, udp_start, stun_port = free_port(), free_port(), free_port()
     api_key = "APIvp" + secrets.token_hex(6)
     api_secret = secrets.token_urlsafe(32)
-    settings = {**config(port, tcp_port, udp_start, api_key, api_secret), **(extra or {})}
+    settings = {**config(port, udp_start, stun_port, api_key, api_secret), **(extra or {})}
     webhook_port = free_port()  # for the operator: room events for scale from zero
     settings["webhook"] = {
         "api_key": api_key,

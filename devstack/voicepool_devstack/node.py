@@ -11,7 +11,10 @@ Three host quirks need workarounds (docs/real-node.md):
   Ready; pods must use ``hostNetwork``;
 - W3: a loopback ``--node-ip`` is refused, so the kubelet runs as ``--hostname-override=localhost``
   (the apiserver dials ``localhost:<port>``) and the apiserver authenticates to it with its own
-  kubelet client certificate.
+  kubelet client certificate. With ``--cloud-provider=external`` the kubelet leaves the node's
+  addresses to a cloud controller; the stack plays that part (``_claim_loopback``): InternalIP
+  127.0.0.1, so hostNetwork pods get 127.0.0.1 as their IP and the kubelet probes them there,
+  not at the machine's own address.
 
 ``stop`` leaves the machine as it was: processes stopped by PID, mounts under the stack undone,
 the node's cgroups removed, the three sysctls the kubelet changes put back, and the host
@@ -49,6 +52,10 @@ NODE_NAME = "localhost"
 NODE_LABELS = {"voicepool.dev/node": "real"}
 #: Only pods that ask for the real node land there (kwok-minded pods would fail to pull).
 NODE_TAINT = {"key": "voicepool.dev/real-node", "value": "true", "effect": "NoSchedule"}
+#: The node's address, and so every (hostNetwork) pod's IP: the kubelet probes pods there.
+NODE_IP = "127.0.0.1"
+#: Set by a kubelet with --cloud-provider=external until a cloud controller initialized it.
+UNINITIALIZED_TAINT = "node.cloudprovider.kubernetes.io/uninitialized"
 
 
 def placement() -> dict[str, Any]:
@@ -221,6 +228,8 @@ class RealNode:
         self._start_kubelet()
         rec.pids.update(_own(self.procs.pids))
         self._write_lock()
+        self.wait("kubelet", self._registered, f"node {NODE_NAME} registered", 60.0)
+        self._claim_loopback()
         self.wait("kubelet", self._ready, f"node {NODE_NAME} Ready (real kubelet)", 60.0)
         self.progress(f"real node up in {time.monotonic() - t0:.1f}s")
         return rec
@@ -376,11 +385,36 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 f"--root-dir={d / 'root'}",
                 f"--cert-dir={d / 'pki'}",
                 f"--hostname-override={NODE_NAME}",  # W3
+                "--cloud-provider=external",  # W3: addresses from _claim_loopback
                 f"--node-labels={labels}",
                 "--register-with-taints={key}={value}:{effect}".format(**NODE_TAINT),
                 "--v=2",
             ],
         )
+
+    def _registered(self) -> bool:
+        return bool(self.api("GET", f"/api/v1/nodes/{NODE_NAME}"))
+
+    def _claim_loopback(self) -> None:
+        """Play the cloud controller the kubelet waits for: the node's address is 127.0.0.1
+        (a kubelet refuses a loopback --node-ip, the API does not) and it is initialized.
+
+        The kubelet keeps addresses it finds set; hostNetwork pods take the node's InternalIP
+        as their IP, so their probes, and anything that reads their IP, stay on loopback.
+        """
+        path = f"/api/v1/nodes/{NODE_NAME}"
+        merge = "application/merge-patch+json"
+        addresses = [
+            {"type": "InternalIP", "address": NODE_IP},
+            {"type": "Hostname", "address": NODE_NAME},
+        ]
+        self.api("PATCH", f"{path}/status", {"status": {"addresses": addresses}}, merge)
+        node = self.api("GET", path) or {}
+        taints = node.get("spec", {}).get("taints") or []
+        kept = [t for t in taints if t.get("key") != UNINITIALIZED_TAINT]
+        if kept != taints:
+            self.api("PATCH", path, {"spec": {"taints": kept}}, merge)
+        self.progress(f"node {NODE_NAME}: InternalIP {NODE_IP} (pods and probes on loopback)")
 
     def _ready(self) -> bool:
         node = self.api("GET", f"/api/v1/nodes/{NODE_NAME}")
@@ -533,6 +567,15 @@ def node_cgroups() -> list[Path]:
             found += [p for p in top.rglob("*") if p.is_dir()]
             found.append(top)
     return found
+
+
+def pod_processes() -> list[int]:
+    """The processes in the node's cgroups: its pods' containers."""
+    pids: set[int] = set()
+    for path in node_cgroups():
+        with contextlib.suppress(OSError, ValueError):
+            pids |= {int(p) for p in (path / "cgroup.procs").read_text().split()}
+    return sorted(pids)
 
 
 def _remove_cgroups() -> list[str]:

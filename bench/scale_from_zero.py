@@ -26,7 +26,7 @@ from kubernetes import client, config
 from livekit import api as lkapi
 from operator_reaction import PodWatch, pct
 from voicepool_contract import ROOM_AGENT_KEY
-from voicepool_devstack.stack import LiveKitInfo
+from voicepool_devstack.livekit import LiveKitInfo
 from voicepool_devstack.testing import create_namespace, environment, wait_for
 
 from tests.integration.operator_harness import (

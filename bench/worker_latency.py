@@ -49,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import plots  # bench/plots.py, next to this script
 from line_noise import frames as noise_frames
 from line_noise import speech_level
-from voicepool_devstack.stack import LiveKitInfo, LocalStack, StackConfig
+from voicepool_devstack.livekit import LiveKitInfo
+from voicepool_devstack.stack import LocalStack, StackConfig
 from voicepool_worker.caller import BargeIn, Call, CallerConfig, TurnResult, speech_frames
 from voicepool_worker.latency import STAGES, percentile
 from voicepool_worker.measure import (

@@ -11,11 +11,10 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from .errors import DevstackError
-
-Progress = Callable[[str], None]
+from .progress import Progress
 
 _lock = threading.Lock()
 _updated = False

@@ -1,8 +1,10 @@
 """Build the pinned server binaries from the Go module proxy, once, into the cache.
 
-The first build takes many minutes on a 2-core machine, so every step prints progress and a
-finished binary is never rebuilt (a ``.complete`` stamp per component records that all of its
-binaries were written by a successful build).
+Each server module registers how its component is built (``register(builders)``: a recipe per
+component); ``Builders.ensure_built`` runs the recipes of whatever is missing. The first build
+takes many minutes on a 2-core machine, so every step prints progress and a finished binary is
+never rebuilt (a ``.complete`` stamp per component records that all of its binaries were
+written by a successful build).
 """
 
 from __future__ import annotations
@@ -11,31 +13,67 @@ import concurrent.futures
 import os
 import shutil
 import subprocess
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DevstackError
-from .versions import (
-    ALL_COMPONENTS,
-    ETCD,
-    GO_MODULES,
-    HELM,
-    KUBELET,
-    KUBERNETES,
-    KUBERNETES_VERSION,
-    KWOK,
-    LIVEKIT,
-    SIP,
-    Component,
-)
+from .progress import Progress, stderr_progress
+from .versions import Component
 
-Progress = Callable[[str], None]
+#: Builds every binary of one component into ``component.directory``.
+Builder = Callable[[Progress], None]
 
 
-def _stderr_progress(msg: str) -> None:
-    print(f"[devstack] {msg}", file=sys.stderr, flush=True)
+@dataclass(frozen=True)
+class Recipe:
+    component: Component
+    build: Builder
+    #: Built in a thread beside the others: a separate Go module whose downloads and cgo
+    #: compile overlap the long Kubernetes build instead of queueing behind it.
+    beside: bool = False
+
+
+class Builders:
+    """How each component is built: a registry the server modules fill (one recipe each)."""
+
+    def __init__(self) -> None:
+        self.recipes: dict[str, Recipe] = {}
+
+    def register(self, component: Component, build: Builder, *, beside: bool = False) -> None:
+        if component.name in self.recipes:
+            raise DevstackError(f"two recipes for {component.name}")
+        self.recipes[component.name] = Recipe(component, build, beside)
+
+    def recipe(self, component: Component) -> Recipe:
+        try:
+            return self.recipes[component.name]
+        except KeyError:
+            raise DevstackError(f"no recipe registered for {component.name}") from None
+
+    def ensure_built(
+        self, components: Iterable[Component], progress: Progress = stderr_progress
+    ) -> None:
+        """Build whatever is missing; a no-op (milliseconds) when the cache is warm."""
+        missing = [self.recipe(c) for c in components if not is_built(c)]
+        if not missing:
+            return
+        progress(
+            "building pinned binaries into "
+            f"{missing[0].component.directory.parent} (first run only): "
+            + ", ".join(f"{r.component.name} {r.component.version}" for r in missing)
+        )
+        side = [r for r in missing if r.beside]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(side))) as pool:
+            futures = [pool.submit(_build_one, r, progress) for r in side]
+            try:
+                for recipe in missing:
+                    if not recipe.beside:
+                        _build_one(recipe, progress)
+            finally:
+                for future in futures:
+                    future.result()  # re-raises a failed side build
 
 
 def _stamp(component: Component) -> Path:
@@ -47,6 +85,16 @@ def is_built(component: Component) -> bool:
     return _stamp(component).exists() and all(
         component.path(b).exists() for b in component.binaries
     )
+
+
+def _build_one(recipe: Recipe, progress: Progress) -> None:
+    component = recipe.component
+    component.directory.mkdir(parents=True, exist_ok=True)
+    recipe.build(progress)
+    absent = [b for b in component.binaries if not component.path(b).exists()]
+    if absent:
+        raise DevstackError(f"build of {component.name} produced no {', '.join(absent)}")
+    _stamp(component).write_text(f"{component.version}\n")
 
 
 def _go() -> str:
@@ -67,7 +115,7 @@ def _go_env() -> dict[str, str]:
     return env
 
 
-def _run_go(
+def run_go(
     args: list[str], cwd: Path, what: str, progress: Progress, env: dict[str, str] | None = None
 ) -> None:
     """Run one go command, keeping its output only to explain a failure."""
@@ -94,134 +142,12 @@ def _run_go(
     progress(f"{what} done in {time.monotonic() - start:.0f}s")
 
 
-def _build_kubernetes(progress: Progress, component: Component = KUBERNETES) -> None:
-    module = GO_MODULES / "kube"
-    minor = KUBERNETES_VERSION.lstrip("v").split(".")[1]
-    ldflags = " ".join(
-        [
-            "-s -w",
-            f"-X k8s.io/component-base/version.gitVersion={KUBERNETES_VERSION}",
-            "-X k8s.io/component-base/version.gitMajor=1",
-            f"-X k8s.io/component-base/version.gitMinor={minor}",
-            "-X k8s.io/component-base/version.gitTreeState=clean",
-            f"-X k8s.io/client-go/pkg/version.gitVersion={KUBERNETES_VERSION}",
-        ]
-    )
-    for binary in component.binaries:
-        out = component.path(binary)
-        if out.exists():
-            continue
-        _run_go(
-            [
-                "build",
-                "-trimpath",
-                "-ldflags",
-                ldflags,
-                "-o",
-                str(out),
-                f"k8s.io/kubernetes/cmd/{binary}",
-            ],
-            module,
-            f"building {binary} {KUBERNETES_VERSION} (several minutes on 2 cores)",
-            progress,
-        )
-
-
-def _build_etcd(progress: Progress) -> None:
-    _run_go(
-        ["build", "-trimpath", "-ldflags", "-s -w", "-o", str(ETCD.path("etcd")), "."],
-        GO_MODULES / "etcd",
-        f"building etcd {ETCD.version}",
+def go_install(component: Component, package: str, progress: Progress) -> None:
+    """``go install package@version`` into the component's directory (outside any module)."""
+    run_go(
+        ["install", f"{package}@{component.version}"],
+        component.directory,
+        f"building {component.name} {component.version}",
         progress,
+        env={"GOBIN": str(component.directory), "GOFLAGS": ""},
     )
-
-
-def _build_kwok(progress: Progress) -> None:
-    _run_go(
-        ["install", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK.version}"],
-        KWOK.directory,
-        f"building kwok {KWOK.version}",
-        progress,
-        env={"GOBIN": str(KWOK.directory), "GOFLAGS": ""},
-    )
-
-
-def _build_livekit(progress: Progress) -> None:
-    """Pinned to the newest 1.13.x whose go.mod has no replace directives.
-
-    Later 1.13 releases replace pion modules with forks that the public module proxy does not
-    serve, so they cannot be built from it; ``go install`` of v1.13.5 resolves everything there.
-    """
-    _run_go(
-        ["install", f"github.com/livekit/livekit-server/cmd/server@{LIVEKIT.version}"],
-        LIVEKIT.directory,
-        f"building livekit-server {LIVEKIT.version}",
-        progress,
-        env={"GOBIN": str(LIVEKIT.directory), "GOFLAGS": ""},
-    )
-    built = LIVEKIT.directory / "server"
-    if built.exists():
-        built.replace(LIVEKIT.path("livekit-server"))
-
-
-def _build_helm(progress: Progress) -> None:
-    _run_go(
-        ["install", f"helm.sh/helm/v3/cmd/helm@{HELM.version}"],
-        HELM.directory,
-        f"building helm {HELM.version}",
-        progress,
-        env={"GOBIN": str(HELM.directory), "GOFLAGS": ""},
-    )
-
-
-def _build_sip(progress: Progress) -> None:
-    from . import sip  # its own module: SIP is a capability of the stack, not a build detail
-
-    sip.build(progress)
-
-
-_BUILDERS: dict[str, Callable[[Progress], None]] = {
-    ETCD.name: _build_etcd,
-    KWOK.name: _build_kwok,
-    LIVEKIT.name: _build_livekit,
-    KUBERNETES.name: _build_kubernetes,
-    HELM.name: _build_helm,
-    SIP.name: _build_sip,
-    KUBELET.name: lambda progress: _build_kubernetes(progress, KUBELET),
-}
-#: Built in a thread beside the others: a separate Go module (its downloads and cgo compile
-#: overlap the long Kubernetes build instead of queueing behind it).
-_PARALLEL = frozenset({SIP.name})
-
-
-def ensure_built(
-    components: tuple[Component, ...] = ALL_COMPONENTS, progress: Progress = _stderr_progress
-) -> None:
-    """Build whatever is missing; a no-op (milliseconds) when the cache is warm."""
-    missing = [c for c in components if not is_built(c)]
-    if not missing:
-        return
-    progress(
-        "building pinned binaries into "
-        f"{missing[0].directory.parent} (first run only): "
-        + ", ".join(f"{c.name} {c.version}" for c in missing)
-    )
-    side = [c for c in missing if c.name in _PARALLEL]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(side))) as pool:
-        futures = [pool.submit(_build_one, c, progress) for c in side]
-        try:
-            for component in missing:
-                if component.name not in _PARALLEL:
-                    _build_one(component, progress)
-        finally:
-            for future in futures:
-                future.result()  # re-raises a failed side build
-
-
-def _build_one(component: Component, progress: Progress) -> None:
-    component.directory.mkdir(parents=True, exist_ok=True)
-    _BUILDERS[component.name](progress)
-    absent = [b for b in component.binaries if not component.path(b).exists()]
-    if absent:
-        raise DevstackError(f"build of {component.name} produced no {', '.join(absent)}")
-    _stamp(component).write_text(f"{component.version}\n")

@@ -10,10 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import prometheus
-from .build import _stderr_progress, ensure_built
+from . import node, prometheus
 from .errors import DevstackError
-from .stack import STATE_FILE, LocalStack, StackConfig, StackState
+from .progress import stderr_progress
+from .stack import STATE_FILE, LocalStack, StackConfig, builders
 from .versions import ALL_COMPONENTS, KUBELET, REPO_ROOT
 
 
@@ -62,24 +62,23 @@ def _down(args: argparse.Namespace) -> int:
     if not state_path.exists():
         print(f"no stack recorded in {workdir}; nothing to stop")
         return 0
-    stack = LocalStack(StackConfig(workdir=workdir))
-    stack.state = StackState.load(state_path)
-    stack.stop()
+    LocalStack.recorded(workdir).stop()
     print(f"stopped the local stack and removed {workdir}")
     return 0
 
 
 def _build(args: argparse.Namespace) -> int:
-    from . import node
-
     reason = "--no-node" if args.no_node else node.unsupported_reason(check_lock=False)
+    registry = builders()
     images = None
     if reason:
-        ensure_built(ALL_COMPONENTS)
+        registry.ensure_built(ALL_COMPONENTS)
     else:  # the node's image builds run beside the Go builds
-        images = node.ensure_node_artifacts(go_first=lambda: ensure_built(ALL_COMPONENTS))
+        images = node.ensure_node_artifacts(
+            go_first=lambda: registry.ensure_built(ALL_COMPONENTS), builders=registry
+        )
     try:
-        prometheus.ensure_installed(_stderr_progress)
+        prometheus.ensure_installed(stderr_progress)
     except DevstackError as e:  # monitoring is optional: say so, build the rest
         print(f"voicepool-devstack: warning: {e}", file=sys.stderr)
     for c in ALL_COMPONENTS:

@@ -42,9 +42,11 @@ from voicepool_contract import (
 from . import demo_node, prometheus
 from . import node as node_mod
 from .errors import DevstackError
+from .livekit import LiveKitInfo
+from .procs import free_port
 from .runner import RUNNER_POD_ANNOTATIONS, PodRunner
 from .sip import SipInfo
-from .stack import LiveKitInfo, LocalStack, StackConfig, StackState, free_port
+from .stack import LocalStack, StackConfig, StackState
 from .testing import create_namespace
 from .versions import HELM, KUBERNETES, REPO_ROOT
 

@@ -15,6 +15,7 @@ from voicepool_contract import LABEL_POOL
 
 from . import node as node_mod
 from . import prometheus as prom
+from .procs import free_port
 from .stack import StackState
 
 #: Chart operator pod label (the chart's Deployment).
@@ -38,8 +39,6 @@ def images(state: StackState) -> dict[str, str]:
 
 def chart_values(state: StackState, worker_namespaces: list[str], peering: str) -> dict[str, Any]:
     """Helm values that run the chart's operator from the local image on the real node."""
-    from .stack import free_port
-
     repo, tag = images(state)["operator"].rsplit(":", 1)
     return {
         "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},

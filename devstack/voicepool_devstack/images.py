@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import apt
-from .build import Progress, _stderr_progress
 from .errors import DevstackError
+from .progress import Progress, stderr_progress
 from .versions import KUBERNETES_VERSION, REPO_ROOT, cache_root
 
 #: Debian packages the image builds need on the host.
@@ -107,7 +107,7 @@ def _tree_digest(paths: Iterable[Path], *extra: str) -> str:
 class Builder:
     """Builds (or finds cached) images; one private buildah store under the cache."""
 
-    def __init__(self, progress: Progress = _stderr_progress) -> None:
+    def __init__(self, progress: Progress = stderr_progress) -> None:
         self.progress = progress
         self.dir = images_dir()
         self.store = self.dir / "buildah"
@@ -366,7 +366,7 @@ class NodeImages:
         return (self.pause, self.operator, self.worker)
 
 
-def ensure_images(progress: Progress = _stderr_progress) -> NodeImages:
+def ensure_images(progress: Progress = stderr_progress) -> NodeImages:
     """Build whatever image is missing (minutes, once); milliseconds when all are cached."""
     apt.ensure_packages(BUILD_PACKAGES, "building the real node's images", progress)
     builder = Builder(progress)

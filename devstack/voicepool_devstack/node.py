@@ -11,7 +11,10 @@ Three host quirks need workarounds (docs/real-node.md):
   Ready; pods must use ``hostNetwork``;
 - W3: a loopback ``--node-ip`` is refused, so the kubelet runs as ``--hostname-override=localhost``
   (the apiserver dials ``localhost:<port>``) and the apiserver authenticates to it with its own
-  kubelet client certificate.
+  kubelet client certificate. With ``--cloud-provider=external`` the kubelet leaves the node's
+  addresses to a cloud controller; the stack plays that part (``_claim_loopback``): InternalIP
+  127.0.0.1, so hostNetwork pods get 127.0.0.1 as their IP and the kubelet probes them there,
+  not at the machine's own address.
 
 ``stop`` leaves the machine as it was: processes stopped by PID, mounts under the stack undone,
 the node's cgroups removed, the three sysctls the kubelet changes put back, and the host
@@ -34,11 +37,14 @@ from typing import Any
 
 import yaml
 
-from . import apt
+from . import apt, kubeconfig
 from . import pki as pki_mod
-from .build import Progress, _stderr_progress, ensure_built
+from .build import Builders
+from .control_plane import build_kubernetes
 from .errors import DevstackError
-from .images import REGISTRY, NodeImages, ensure_images
+from .images import PAUSE_REF, REGISTRY, NodeImages, ensure_images
+from .procs import Processes, alive, free_port
+from .progress import Progress, stderr_progress
 from .versions import KUBELET, cache_root
 
 NODE_NAME = "localhost"
@@ -46,6 +52,10 @@ NODE_NAME = "localhost"
 NODE_LABELS = {"voicepool.dev/node": "real"}
 #: Only pods that ask for the real node land there (kwok-minded pods would fail to pull).
 NODE_TAINT = {"key": "voicepool.dev/real-node", "value": "true", "effect": "NoSchedule"}
+#: The node's address, and so every (hostNetwork) pod's IP: the kubelet probes pods there.
+NODE_IP = "127.0.0.1"
+#: Set by a kubelet with --cloud-provider=external until a cloud controller initialized it.
+UNINITIALIZED_TAINT = "node.cloudprovider.kubernetes.io/uninitialized"
 
 
 def placement() -> dict[str, Any]:
@@ -91,19 +101,30 @@ def _lock_holder() -> str | None:
         raw = json.loads(LOCK.read_text())
     except (OSError, ValueError):
         return None
-    if any(_alive(int(p)) for p in raw.get("pids", [])):
+    if any(alive(int(p)) for p in raw.get("pids", [])):
         return str(raw.get("workdir"))
     return None
 
 
+def register(builders: Builders) -> None:
+    """The kubelet: built from the same pinned module as the control plane."""
+    builders.register(KUBELET, lambda progress: build_kubernetes(progress, KUBELET))
+
+
 def ensure_node_artifacts(
-    progress: Progress = _stderr_progress, go_first: Callable[[], None] | None = None
+    progress: Progress = stderr_progress,
+    go_first: Callable[[], None] | None = None,
+    builders: Builders | None = None,
 ) -> NodeImages:
     """Packages, kubelet and images for the node, the image builds (mostly I/O: Debian and
     PyPI downloads, layer copies) beside the Go builds (CPU). ``go_first`` runs other Go
-    builds before the kubelet on the same thread, so two compilers never share the 2 cores."""
+    builds before the kubelet on the same thread, so two compilers never share the 2 cores.
+    ``builders``: the stack's registry (by default one with only the kubelet's recipe)."""
     import threading
 
+    if builders is None:
+        builders = Builders()
+        register(builders)
     apt.ensure_packages(PACKAGES, "the real node (containerd + runc)", progress)
     errors: list[BaseException] = []
 
@@ -111,7 +132,7 @@ def ensure_node_artifacts(
         try:
             if go_first is not None:
                 go_first()
-            ensure_built((KUBELET,), progress)
+            builders.ensure_built((KUBELET,), progress)
         except BaseException as e:  # re-raised below, on the caller's thread
             errors.append(e)
 
@@ -161,37 +182,31 @@ class NodeRecord:
         return cls(**raw)
 
 
-Spawn = Callable[[str, list[str]], None]
-Wait = Callable[[str, Callable[[], bool], str, float | None], None]
-
-
 class RealNode:
-    """Started by ``LocalStack`` (which owns the processes: ``spawn`` / ``wait``)."""
+    """Started by ``LocalStack``, whose ``Processes`` own containerd's and the kubelet's."""
 
     def __init__(
         self,
-        stack_dir: Path,
+        procs: Processes,
         pki_dir: Path,
         apiserver_url: str,
-        spawn: Spawn,
-        wait: Wait,
         api: Callable[..., Any],
-        progress: Progress = _stderr_progress,
         kubelet_config: dict[str, Any] | None = None,
     ) -> None:
-        self.dir = stack_dir / "node"
+        self.dir = procs.workdir / "node"
         self.kubelet_overrides = dict(kubelet_config or {})  # KubeletConfiguration fields
         self.pki_dir = pki_dir
         self.apiserver_url = apiserver_url
-        self.spawn = spawn
-        self.wait = wait
+        self.procs = procs
+        self.spawn = procs.spawn
+        self.wait = procs.wait
         self.api = api
-        self.progress = progress
+        self.progress = procs.progress
         self.record = NodeRecord(workdir=str(self.dir))
 
     # -- start ---------------------------------------------------------------------------------
 
-    def start(self, images: NodeImages, pids: Callable[[], dict[str, int]]) -> NodeRecord:
+    def start(self, images: NodeImages) -> NodeRecord:
         reason = unsupported_reason()
         if reason:
             raise DevstackError(f"cannot start the real node: {reason}")
@@ -207,12 +222,14 @@ class RealNode:
         t0 = time.monotonic()
         self._cgroup_parent()
         self._start_containerd()
-        rec.pids.update(_own(pids()))
+        rec.pids.update(_own(self.procs.pids))
         self._write_lock()
         self._import(images)
         self._start_kubelet()
-        rec.pids.update(_own(pids()))
+        rec.pids.update(_own(self.procs.pids))
         self._write_lock()
+        self.wait("kubelet", self._registered, f"node {NODE_NAME} registered", 60.0)
+        self._claim_loopback()
         self.wait("kubelet", self._ready, f"node {NODE_NAME} Ready (real kubelet)", 60.0)
         self.progress(f"real node up in {time.monotonic() - t0:.1f}s")
         return rec
@@ -256,7 +273,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 [plugins."io.containerd.internal.v1.opt"]
   path = "{d / "containerd/opt"}"
 [{cri}]
-  sandbox_image = "{images_pause_ref()}"
+  sandbox_image = "{PAUSE_REF}"
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   enable_cdi = false
@@ -303,17 +320,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             )
 
     def _start_kubelet(self) -> None:
-        from .stack import _write_kubeconfig, free_port
-
         d = self.dir / "kubelet"
         (d / "root").mkdir(parents=True, exist_ok=True)
         ident = pki_mod.issue_from_ca(
             self.pki_dir, "kubelet", f"system:node:{NODE_NAME}", "system:nodes"
         )
         ca = pki_mod.CertPair(self.pki_dir / "ca.crt", self.pki_dir / "ca.key")
-        kubeconfig = d / "kubeconfig"
+        config_path = d / "kubeconfig"
         # The user name must match the context's, or the kubelet silently runs anonymous.
-        _write_kubeconfig(kubeconfig, self.apiserver_url, ca, ident, f"system:node:{NODE_NAME}")
+        kubeconfig.write(config_path, self.apiserver_url, ca, ident, f"system:node:{NODE_NAME}")
         port, healthz = free_port(), free_port()
         self.record.kubelet_port = port
         config = {
@@ -366,15 +381,40 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             [
                 str(KUBELET.path("kubelet")),
                 f"--config={cfg}",
-                f"--kubeconfig={kubeconfig}",
+                f"--kubeconfig={config_path}",
                 f"--root-dir={d / 'root'}",
                 f"--cert-dir={d / 'pki'}",
                 f"--hostname-override={NODE_NAME}",  # W3
+                "--cloud-provider=external",  # W3: addresses from _claim_loopback
                 f"--node-labels={labels}",
                 "--register-with-taints={key}={value}:{effect}".format(**NODE_TAINT),
                 "--v=2",
             ],
         )
+
+    def _registered(self) -> bool:
+        return bool(self.api("GET", f"/api/v1/nodes/{NODE_NAME}"))
+
+    def _claim_loopback(self) -> None:
+        """Play the cloud controller the kubelet waits for: the node's address is 127.0.0.1
+        (a kubelet refuses a loopback --node-ip, the API does not) and it is initialized.
+
+        The kubelet keeps addresses it finds set; hostNetwork pods take the node's InternalIP
+        as their IP, so their probes, and anything that reads their IP, stay on loopback.
+        """
+        path = f"/api/v1/nodes/{NODE_NAME}"
+        merge = "application/merge-patch+json"
+        addresses = [
+            {"type": "InternalIP", "address": NODE_IP},
+            {"type": "Hostname", "address": NODE_NAME},
+        ]
+        self.api("PATCH", f"{path}/status", {"status": {"addresses": addresses}}, merge)
+        node = self.api("GET", path) or {}
+        taints = node.get("spec", {}).get("taints") or []
+        kept = [t for t in taints if t.get("key") != UNINITIALIZED_TAINT]
+        if kept != taints:
+            self.api("PATCH", path, {"spec": {"taints": kept}}, merge)
+        self.progress(f"node {NODE_NAME}: InternalIP {NODE_IP} (pods and probes on loopback)")
 
     def _ready(self) -> bool:
         node = self.api("GET", f"/api/v1/nodes/{NODE_NAME}")
@@ -398,12 +438,6 @@ def _own(pids: dict[str, int]) -> dict[str, int]:
     return {k: v for k, v in pids.items() if k in ("containerd", "kubelet")}
 
 
-def images_pause_ref() -> str:
-    from .images import PAUSE_REF
-
-    return PAUSE_REF
-
-
 def ctr(socket: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["ctr", "--address", socket, "--namespace", "k8s.io", *args],
@@ -415,7 +449,7 @@ def ctr(socket: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def stop_node(
-    rec: NodeRecord, kill_group: Callable[[int], None], progress: Progress = _stderr_progress
+    rec: NodeRecord, kill_group: Callable[[int], None], progress: Progress = stderr_progress
 ) -> list[str]:
     """Undo everything ``start`` did; returns what could not be undone (empty when clean)."""
     problems: list[str] = []
@@ -535,6 +569,15 @@ def node_cgroups() -> list[Path]:
     return found
 
 
+def pod_processes() -> list[int]:
+    """The processes in the node's cgroups: its pods' containers."""
+    pids: set[int] = set()
+    for path in node_cgroups():
+        with contextlib.suppress(OSError, ValueError):
+            pids |= {int(p) for p in (path / "cgroup.procs").read_text().split()}
+    return sorted(pids)
+
+
 def _remove_cgroups() -> list[str]:
     problems = []
     for path in sorted(node_cgroups(), key=lambda p: -len(p.parts)):  # children first
@@ -553,19 +596,6 @@ def _remove_cgroups() -> list[str]:
 
 def _sysctl(name: str) -> str:
     return Path("/proc/sys", *name.split(".")).read_text().strip()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.split(")")[-1].split()[0] != "Z"
-    return True
 
 
 def kubelet_log_tail(stack_dir: Path, lines: int = 30) -> str:

@@ -68,6 +68,11 @@ class Phone:
                 return wall * 1000.0 - float(e["unix_ms"]) + float(e["t"])
         return (wall - self.started_at) * 1000.0
 
+    @property
+    def pid(self) -> int | None:
+        """The phone process (None before ``start``)."""
+        return self._proc.pid if self._proc is not None else None
+
     async def __aenter__(self) -> Phone:
         await self.start()
         return self

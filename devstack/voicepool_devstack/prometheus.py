@@ -26,16 +26,15 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from .apt import Progress, ensure_packages
+from .apt import ensure_packages
 from .errors import DevstackError
+from .procs import Processes, free_port, http_get
+from .progress import Progress
 from .versions import REPO_ROOT
-
-if TYPE_CHECKING:
-    from .stack import LocalStack
 
 PACKAGES = ("prometheus",)  # Debian's package ships promtool too
 OPERATOR_JOB = "voicepool-operator"
@@ -235,11 +234,9 @@ def write_config(workdir: Path, **kwargs: Any) -> Path:
     return path
 
 
-def start(stack: LocalStack) -> PrometheusInfo | None:
-    """Start Prometheus for ``stack`` (its apiserver must be up); None, with one line, if not."""
-    from .stack import _http_get, _kill_group, free_port
-
-    progress = stack.cfg.progress
+def start(procs: Processes) -> PrometheusInfo | None:
+    """Start Prometheus among the stack's ``procs``; None, with one line, if it cannot run."""
+    progress = procs.progress
     skip = "the stack runs without monitoring"
     exe = binary()
     if exe is None:
@@ -248,7 +245,7 @@ def start(stack: LocalStack) -> PrometheusInfo | None:
         )
         return None
     try:
-        workdir = stack.workdir / "prometheus"
+        workdir = procs.workdir / "prometheus"
         targets = workdir / "targets"
         targets.mkdir(parents=True, exist_ok=True)
         path = write_config(
@@ -263,7 +260,7 @@ def start(stack: LocalStack) -> PrometheusInfo | None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         progress(f"starting prometheus (scrapes the operator and workers every {SCRAPE_INTERVAL})")
-        stack._spawn(
+        procs.spawn(
             "prometheus",
             [
                 exe,
@@ -275,19 +272,16 @@ def start(stack: LocalStack) -> PrometheusInfo | None:
                 "--log.level=warn",
             ],
         )
-        stack._wait(
+        procs.wait(
             "prometheus",
-            lambda: _http_get(url + "/-/ready").startswith(b"Prometheus"),
+            lambda: http_get(url + "/-/ready").startswith(b"Prometheus"),
             f"prometheus ready on {url}",
             timeout=30,
         )
     except (DevstackError, OSError) as e:
-        proc = stack._procs.pop("prometheus", None)
-        stack.state.pids.pop("prometheus", None)
-        if proc is not None:
-            _kill_group(proc.pid, proc)
+        procs.stop("prometheus")
         first = str(e).splitlines()[0]
-        progress(f"prometheus failed to start ({first}; log {stack.logs}/prometheus.log); {skip}")
+        progress(f"prometheus failed to start ({first}; log {procs.logs}/prometheus.log); {skip}")
         return None
     return PrometheusInfo(url, str(targets))
 

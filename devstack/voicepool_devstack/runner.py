@@ -28,8 +28,8 @@ from kubernetes import client, watch
 from voicepool_contract import ANN_DRAIN, ANN_KWOK_REPORT, KWOK_REPORT_STARTING_ONLY
 
 from . import prometheus as prom
-from .stack import free_port
-from .testing import service_account_kubeconfig
+from .kubeconfig import service_account_kubeconfig
+from .procs import free_port
 
 log = logging.getLogger(__name__)
 MANAGED = "app.kubernetes.io/managed-by=voicepool-operator"

@@ -18,17 +18,16 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from .apt import ensure_packages
-from .build import Progress, _run_go
+from .build import Builders, run_go
 from .errors import DevstackError
+from .procs import Processes
+from .progress import Progress
 from .versions import GO_MODULES, LIVEKIT_SIP_VERSION, SIP, SIP_DEBIAN_PACKAGES
-
-if TYPE_CHECKING:
-    from .stack import LocalStack
 
 #: RTP ports livekit-sip may use for one stack (it binds them on 0.0.0.0; the SDP says 127.0.0.1).
 RTP_PORTS = 200
@@ -45,12 +44,12 @@ class SipInfo:
         return {"VOICEPOOL_SIP_ADDR": self.address}
 
 
-def build(progress: Progress) -> None:
+def _build(progress: Progress) -> None:
     """Install the cgo headers and build livekit-sip + voicepool-phone into the cache."""
     ensure_packages(SIP_DEBIAN_PACKAGES, "livekit-sip (cgo build) and SIP tests", progress)
     module = GO_MODULES / "sip"
     env = {"CGO_ENABLED": "1", "GOFLAGS": "-mod=readonly"}
-    _run_go(
+    run_go(
         [
             "build",
             "-trimpath",
@@ -65,7 +64,7 @@ def build(progress: Progress) -> None:
         progress,
         env=env,
     )
-    _run_go(
+    run_go(
         [
             "build",
             "-trimpath",
@@ -80,6 +79,11 @@ def build(progress: Progress) -> None:
         progress,
         env=env,
     )
+
+
+def register(builders: Builders) -> None:
+    # Beside the others: its own Go module, and its cgo compile overlaps the Kubernetes build.
+    builders.register(SIP, _build, beside=True)
 
 
 def _free_tcp_udp_port() -> int:
@@ -132,14 +136,12 @@ def _redis_ping(address: str) -> bool:
         return s.recv(16).startswith(b"+PONG")
 
 
-def start_redis(stack: LocalStack) -> str:
+def start_redis(procs: Processes) -> str:
     """A throwaway redis on loopback (no persistence); returns its host:port."""
     import shutil
 
     # a warm binary cache on a fresh machine still needs redis, sipp and the runtime libraries
-    ensure_packages(
-        SIP_DEBIAN_PACKAGES, "SIP in the local stack (or use --no-sip)", stack.cfg.progress
-    )
+    ensure_packages(SIP_DEBIAN_PACKAGES, "SIP in the local stack (or use --no-sip)", procs.progress)
     binary = shutil.which("redis-server")
     if binary is None:
         raise DevstackError(
@@ -148,8 +150,8 @@ def start_redis(stack: LocalStack) -> str:
         )
     port = _free_tcp_udp_port()
     address = f"127.0.0.1:{port}"
-    stack.cfg.progress(f"starting redis-server on {address} (livekit-server <-> livekit-sip RPC)")
-    stack._spawn(
+    procs.progress(f"starting redis-server on {address} (livekit-server <-> livekit-sip RPC)")
+    procs.spawn(
         "redis",
         [
             binary,
@@ -164,10 +166,10 @@ def start_redis(stack: LocalStack) -> str:
             "--protected-mode",
             "yes",
             "--dir",
-            str(stack.workdir),
+            str(procs.workdir),
         ],
     )
-    stack._wait("redis", lambda: _redis_ping(address), "redis ready")
+    procs.wait("redis", lambda: _redis_ping(address), "redis ready")
     return address
 
 
@@ -198,25 +200,25 @@ def sip_config(
     }
 
 
-def start_sip(stack: LocalStack, ws_url: str, key: str, secret: str, redis: str) -> SipInfo:
+def start_sip(procs: Processes, ws_url: str, key: str, secret: str, redis: str) -> SipInfo:
     """Start livekit-sip against the stack's livekit-server; returns where it listens."""
     port = _free_tcp_udp_port()
-    cfg_path = stack.workdir / "sip.yaml"
+    cfg_path = procs.workdir / "sip.yaml"
     cfg_path.write_text(
         yaml.safe_dump(sip_config(key, secret, ws_url, redis, port, _free_udp_range(RTP_PORTS)))
     )
     cfg_path.chmod(0o600)
     address = f"127.0.0.1:{port}"
-    stack.cfg.progress(f"starting livekit-sip {LIVEKIT_SIP_VERSION} on sip:{address}")
-    stack._spawn("livekit-sip", [str(SIP.path("livekit-sip")), f"--config={cfg_path}"])
-    stack._wait("livekit-sip", lambda: _tcp_open(address), "livekit-sip listening")
-    _wait_registered(stack, time.monotonic() + 15)
+    procs.progress(f"starting livekit-sip {LIVEKIT_SIP_VERSION} on sip:{address}")
+    procs.spawn("livekit-sip", [str(SIP.path("livekit-sip")), f"--config={cfg_path}"])
+    procs.wait("livekit-sip", lambda: _tcp_open(address), "livekit-sip listening")
+    _wait_registered(procs, time.monotonic() + 15)
     return SipInfo(address=address, redis=redis)
 
 
-def _wait_registered(stack: LocalStack, deadline: float) -> None:
+def _wait_registered(procs: Processes, deadline: float) -> None:
     """livekit-sip serves RPC once it logged that it is up; wait for that line, briefly."""
-    log = stack.logs / "livekit-sip.log"
+    log = procs.logs / "livekit-sip.log"
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace") if log.exists() else ""
         if "service ready" in text.lower() or "sip signaling listening" in text.lower():

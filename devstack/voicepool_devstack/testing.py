@@ -12,16 +12,15 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-import yaml
-
+from .livekit import LiveKitInfo
 from .prometheus import PrometheusInfo
 from .sip import SipInfo
-from .stack import LiveKitInfo, LocalStack, StackConfig
+from .stack import LocalStack, StackConfig
 
 if TYPE_CHECKING:
     from kubernetes import client
@@ -36,6 +35,8 @@ class Environment:
     embedded: bool  # True when the control plane is the devstack's own (kwok nodes)
     prometheus: PrometheusInfo | None = None  # the stack's own Prometheus, when it runs one
     sip: SipInfo | None = None  # livekit-sip of the local stack (None with an external LiveKit)
+    #: The local stack's servers by name: each PID leads the process group of its server.
+    pids: Mapping[str, int] = field(default_factory=dict)
 
 
 def _external_livekit() -> LiveKitInfo | None:
@@ -78,7 +79,12 @@ def environment(
         livekit = external_lk or state.livekit
         assert kubeconfig is not None and livekit is not None
         yield Environment(
-            kubeconfig, livekit, embedded=need_kube, prometheus=state.prometheus, sip=state.sip
+            kubeconfig,
+            livekit,
+            embedded=need_kube,
+            prometheus=state.prometheus,
+            sip=state.sip,
+            pids=state.pids,
         )
     finally:
         stack.stop()
@@ -145,46 +151,3 @@ def create_namespace(
 
     wait_for(default_account, timeout=timeout, what=f"the default ServiceAccount in {name}")
     return name
-
-
-def service_account_kubeconfig(
-    api: client.ApiClient,
-    namespace: str,
-    account: str,
-    path: Path,
-    *,
-    pod: tuple[str, str] | None = None,
-    expiration_seconds: int = 3600,
-) -> str:
-    """A kubeconfig at ``path`` that authenticates as ``namespace/account``, as the kubelet
-    gives a pod its token: a TokenRequest, bound to ``pod`` (name, uid) when given, so the
-    apiserver (and an admission policy) knows which pod the caller is."""
-    from kubernetes import client as k8s
-
-    core = k8s.CoreV1Api(api)
-    spec = k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=expiration_seconds)
-    if pod is not None:
-        spec.bound_object_ref = k8s.V1BoundObjectReference(
-            kind="Pod", api_version="v1", name=pod[0], uid=pod[1]
-        )
-    token = core.create_namespaced_service_account_token(
-        account, namespace, k8s.AuthenticationV1TokenRequest(spec=spec)
-    ).status.token
-    cfg = api.configuration
-    cluster: dict[str, object] = {"server": cfg.host}
-    if cfg.ssl_ca_cert:
-        cluster["certificate-authority"] = str(cfg.ssl_ca_cert)
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "current-context": "sa",
-                "clusters": [{"name": "c", "cluster": cluster}],
-                "users": [{"name": account, "user": {"token": token}}],
-                "contexts": [{"name": "sa", "context": {"cluster": "c", "user": account}}],
-            }
-        )
-    )
-    path.chmod(0o600)
-    return str(path)

@@ -35,7 +35,8 @@ from voicepool_contract import (
     PLURAL,
     VERSION,
 )
-from voicepool_devstack.stack import LiveKitInfo, free_port
+from voicepool_devstack.livekit import LiveKitInfo
+from voicepool_devstack.procs import free_port
 from voicepool_devstack.testing import wait_for
 
 REPO = Path(__file__).resolve().parents[2]

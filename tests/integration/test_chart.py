@@ -17,12 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes import client
-from voicepool_devstack.testing import (
-    Environment,
-    create_namespace,
-    service_account_kubeconfig,
-    wait_for,
-)
+from voicepool_devstack.kubeconfig import service_account_kubeconfig
+from voicepool_devstack.testing import Environment, create_namespace, wait_for
 from voicepool_devstack.versions import HELM
 
 from .operator_harness import REPO, Cluster, pool_manifest, running_operator

@@ -113,27 +113,23 @@ def _problems(
 
 @pytest.mark.timeout(600)
 def test_every_panel_query_returns_data(
-    stack_env: Environment, api_client: client.ApiClient, namespace: str, tmp_path: Path
+    stack_env: Environment,
+    api_client: client.ApiClient,
+    namespace: str,
+    livekit_secret: str,
+    tmp_path: Path,
 ) -> None:
     if not stack_env.embedded:
         pytest.skip("needs the local stack's Prometheus (on a cluster, use the chart's monitors)")
     prom = stack_env.prometheus
     assert prom is not None, "the local stack's Prometheus did not start (see its one-line note)"
     install_crds(api_client)
-    core = client.CoreV1Api(api_client)
     lk = stack_env.livekit
-    core.create_namespaced_secret(
-        namespace,
-        client.V1Secret(
-            metadata=client.V1ObjectMeta(name="lk"),
-            string_data={"apiKey": lk.api_key, "apiSecret": lk.api_secret},
-        ),
-    )
     agent = f"dash-{uuid.uuid4().hex[:6]}"
     manifest = pool_manifest(
         POOL,
         agentName=agent,
-        livekit={"url": lk.url, "credentialsSecretRef": {"name": "lk"}},
+        livekit={"url": lk.url, "credentialsSecretRef": {"name": livekit_secret}},
         sessionsPerPod=1,
         minReplicas=1,
         maxReplicas=3,

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 from voicepool_devstack import prometheus
-from voicepool_devstack.stack import LocalStack, StackConfig, free_port
+from voicepool_devstack.procs import free_port
+from voicepool_devstack.stack import LocalStack, StackConfig
 from voicepool_devstack.testing import wait_for
 
 
@@ -65,7 +66,7 @@ def test_scrapes_a_registered_worker_with_pool_labels(tmp_path: Path, fake_worke
     lines: list[str] = []
     stack = bare_stack(tmp_path, lines)
     try:
-        info = prometheus.start(stack)
+        info = prometheus.start(stack.procs)
         assert info is not None, lines
         labels = prometheus.pod_discovery_labels(
             namespace="calls",
@@ -123,7 +124,7 @@ def test_scrapes_a_registered_worker_with_pool_labels(tmp_path: Path, fake_worke
 def test_missing_prometheus_costs_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(prometheus, "binary", lambda name="prometheus": None)
     lines: list[str] = []
-    assert prometheus.start(bare_stack(tmp_path, lines)) is None
+    assert prometheus.start(bare_stack(tmp_path, lines).procs) is None
     assert len(lines) == 1 and "not installed" in lines[0] and "without monitoring" in lines[0]
 
 
@@ -138,7 +139,7 @@ def test_prometheus_that_dies_costs_one_line(
     monkeypatch.setattr(prometheus, "check_config", lambda path: None)
     lines: list[str] = []
     stack = bare_stack(tmp_path, lines)
-    assert prometheus.start(stack) is None
+    assert prometheus.start(stack.procs) is None
     failed = [line for line in lines if "failed to start" in line]
     assert len(failed) == 1 and "without monitoring" in failed[0], lines
     assert "prometheus" not in stack.state.pids  # nothing left to stop

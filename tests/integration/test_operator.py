@@ -8,34 +8,14 @@ watches every pod deletion, so "no busy pod was deleted" is checked on evidence,
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
-from voicepool_devstack.testing import Environment, wait_for
+from voicepool_devstack.testing import wait_for
 
-from .operator_harness import (
-    Cluster,
-    DeletionAuditor,
-    OperatorProcess,
-    install_crds,
-    pool_manifest,
-    running_operator,
-)
+from .operator_harness import Cluster, DeletionAuditor, OperatorProcess, pool_manifest
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="module")
-def operator(api_client: client.ApiClient, stack_env: Environment) -> Iterator[OperatorProcess]:
-    install_crds(api_client)
-    with running_operator(stack_env.kubeconfig) as op:
-        yield op
-
-
-@pytest.fixture()
-def cluster(api_client: client.ApiClient, namespace: str) -> Cluster:
-    return Cluster(api_client, namespace)
 
 
 def _cond(pool: dict, type_: str) -> dict:

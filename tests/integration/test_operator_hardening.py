@@ -18,7 +18,6 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,23 +41,10 @@ from .operator_harness import (
     OperatorProcess,
     install_crds,
     pool_manifest,
-    running_operator,
 )
 
-pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="module")
-def operator(api_client: client.ApiClient, stack_env: Environment) -> Iterator[OperatorProcess]:
-    install_crds(api_client)
-    # With the stack's LiveKit: the operator serves livekit-server's webhook (scale from 0).
-    with running_operator(stack_env.kubeconfig, livekit=stack_env.livekit) as op:
-        yield op
-
-
-@pytest.fixture()
-def cluster(api_client: client.ApiClient, namespace: str) -> Cluster:
-    return Cluster(api_client, namespace)
+# With the stack's LiveKit: the operator serves livekit-server's webhook (scale from 0).
+pytestmark = [pytest.mark.cluster, pytest.mark.operator_webhook]
 
 
 def kubectl(env: Environment, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

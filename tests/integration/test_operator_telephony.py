@@ -8,56 +8,26 @@ a dead LiveKit, and deletes pools -- and checks status, conditions, Events and L
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubernetes import client
 from livekit import api
 from livekit.protocol import sip as lksip
-from voicepool_devstack.stack import free_port
+from voicepool_devstack.procs import free_port
 from voicepool_devstack.testing import Environment, wait_for
 from voicepool_devstack.versions import KUBERNETES
 
-from .operator_harness import (
-    Cluster,
-    OperatorProcess,
-    install_crds,
-    pool_manifest,
-    running_operator,
-)
+from .operator_harness import Cluster, OperatorProcess, pool_manifest
 
-pytestmark = [pytest.mark.cluster, pytest.mark.livekit]
-
-
-@pytest.fixture(scope="module")
-def operator(api_client: client.ApiClient, stack_env: Environment) -> Iterator[OperatorProcess]:
-    if stack_env.sip is None:
-        pytest.skip("needs the local stack's livekit-sip (an external LiveKit has no SIP here)")
-    install_crds(api_client)
-    with running_operator(stack_env.kubeconfig) as op:
-        yield op
-
-
-@pytest.fixture()
-def cluster(api_client: client.ApiClient, namespace: str, stack_env: Environment) -> Cluster:
-    c = Cluster(api_client, namespace)
-    lk = stack_env.livekit
-    c.core.create_namespaced_secret(
-        namespace,
-        client.V1Secret(
-            metadata=client.V1ObjectMeta(name="lk"),
-            data={
-                "apiKey": base64.b64encode(lk.api_key.encode()).decode(),
-                "apiSecret": base64.b64encode(lk.api_secret.encode()).decode(),
-            },
-        ),
-    )
-    return c
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.livekit,
+    pytest.mark.sip,
+    pytest.mark.usefixtures("livekit_secret"),  # the pools' credentialsSecretRef "lk"
+]
 
 
 def sip_pool(env: Environment, name: str, numbers: list[str], url: str | None = None) -> Any:

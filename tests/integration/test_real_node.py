@@ -29,6 +29,7 @@ from voicepool_devstack.stack import LocalStack, StackConfig
 from voicepool_devstack.testing import create_namespace, wait_for
 from voicepool_devstack.versions import HELM
 
+from . import loopback
 from .operator_harness import REPO, Cluster, install_crds, pool_manifest
 
 _REASON = node_mod.unsupported_reason()
@@ -264,6 +265,29 @@ def test_chart_operator_runs_as_a_real_container_with_peering(
     assert wait_for(peers, timeout=60, what="a kopf peer in the peering object")
     logs = client.CoreV1Api(real["api"]).read_namespaced_pod_log(pod.metadata.name, RELEASE_NS)
     assert logs.strip(), "kubectl logs through the kubelet works"
+
+
+def test_the_node_and_its_pods_are_reached_on_loopback(
+    real: dict[str, Any], chart_operator: client.V1Pod
+) -> None:
+    """The node's address is 127.0.0.1, so a hostNetwork pod's IP is too and the kubelet probes
+    it there; no socket of the stack, the node or its pods reaches off loopback."""
+    core = client.CoreV1Api(real["api"])
+    node = core.read_node(node_mod.NODE_NAME)
+    assert {a.type: a.address for a in node.status.addresses} == {
+        "InternalIP": "127.0.0.1",
+        "Hostname": node_mod.NODE_NAME,
+    }
+    assert not [t for t in node.spec.taints or [] if t.key == node_mod.UNINITIALIZED_TAINT]
+    pod = core.read_namespaced_pod(chart_operator.metadata.name, RELEASE_NS)
+    assert (pod.status.pod_ip, pod.status.host_ip) == ("127.0.0.1", "127.0.0.1")
+    probed = [c for c in pod.spec.containers if c.liveness_probe or c.readiness_probe]
+    assert probed and _ready_condition(pod), "a probed container, Ready: probed on 127.0.0.1"
+    stack = real["state"]
+    verdict = loopback.check(stack.pids.values(), node_mod.pod_processes())
+    print("\n" + verdict.report())
+    assert verdict.sockets_of("kubelet") and verdict.sockets_of("voicepool-operator|kopf|python")
+    assert not verdict.failures, "sockets off loopback:\n" + verdict.report()
 
 
 def test_pinned_worker_gets_one_exclusive_cpu_and_ready_waits_for_livekit(

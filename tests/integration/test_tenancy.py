@@ -47,28 +47,15 @@ from .operator_harness import (
     REPO,
     Cluster,
     OperatorProcess,
-    install_crds,
     pool_manifest,
-    running_operator,
     zero_pool_manifest,
 )
 
-pytestmark = pytest.mark.cluster
+# The module's operator serves livekit-server's webhook (tests/integration/conftest.py).
+pytestmark = [pytest.mark.cluster, pytest.mark.operator_webhook]
 
 VICTIM_KEY, VICTIM_SECRET = "victim-key", "victim-secret-" + "v" * 32
 VICTIM_SIP_PASSWORD = "victim-sip-password"
-
-
-@pytest.fixture(scope="module")
-def operator(api_client: client.ApiClient, stack_env: Environment) -> Iterator[OperatorProcess]:
-    install_crds(api_client)
-    with running_operator(stack_env.kubeconfig, livekit=stack_env.livekit) as op:
-        yield op
-
-
-@pytest.fixture()
-def cluster(api_client: client.ApiClient, namespace: str) -> Cluster:
-    return Cluster(api_client, namespace)
 
 
 @pytest.fixture()
@@ -477,7 +464,7 @@ def test_a_worker_whose_reports_are_refused_is_not_capacity_and_the_pool_says_wh
     tmp_path: Path,
 ) -> None:
     """The namespace has the worker ServiceAccount but no Role for it: every report is 403."""
-    cluster.livekit_secret(stack_env.livekit)
+    cluster.livekit_secret(stack_env.livekit)  # "lk", which the pool names
     runner = _runner(api_client, cluster.ns, stack_env, tmp_path)
     runner.start()
     try:

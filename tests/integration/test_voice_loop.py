@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from voicepool_devstack.stack import LiveKitInfo, LocalStack, StackConfig
+from voicepool_devstack.livekit import LiveKitInfo
+from voicepool_devstack.stack import LocalStack, StackConfig
 
 from .voice_scenarios import (
     ECHO_DELAY_MS,

@@ -441,7 +441,7 @@ async def test_transfer_key_asks_livekit_and_reports_its_refusal(
 ) -> None:
     """Key 0 asks the real livekit-server to REFER the caller. This caller joined over WebRTC,
     not SIP, so the server refuses: the worker logs why, counts it, and tells the caller
-    instead of leaving them in silence (a real REFER: test_telephony.py)."""
+    instead of leaving them in silence (a real REFER: test_phone_calls.py)."""
     agent = agent_name()
     w = start_worker(
         stack_env, tmp_path, workers, agent=agent, extra={"VOICEPOOL_TRANSFER_TO": "tel:+15550100"}
@@ -477,7 +477,7 @@ async def test_outbound_dispatch_dials_through_livekit_and_ends_the_job_when_ref
 ) -> None:
     """A dispatch carrying a phone number makes the agent place the call through LiveKit's SIP
     service. Trunk ``ST_t`` does not exist, so LiveKit refuses: the job ends at once with
-    LiveKit's reason instead of waiting for a callee (real calls: test_telephony.py)."""
+    LiveKit's reason instead of waiting for a callee (real calls: test_phone_calls.py)."""
     agent = agent_name()
     w = start_worker(
         stack_env,

@@ -19,12 +19,13 @@ from voicepool_worker.callflow import (
     spoken_digits,
 )
 
+from .conftest import LIVEKIT_ENV as BASE
+
 MENU = (
     "1=what are your opening hours;4=Bookings. Press 1 for a cleaning.;"
     "4>1=i would like to book a cleaning;4>2>1=deep cleaning please;"
     "5=collect:my account number is;9=hangup;0=transfer"
 )
-BASE = {"LIVEKIT_URL": "ws://127.0.0.1:7880", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}
 
 
 def keypad(**kw: object) -> Keypad:

@@ -22,46 +22,31 @@ from voicepool_operator.planner import plan
 from voicepool_operator.podview import PodView
 from voicepool_operator.spec import SpecError, parse_spec
 
-T0 = dt.datetime(2026, 3, 2, 12, 0, 0, tzinfo=dt.UTC)
+from .conftest import HASH, NOW, make_pod, spec_dict
 
 
 def at(s: float) -> dt.datetime:
-    return T0 + dt.timedelta(seconds=s)
+    return NOW + dt.timedelta(seconds=s)
 
 
 def view(
     name: str, sessions: int | None, *, created: float = -3600, state: str = "idle"
 ) -> PodView:
-    return PodView(
-        name=name,
-        template_hash="h",
+    return make_pod(
+        name,
         created=at(created),
-        phase="Running",
         ready=state != "starting",
         ready_since=None,
-        terminating=False,
         sessions=sessions,
         capacity=4,
         reported_state=state,
-        drain_requested=False,
-        drain_requested_at=None,
         safe_to_evict=None,
         deletion_cost=None,
     )
 
 
 def spec(**warm: object) -> object:
-    return parse_spec(
-        {
-            "agentName": "a",
-            "livekit": {"url": "ws://lk", "credentialsSecretRef": {"name": "s"}},
-            "template": {"image": "w"},
-            "sessionsPerPod": 4,
-            "minReplicas": 0,
-            "maxReplicas": 100,
-            "warmPool": warm,
-        }
-    )
+    return parse_spec(spec_dict(sessionsPerPod=4, minReplicas=0, maxReplicas=100, warmPool=warm))
 
 
 def test_arrivals_are_rises_in_session_counts() -> None:
@@ -97,14 +82,14 @@ def test_cold_start_is_created_to_registered_of_pods_born_while_watched() -> Non
 
 def test_adaptive_warm_size_is_the_base_stock_with_the_schedule_as_floor() -> None:
     s = spec(mode="adaptive", idleSessions=2, adaptive={"safetyFactor": 2, "coldStartSeconds": 30})
-    assert s.warm_sessions(T0) == 2  # nothing measured yet: the floor
+    assert s.warm_sessions(NOW) == 2  # nothing measured yet: the floor
     # No call ends: every caller during the 2 x 30 s lead needs a slot, Poisson(15) at 99 %.
-    assert s.warm_sessions(T0, Measured(0.25, None)) == 26
+    assert s.warm_sessions(NOW, Measured(0.25, None)) == 26
     assert poisson_sf(26, 15) <= 1 - SERVED_WARM < poisson_sf(25, 15)
-    assert s.warm_sessions(T0, Measured(0.25, 40.0)) == base_stock(20, 0)  # measured cold wins
-    assert s.warm_sessions(T0, Measured(0.0001, 40.0)) == 2  # the floor holds (base stock 1)
+    assert s.warm_sessions(NOW, Measured(0.25, 40.0)) == base_stock(20, 0)  # measured cold wins
+    assert s.warm_sessions(NOW, Measured(0.0001, 40.0)) == 2  # the floor holds (base stock 1)
     static = spec(idleSessions=2)
-    assert static.warm_sessions(T0, Measured(10.0, 40.0)) == 2  # static ignores measurements
+    assert static.warm_sessions(NOW, Measured(10.0, 40.0)) == 2  # static ignores measurements
 
 
 def test_ending_calls_and_the_stabilization_window_need_fewer_warm_sessions() -> None:
@@ -120,9 +105,9 @@ def test_ending_calls_and_the_stabilization_window_need_fewer_warm_sessions() ->
 def test_the_planner_sizes_an_adaptive_pool_from_the_measurement() -> None:
     s = spec(mode="adaptive", idleSessions=0, adaptive={"safetyFactor": 1})
     pods = [view("a", 4, state="busy")]
-    quiet = plan(s, "h", pods, T0)
+    quiet = plan(s, HASH, pods, NOW)
     assert quiet.status.warm_target == 0 and quiet.status.desired_replicas == 1
-    busy = plan(s, "h", pods, T0, measured=Measured(0.5, 30.0))
+    busy = plan(s, HASH, pods, NOW, measured=Measured(0.5, 30.0))
     # 15 arrivals expected over the 30-s start; the default 60-s window holds 30 s of them.
     warm = base_stock(15, 0, 15)
     assert busy.status.warm_target == warm == 23

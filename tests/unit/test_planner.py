@@ -21,78 +21,15 @@ from voicepool_operator.planner import (
     stabilize,
 )
 from voicepool_operator.podview import PodView
-from voicepool_operator.spec import PoolSpec, parse_spec
+from voicepool_operator.spec import parse_spec
 
-NOW = dt.datetime(2026, 3, 2, 12, 0, 0, tzinfo=dt.UTC)  # a Monday, noon UTC
-HASH = "newhash"
-OLD = "oldhash"
+from .conftest import HASH, NOW, ago, later, make_pod, make_spec, spec_dict
+from .conftest import OLD_HASH as OLD
+
 WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri"]
 
 
 # -- factories -------------------------------------------------------------------------------
-
-
-def ago(seconds: float, now: dt.datetime = NOW) -> dt.datetime:
-    return now - dt.timedelta(seconds=seconds)
-
-
-def later(seconds: float) -> dt.datetime:
-    return NOW + dt.timedelta(seconds=seconds)
-
-
-def make_spec(
-    *,
-    min_replicas: int = 0,
-    max_replicas: int = 10,
-    sessions_per_pod: int = 1,
-    idle_sessions: int = 0,
-    stabilization: int = 300,
-    drain_timeout: int = 600,
-    max_surge: int = 1,
-    grace: int = 60,
-    schedule: list[dict[str, Any]] | None = None,
-    time_zone: str = "UTC",
-) -> PoolSpec:
-    warm: dict[str, Any] = {"idleSessions": idle_sessions, "timeZone": time_zone}
-    if schedule is not None:
-        warm["schedule"] = schedule
-    return parse_spec(
-        {
-            "agentName": "receptionist",
-            "livekit": {"url": "ws://livekit:7880", "credentialsSecretRef": {"name": "lk"}},
-            "template": {"image": "worker:1"},
-            "sessionsPerPod": sessions_per_pod,
-            "minReplicas": min_replicas,
-            "maxReplicas": max_replicas,
-            "warmPool": warm,
-            "scaleDown": {"stabilizationWindowSeconds": stabilization},
-            "drain": {"timeoutSeconds": drain_timeout},
-            "updateStrategy": {"maxSurge": max_surge},
-            "unreadyGraceSeconds": grace,
-        }
-    )
-
-
-def make_pod(name: str, **overrides: Any) -> PodView:
-    """A ready idle pod of the current template whose eviction hints are already right."""
-    fields: dict[str, Any] = {
-        "name": name,
-        "template_hash": HASH,
-        "created": ago(3600),
-        "phase": "Running",
-        "ready": True,
-        "ready_since": ago(3500),
-        "terminating": False,
-        "sessions": 0,
-        "capacity": 1,
-        "reported_state": "idle",
-        "drain_requested": False,
-        "drain_requested_at": None,
-        "safe_to_evict": "true",
-        "deletion_cost": IDLE_DELETION_COST,
-    }
-    fields.update(overrides)
-    return PodView(**fields)
 
 
 def idle(name: str, *, age_s: float = 3600, **kw: Any) -> PodView:
@@ -339,16 +276,7 @@ def test_empty_pool_without_warm_or_min_stays_empty() -> None:
 
 def test_idle_pods_warm_size_is_in_pods() -> None:
     """warmPool.idlePods counts whole pods: sessions = idlePods x sessionsPerPod."""
-    spec = parse_spec(
-        {
-            "agentName": "a",
-            "livekit": {"url": "wss://lk", "credentialsSecretRef": {"name": "s"}},
-            "template": {"image": "i"},
-            "sessionsPerPod": 3,
-            "minReplicas": 0,
-            "warmPool": {"idlePods": 2},
-        }
-    )
+    spec = parse_spec(spec_dict(sessionsPerPod=3, minReplicas=0, warmPool={"idlePods": 2}))
     result = plan(spec, HASH, [], NOW)
     assert result.status.warm_target == 6 and len(creates(result)) == 2
 

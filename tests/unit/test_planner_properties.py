@@ -31,9 +31,10 @@ from voicepool_operator.planner import (
 from voicepool_operator.podview import PodView, pod_view_from_dict
 from voicepool_operator.spec import DAYS, PoolSpec, parse_spec
 
+from .conftest import HASH, spec_dict
+from .conftest import OLD_HASH as OLD
+
 BASE = dt.datetime(2026, 3, 2, 0, 0, 0, tzinfo=dt.UTC)  # a Monday
-HASH = "newhash"
-OLD = "oldhash"
 SERVING = (PodState.STARTING, PodState.IDLE, PodState.BUSY, PodState.UNREPORTED)
 #: Ready pods that hold a serving slot (a drain is how they leave).
 READY_SERVING = (PodState.IDLE, PodState.BUSY, PodState.UNREPORTED)
@@ -73,19 +74,16 @@ def pool_specs(draw: st.DrawFn, *, with_schedule: bool = True) -> PoolSpec:
     if with_schedule and draw(st.booleans()):
         warm["schedule"] = draw(st.lists(windows(), min_size=1, max_size=2))
     return parse_spec(
-        {
-            "agentName": "receptionist",
-            "livekit": {"url": "ws://livekit:7880", "credentialsSecretRef": {"name": "lk"}},
-            "template": {"image": "worker:1"},
-            "sessionsPerPod": spp,
-            "minReplicas": lo,
-            "maxReplicas": hi,
-            "warmPool": warm,
-            "scaleDown": {"stabilizationWindowSeconds": draw(st.sampled_from([0, 30, 300]))},
-            "drain": {"timeoutSeconds": draw(st.integers(1, 900))},
-            "updateStrategy": {"maxSurge": draw(st.integers(1, 3))},
-            "unreadyGraceSeconds": draw(st.integers(0, 120)),
-        }
+        spec_dict(
+            sessionsPerPod=spp,
+            minReplicas=lo,
+            maxReplicas=hi,
+            warmPool=warm,
+            scaleDown={"stabilizationWindowSeconds": draw(st.sampled_from([0, 30, 300]))},
+            drain={"timeoutSeconds": draw(st.integers(1, 900))},
+            updateStrategy={"maxSurge": draw(st.integers(1, 3))},
+            unreadyGraceSeconds=draw(st.integers(0, 120)),
+        )
     )
 
 

@@ -9,7 +9,6 @@ through the same parser the operator uses on API objects.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from typing import Any
 
@@ -26,50 +25,36 @@ from voicepool_operator.planner import (
     plan,
 )
 from voicepool_operator.podview import pod_view_from_dict
-from voicepool_operator.spec import PoolSpec, parse_spec
+from voicepool_operator.spec import PoolSpec
 
-NOW = dt.datetime(2026, 3, 2, 12, 0, 0, tzinfo=dt.UTC)
-HASH = "h"
+from .conftest import HASH, NOW, make_spec, pod_dict
+
 INT64 = 2**63 - 1
 
 
 def spec_of(spp: int = 4, warm: int = 4, lo: int = 1, hi: int = 50) -> PoolSpec:
-    return parse_spec(
-        {
-            "agentName": "a",
-            "livekit": {"url": "ws://lk:7880", "credentialsSecretRef": {"name": "lk"}},
-            "template": {"image": "w:1"},
-            "sessionsPerPod": spp,
-            "minReplicas": lo,
-            "maxReplicas": hi,
-            "warmPool": {"idleSessions": warm},
-            "scaleDown": {"stabilizationWindowSeconds": 0},
-        }
+    return make_spec(
+        sessions_per_pod=spp,
+        idle_sessions=warm,
+        min_replicas=lo,
+        max_replicas=hi,
+        stabilization=0,
+        drain_timeout=3600,
     )
 
 
-def pod_dict(name: str, sessions: str | None, *, state: str = "busy", **ann: str) -> dict[str, Any]:
+def reported_pod(
+    name: str, sessions: str | None, *, state: str = "busy", **ann: str
+) -> dict[str, Any]:
+    """A Running, Ready pod of the current template with the worker's report (None: no count)."""
     annotations = {"voicepool.dev/state": state, **ann}
     if sessions is not None:
         annotations["voicepool.dev/sessions"] = sessions
-    return {
-        "metadata": {
-            "name": name,
-            "creationTimestamp": "2026-03-02T11:00:00Z",
-            "labels": {"voicepool.dev/template-hash": HASH},
-            "annotations": annotations,
-        },
-        "status": {
-            "phase": "Running",
-            "conditions": [
-                {"type": "Ready", "status": "True", "lastTransitionTime": "2026-03-02T11:00:05Z"}
-            ],
-        },
-    }
+    return pod_dict(name, annotations=annotations, ready_at="2026-03-02T11:00:05Z")
 
 
 def idle_pod(name: str) -> dict[str, Any]:
-    return pod_dict(
+    return reported_pod(
         name,
         "0",
         state="idle",
@@ -87,13 +72,13 @@ def idle_pod(name: str) -> dict[str, Any]:
 def test_an_unreadable_count_is_a_full_pod(raw: str) -> None:
     """The issue's 24-digit count took a pool from 4 to 9 pods; now it is one full pod."""
     spec = spec_of(spp=4, warm=4)
-    view = pod_view_from_dict(pod_dict("hostile", raw))
+    view = pod_view_from_dict(reported_pod("hostile", raw))
     bounded_view, report = bounded(view, spec)
     assert report is not None and report.pod == "hostile"
     assert bounded_view.sessions == 4
     assert classify(bounded_view, spec, NOW) is PodState.BUSY
 
-    pods = [pod_view_from_dict(d) for d in (pod_dict("hostile", raw), idle_pod("w"))]
+    pods = [pod_view_from_dict(d) for d in (reported_pod("hostile", raw), idle_pod("w"))]
     result = plan(spec, HASH, pods, NOW)
     # 4 (the hostile pod at capacity) + 4 warm = 2 pods: the pool it already has.
     assert result.status.desired_replicas == 2
@@ -109,25 +94,25 @@ def test_an_unreadable_count_is_a_full_pod(raw: str) -> None:
 
 @pytest.mark.parametrize("raw", ["0", "1", "4", "0004", " 2 "])
 def test_a_readable_count_is_taken_as_it_is(raw: str) -> None:
-    view = pod_view_from_dict(pod_dict("p", raw))
+    view = pod_view_from_dict(reported_pod("p", raw))
     assert bounded(view, spec_of(spp=4))[1] is None
     assert view.sessions == int(raw) and view.report_error is None
 
 
 def test_a_missing_count_is_not_an_invalid_report() -> None:
     """Never reported (a new pod) is not hostile; its state decides, as before."""
-    view = pod_view_from_dict(pod_dict("p", None, state="idle"))
+    view = pod_view_from_dict(reported_pod("p", None, state="idle"))
     assert view.sessions is None and view.report_error is None
     assert bounded(view, spec_of())[1] is None
 
 
 def test_a_draining_pod_with_an_unreadable_count_waits_for_its_deadline() -> None:
     spec = spec_of()
-    d = pod_dict("d", "NaN", state="draining", **{"voicepool.dev/drain": "true"})
+    d = reported_pod("d", "NaN", state="draining", **{"voicepool.dev/drain": "true"})
     d["metadata"]["annotations"]["voicepool.dev/drain-requested-at"] = "2026-03-02T11:59:00Z"
     result = plan(spec, HASH, [pod_view_from_dict(d)], NOW)
     assert not [a for a in result.actions if isinstance(a, DeletePod)]
-    stamped = pod_dict("d", "NaN", state="draining", **{"voicepool.dev/drain": "true"})
+    stamped = reported_pod("d", "NaN", state="draining", **{"voicepool.dev/drain": "true"})
     again = plan(spec, HASH, [pod_view_from_dict(stamped)], NOW)
     (mark,) = [a for a in again.actions if isinstance(a, MarkDraining)]
     assert mark.reason == "DrainObserved" and "unknown call(s)" in mark.message
@@ -153,7 +138,7 @@ def test_arbitrary_annotation_strings_never_move_the_pool(
 ) -> None:
     spec = spec_of(spp=spp, warm=warm, lo=0, hi=10_000)
     reported = [
-        pod_dict(f"r{i}", raw, state=states[i] if i < len(states) else "busy")
+        reported_pod(f"r{i}", raw, state=states[i] if i < len(states) else "busy")
         for i, raw in enumerate(raws)
     ]
     idles = [idle_pod(f"i{i}") for i in range(idle)]

@@ -8,10 +8,10 @@ from unittest import mock
 from voicepool_worker import preload_models
 from voicepool_worker.providers import piper_tts, pocketsphinx_stt
 
+from .conftest import LIVEKIT_ENV
+
 ENV = {
-    "LIVEKIT_URL": "ws://127.0.0.1:7880",
-    "LIVEKIT_API_KEY": "devkey",
-    "LIVEKIT_API_SECRET": "secret",
+    **LIVEKIT_ENV,
     "VOICEPOOL_TTS_CACHE": "2",
     "VOICEPOOL_GREETING": "Hello there.",
 }

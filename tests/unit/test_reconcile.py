@@ -18,16 +18,15 @@ from voicepool_operator.podtemplate import template_hash
 from voicepool_operator.reconcile import Reconciler
 from voicepool_operator.spec import parse_spec
 
-POOL_SPEC: dict[str, Any] = {
-    "agentName": "a",
-    "livekit": {"url": "ws://lk:7880", "credentialsSecretRef": {"name": "lk"}},
-    "template": {"image": "w:1"},
-    "sessionsPerPod": 2,
-    "minReplicas": 1,
-    "maxReplicas": 5,
-    "warmPool": {"idleSessions": 2},
-    "scaleDown": {"stabilizationWindowSeconds": 0},
-}
+from .conftest import pod_dict, spec_dict
+
+POOL_SPEC: dict[str, Any] = spec_dict(
+    sessionsPerPod=2,
+    minReplicas=1,
+    maxReplicas=5,
+    warmPool={"idleSessions": 2},
+    scaleDown={"stabilizationWindowSeconds": 0},
+)
 
 
 HASH = template_hash(parse_spec(POOL_SPEC))
@@ -101,18 +100,16 @@ def pod(name: str, sessions: str | None = "0", rv: str = "r1", **extra: Any) -> 
     if sessions is not None:
         ann["voicepool.dev/sessions"] = sessions
     ann.update(extra.pop("annotations", {}))
-    return {
-        "metadata": {
-            "name": name,
-            "uid": f"uid-{name}",
-            "resourceVersion": rv,
-            "creationTimestamp": "2026-01-01T00:00:00Z",
-            "labels": {"voicepool.dev/template-hash": extra.pop("thash", HASH)},
-            "annotations": ann,
-            **extra,
-        },
-        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
-    }
+    return pod_dict(
+        name,
+        annotations=ann,
+        template_hash=extra.pop("thash", HASH),
+        created="2026-01-01T00:00:00Z",
+        ready_at=None,
+        uid=f"uid-{name}",
+        resourceVersion=rv,
+        **extra,
+    )
 
 
 @pytest.fixture()

@@ -36,24 +36,8 @@ from voicepool_operator.spec import (
     parse_spec,
 )
 
-NOW = dt.datetime(2026, 3, 2, 12, 0, 0, tzinfo=dt.UTC)
-
-MINIMAL: dict[str, Any] = {
-    "agentName": "receptionist",
-    "livekit": {"url": "wss://livekit.example:443", "credentialsSecretRef": {"name": "lk"}},
-    "template": {"image": "ghcr.io/example/worker:1"},
-}
-
-
-def spec_dict(**changes: Any) -> dict[str, Any]:
-    """The minimal valid spec with top-level keys replaced (None removes the key)."""
-    out = copy.deepcopy(MINIMAL)
-    for key, value in changes.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = value
-    return out
+from .conftest import MINIMAL_SPEC as MINIMAL
+from .conftest import NOW, pod_dict, spec_dict
 
 
 def spec_error(raw: dict[str, Any]) -> str:
@@ -393,33 +377,6 @@ def test_parse_quantity_errors(value: Any) -> None:
 
 
 # -- pod views -------------------------------------------------------------------------------
-
-
-def pod_dict(
-    *,
-    annotations: dict[str, Any] | None = None,
-    ready: str | None = "True",
-    phase: str | None = "Running",
-    **meta: Any,
-) -> dict[str, Any]:
-    status: dict[str, Any] = {}
-    if phase is not None:
-        status["phase"] = phase
-    if ready is not None:
-        status["conditions"] = [
-            {"type": "PodScheduled", "status": "True"},
-            {"type": "Ready", "status": ready, "lastTransitionTime": "2026-03-02T11:59:00Z"},
-        ]
-    return {
-        "metadata": {
-            "name": "pool-abc",
-            "creationTimestamp": "2026-03-02T11:00:00Z",
-            "labels": {LABEL_TEMPLATE_HASH: "h1"},
-            "annotations": annotations or {},
-            **meta,
-        },
-        "status": status,
-    }
 
 
 def test_pod_view_reads_everything() -> None:

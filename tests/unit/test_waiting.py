@@ -33,6 +33,8 @@ from voicepool_operator.waiting import (
 )
 from voicepool_operator.webhook import WebhookServer, record_on_pools, signing_key
 
+from .conftest import HASH, NOW, spec_dict
+
 META = json.dumps({ROOM_AGENT_KEY: "support"})
 
 
@@ -218,20 +220,9 @@ def test_room_agent(metadata: str, agent: str | None) -> None:
 
 
 def test_a_waiting_call_starts_a_pod_in_an_empty_pool() -> None:
-    spec = parse_spec(
-        {
-            "agentName": "support",
-            "livekit": {"url": "ws://lk", "credentialsSecretRef": {"name": "s"}},
-            "template": {"image": "w"},
-            "sessionsPerPod": 2,
-            "minReplicas": 0,
-        }
-    )
-    import datetime as dt
-
-    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    assert plan(spec, "h", [], now).actions == []
-    result = plan(spec, "h", [], now, waiting_calls=1)
+    spec = parse_spec(spec_dict(agentName="support", sessionsPerPod=2, minReplicas=0))
+    assert plan(spec, HASH, [], NOW).actions == []
+    result = plan(spec, HASH, [], NOW, waiting_calls=1)
     assert [a.reason for a in result.actions if isinstance(a, CreatePod)] == ["WaitingCall"]
     assert result.status.desired_replicas == 1
 
@@ -241,10 +232,11 @@ def _signed(body: str, key: str, secret: str) -> str:
     return lkapi.AccessToken(key, secret).with_sha256(digest).to_jwt()
 
 
-NOW = 1_800_000_000.0
+#: The webhook tests' wall clock (unix seconds).
+WALL = 1_800_000_000.0
 
 
-def _event(event: str = "room_started", *, id_: str = "EV_1", created: float = NOW) -> str:
+def _event(event: str = "room_started", *, id_: str = "EV_1", created: float = WALL) -> str:
     return json.dumps(
         {
             "event": event,
@@ -268,7 +260,7 @@ async def test_the_endpoint_checks_livekits_signature() -> None:
         woken.append((change.agent or "", signer.key))
         return 1
 
-    server = WebhookServer(FakeKeys(), publish, clock=lambda: NOW)
+    server = WebhookServer(FakeKeys(), publish, clock=lambda: WALL)
     body = _event()
     assert await _post(server, body, "") == 401  # unsigned
     assert await _post(server, body, "not a jwt") == 401
@@ -288,13 +280,13 @@ async def test_the_endpoint_refuses_replays_and_stale_events() -> None:
         woken.append(change.room)
         return 1
 
-    server = WebhookServer(FakeKeys(), publish, clock=lambda: NOW)
+    server = WebhookServer(FakeKeys(), publish, clock=lambda: WALL)
     body = _event()
     auth = _signed(body, TEAM.key, TEAM.secret)
     assert await _post(server, body, auth) == 200
     assert await _post(server, body, auth) == 200  # a second delivery: acknowledged, ignored
     assert woken == ["r1"]
-    old = _event(id_="EV_2", created=NOW - 3600)
+    old = _event(id_="EV_2", created=WALL - 3600)
     assert await _post(server, old, _signed(old, TEAM.key, TEAM.secret)) == 400
     assert woken == ["r1"]
 
@@ -303,7 +295,7 @@ async def test_the_endpoint_answers_503_when_the_room_cannot_be_recorded() -> No
     async def publish(change: RoomChange, signer: Signer) -> int:
         raise ConnectionError("apiserver unreachable")
 
-    server = WebhookServer(FakeKeys(), publish, clock=lambda: NOW)
+    server = WebhookServer(FakeKeys(), publish, clock=lambda: WALL)
     body = _event()
     assert await _post(server, body, _signed(body, TEAM.key, TEAM.secret)) == 503  # retried
 

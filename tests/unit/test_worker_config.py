@@ -7,11 +7,7 @@ from voicepool_worker import config
 from voicepool_worker.config import ConfigError
 from voicepool_worker.main import preload_modules
 
-BASE = {
-    "LIVEKIT_URL": "ws://127.0.0.1:7880",
-    "LIVEKIT_API_KEY": "key",
-    "LIVEKIT_API_SECRET": "secret",
-}
+from .conftest import LIVEKIT_ENV as BASE
 
 
 def test_defaults_are_the_embedded_offline_providers() -> None:

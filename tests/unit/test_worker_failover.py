@@ -20,7 +20,8 @@ from voicepool_worker.config import ConfigError
 from voicepool_worker.main import preload_modules
 from voicepool_worker.providers.failover import FailoverMonitor, latency_of, next_available
 
-BASE = {"LIVEKIT_URL": "ws://127.0.0.1:7880", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}
+from .conftest import LIVEKIT_ENV as BASE
+
 OPENAI_ALL = {
     **BASE,
     "VOICEPOOL_STT": "openai",

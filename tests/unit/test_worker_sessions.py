@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from voicepool_worker import sessions as s
 
-NOW = datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC)
+from .conftest import NOW
 
 
 def registered(capacity: int = 2) -> s.Sessions:
@@ -34,7 +34,7 @@ def test_register_reports_idle_once() -> None:
         s.ANN_SESSIONS: "0",
         s.ANN_CAPACITY: "2",
         s.ANN_STATE: "idle",
-        s.ANN_REPORTED_AT: "2026-11-25T10:00:00Z",
+        s.ANN_REPORTED_AT: "2026-03-02T12:00:00Z",
         s.ANN_SAFE_TO_EVICT: "true",
         s.ANN_DELETION_COST: "-10000",
     }
@@ -57,7 +57,7 @@ def test_session_start_and_end_report_all_keys_together() -> None:
     assert ended.annotations[s.ANN_STATE] == "idle"
     assert ended.annotations[s.ANN_SAFE_TO_EVICT] == "true"
     assert ended.annotations[s.ANN_DELETION_COST] == "-10000"
-    assert ended.annotations[s.ANN_REPORTED_AT] == "2026-11-25T10:00:05Z"
+    assert ended.annotations[s.ANN_REPORTED_AT] == "2026-03-02T12:00:05Z"
     assert (state.started_total, state.ended_total, state.failed_total) == (1, 1, 0)
 
 

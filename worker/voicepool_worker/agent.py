@@ -17,16 +17,10 @@ from livekit.agents import Agent, AgentSession, JobContext, JobProcess, room_io
 
 from . import config, dialog_actions, providers, resilience, telephony
 from .apm import CallerAudioProcessor
-from .callcontrol import (
-    GOODBYE_TEXT,
-    HOLD_TEXT,
-    IDLE_PROMPT_TEXT,
-    MAX_LENGTH_TEXT,
-    TRANSFER_FAILED_TEXT,
-    CallControl,
-)
+from .callcontrol import CallControl
 from .latency import TurnTracker
 from .onset import EarlyBargeIn
+from .phrases import known_phrases
 from .playout_tap import attach_echo_reference, room_audio_source
 
 log = logging.getLogger("voicepool.worker.agent")
@@ -64,17 +58,6 @@ def prewarm(proc: JobProcess) -> None:
     if callable(remember):
         remember(known_phrases(cfg))
     proc.userdata.update(stt=stt, tts=tts, llm=llm)
-
-
-def known_phrases(cfg: config.WorkerConfig) -> list[str]:
-    """What the agent will say word for word: the embedded TTS caches it in the background."""
-    phrases = [cfg.greeting, HOLD_TEXT, TRANSFER_FAILED_TEXT, GOODBYE_TEXT, resilience.SORRY_TEXT]
-    phrases += [IDLE_PROMPT_TEXT, MAX_LENGTH_TEXT]
-    if cfg.llm == "rules":
-        from . import dialog
-
-        phrases += dialog.from_config(cfg.dialog_path, cfg.dialog_yaml).known_answers()
-    return [p for p in phrases if p.strip()]
 
 
 def wall_marks(metrics: dict[str, Any]) -> dict[str, float]:

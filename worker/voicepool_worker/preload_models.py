@@ -62,7 +62,7 @@ def preload(env: dict[str, str] | None = None) -> list[str]:
         pocketsphinx_stt.preload(cfg.stt_grammar, second_pass=cfg.stt_second_pass)
         loaded.append("pocketsphinx")
     if "piper" in cfg.tts_chain:
-        from .agent import known_phrases
+        from .phrases import known_phrases
         from .providers import piper_tts
 
         phrases = known_phrases(cfg) if cfg.tts_cache > 0 else []

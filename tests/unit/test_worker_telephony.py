@@ -15,7 +15,7 @@ from voicepool_worker.telephony import (
     parse_transfer_target,
 )
 
-BASE = {"LIVEKIT_URL": "ws://127.0.0.1:7880", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}
+from .conftest import LIVEKIT_ENV as BASE
 
 
 def test_default_menu_answers_the_receptionist_questions_and_transfers_on_zero() -> None:

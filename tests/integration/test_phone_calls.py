@@ -24,10 +24,12 @@ from livekit import api
 from voicepool_contract.phone import mask_number
 from voicepool_devstack.errors import DevstackError
 from voicepool_devstack.phone import HANGUP_PHRASE, Phone, PhoneConfig, write_speech, write_tone
-from voicepool_devstack.stack import LocalStack, StackConfig, StackState, free_port
+from voicepool_devstack.procs import free_port
+from voicepool_devstack.stack import LocalStack, StackConfig, StackState
 from voicepool_operator import sip as op_sip
 from voicepool_operator import telephony as tel
 
+from . import loopback
 from .worker_harness import WorkerProcess, agent_name
 
 pytestmark = [pytest.mark.livekit]
@@ -186,6 +188,28 @@ async def test_inbound_call_is_greeted_answered_logged_and_ends_with_a_bye(
     text = w.log_text()
     assert caller not in text and caller[1:] not in text, "the caller's number is in the logs"
     assert mask_number(caller) in text, "the call's room should be logged, masked"
+
+
+@pytest.mark.timeout(240)
+async def test_a_phone_call_keeps_every_socket_on_loopback(
+    sip_stack: StackState, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """Mid-call, the phone, livekit-sip, redis, livekit-server and the worker reach nothing off
+    loopback, save what their libraries allow no other way (``loopback.EXCUSED``)."""
+    agent, to = agent_name(), number()
+    w = worker(sip_stack, tmp_path, workers, agent)
+    async with pool_numbers(sip_stack, agent, [to]), phone(sip_stack, to) as p:
+        await answered_and_greeted(p)
+        assert p.pid is not None
+        groups = [*sip_stack.pids.values(), w.proc.pid]
+        verdict = await asyncio.to_thread(loopback.check, groups, [os.getpid(), p.pid])
+        await p.hangup()
+    print("\n" + verdict.report())
+    for server in ("livekit-sip", "livekit-server", "redis-server", "voicepool-phone"):
+        assert verdict.sockets_of(server), f"no socket of {server} seen:\n{verdict.report()}"
+    rtp = [o for o in verdict.sockets_of("voicepool-phone") if o.socket.proto.startswith("udp")]
+    assert rtp, f"the phone holds no RTP socket mid-call:\n{verdict.report()}"
+    assert not verdict.failures, "sockets off loopback:\n" + verdict.report()
 
 
 @pytest.mark.timeout(240)

@@ -1,0 +1,16 @@
+"""The helm CLI the chart tests and the demo install the chart with (kubectl comes with the
+Kubernetes build, ``control_plane.py``); built from the module proxy like the servers."""
+
+from __future__ import annotations
+
+from .build import Builders, go_install
+from .progress import Progress
+from .versions import HELM
+
+
+def _build(progress: Progress) -> None:
+    go_install(HELM, "helm.sh/helm/v3/cmd/helm", progress)
+
+
+def register(builders: Builders) -> None:
+    builders.register(HELM, _build)

@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from livekit import api
 from voicepool_devstack.phone import Phone, PhoneConfig, write_speech
 from voicepool_devstack.stack import LocalStack, StackConfig, StackState
-from voicepool_operator import sip as op_sip
-from voicepool_operator import telephony as tel
+from voicepool_operator.telephony import plan as tel
+from voicepool_operator.telephony import sync as op_sip
+from voicepool_operator.telephony.spec import parse_telephony
 from voicepool_worker.caller import Call, CallerConfig
 from voicepool_worker.latency import percentile
 
@@ -53,7 +54,7 @@ def pct(values: list[float]) -> str:
 async def provision(state: StackState, agent: str) -> None:
     assert state.livekit is not None
     lk = state.livekit
-    spec = tel.parse_telephony(
+    spec = parse_telephony(
         {
             "inbound": {
                 "numbers": [NUMBER],

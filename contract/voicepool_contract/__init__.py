@@ -64,6 +64,21 @@ ROOM_AGENT_KEY: Final = f"{GROUP}/agent"
 #: written by whichever operator replica receives the webhook, read by the active one.
 WAITING_ROOM_PREFIX: Final = f"waiting.{GROUP}/"
 
+# -- the worker's environment, as the operator sets it on every worker pod ------------------
+ENV_POD_NAME: Final = "POD_NAME"
+ENV_POD_NAMESPACE: Final = "POD_NAMESPACE"
+ENV_LIVEKIT_URL: Final = "LIVEKIT_URL"
+ENV_LIVEKIT_API_KEY: Final = "LIVEKIT_API_KEY"
+ENV_LIVEKIT_API_SECRET: Final = "LIVEKIT_API_SECRET"
+ENV_AGENT_NAME: Final = "VOICEPOOL_AGENT_NAME"
+ENV_POOL: Final = "VOICEPOOL_POOL"
+ENV_SESSIONS_PER_POD: Final = "VOICEPOOL_SESSIONS_PER_POD"
+ENV_DRAIN_TIMEOUT: Final = "VOICEPOOL_DRAIN_TIMEOUT_SECONDS"
+ENV_HTTP_PORT: Final = "VOICEPOOL_HTTP_PORT"
+ENV_CPUS: Final = "VOICEPOOL_CPUS"
+ENV_SYSTEM_PROMPT: Final = "VOICEPOOL_SYSTEM_PROMPT"
+ENV_GREETING: Final = "VOICEPOOL_GREETING"
+
 # -- telephony: environment variables the operator sets on worker pods from spec.telephony
 # (and spec.privacy), the worker reads and the tests set directly --------------------------
 ENV_SIP_OUTBOUND_TRUNK: Final = "VOICEPOOL_SIP_OUTBOUND_TRUNK"

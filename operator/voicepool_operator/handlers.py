@@ -20,6 +20,7 @@ from .constants import GROUP, LABEL_MANAGED_BY, LABEL_POOL, MANAGED_BY, PLURAL, 
 from .kube import Kube, login
 from .policy import WorkerPolicy
 from .reconcile import Reconciler
+from .telephony.keeper import TelephonyKeeper
 from .waiting import MAX_EVENT_AGE_SECONDS, RoomChange, Signer, waiting_keys
 from .webhook import KeyRing, WebhookServer, record_on_pools
 
@@ -45,18 +46,14 @@ def replan_key(body: Mapping[str, Any]) -> tuple[Any, ...]:
 
     Status and other metadata changes -- above all the operator's own status writes -- do
     not, so they must not wake another reconcile (GenerationChangedPredicate, in controller
-    terms).
+    terms). The telephony keeper wakes the pool itself when a SIP sync has news.
     """
     meta = body.get("metadata") or {}
-    # The telephony handler's verdict (status.telephony.problem) is folded into Degraded by
-    # the reconcile, so it is the one status change that does re-plan.
-    phone = ((body.get("status") or {}).get("telephony") or {}).get("problem")
     rooms = waiting_keys(meta.get("annotations"))
     return (
         meta.get("uid"),
         meta.get("generation"),
         bool(meta.get("deletionTimestamp")),
-        phone,
         rooms,
     )
 
@@ -85,7 +82,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 30
     identity = os.environ.get("POD_NAME") or socket.gethostname()
     memo.kube = Kube(login(settings=settings), identity)
-    memo.reconciler = Reconciler(memo.kube, policy=memo.get("policy") or WorkerPolicy())
+    memo.reconciler = Reconciler(
+        memo.kube,
+        policy=memo.get("policy") or WorkerPolicy(),
+        telephony=TelephonyKeeper(memo.kube, _wake),
+    )
     memo.webhook = None
     port = int(memo.get("webhook_port", 0) or 0)
     if port:
@@ -113,6 +114,9 @@ def authenticate(**kwargs: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    reconciler = getattr(memo, "reconciler", None)
+    if reconciler is not None and reconciler.telephony is not None:
+        await reconciler.telephony.close()
     kube = getattr(memo, "kube", None)
     if kube is not None:
         await kube.close()

@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address)
-    from . import handlers, sip  # noqa: F401  (register the kopf handlers: pods; telephony)
+    from . import handlers  # noqa: F401  (register the kopf handlers: pools and pods)
+    from .telephony import handlers as telephony_handlers  # noqa: F401  (SIP cleanup)
 
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     try:

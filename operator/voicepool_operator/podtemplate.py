@@ -6,10 +6,13 @@ when a pod built from the spec would differ (that is what starts a rolling updat
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import voicepool_contract as contract
 
 from .constants import (
     GROUP,
@@ -30,22 +33,21 @@ from .constants import (
     WORKER_NAME,
 )
 from .spec import PoolSpec
-from .telephony import worker_env
+from .telephony.spec import outbound_env
 
 #: Seconds on top of the drain timeout before the kubelet may SIGKILL: time to hang up cleanly.
 GRACE_MARGIN_SECONDS = 30
 
 
 def _pod_inputs(spec: PoolSpec) -> dict[str, Any]:
-    raw = spec.raw
     return {
         "agentName": spec.agent_name,
-        "livekit": raw.get("livekit"),
+        "livekit": dataclasses.asdict(spec.livekit),
         "sessionsPerPod": spec.sessions_per_pod,
         "cpuPinning": spec.cpu_pinning,
-        "template": raw.get("template"),
-        "conversation": raw.get("conversation"),
-        **({"calls": calls} if (calls := worker_env("", raw)) else {}),  # not the numbers
+        "template": spec.template,
+        "conversation": dataclasses.asdict(spec.conversation),
+        "env": _settings_env("", spec),  # the call settings, not the numbers
         "drainTimeoutSeconds": spec.drain_timeout_seconds,
         "cpu": spec.cpu,
         "memory": spec.memory,
@@ -96,32 +98,48 @@ def free_host_port(pods: Iterable[Mapping[str, Any]]) -> int:
     raise ValueError(f"all {HOST_PORT_SPAN} worker host ports from {WORKER_HTTP_PORT} are taken")
 
 
+def _settings_env(pool: str, spec: PoolSpec) -> list[dict[str, Any]]:
+    """What the pool tells its workers beyond where they are: conversation, outbound trunk,
+    call settings and privacy (all part of the template hash)."""
+    out: list[dict[str, Any]] = []
+    if spec.conversation.system_prompt:
+        out.append({"name": contract.ENV_SYSTEM_PROMPT, "value": spec.conversation.system_prompt})
+    if spec.conversation.greeting is not None:
+        out.append({"name": contract.ENV_GREETING, "value": spec.conversation.greeting})
+    out += outbound_env(pool, spec.telephony)
+    out += [{"name": name, "value": value} for name, value in spec.calls]
+    for value, name in (
+        (spec.privacy.mask_phone_numbers, contract.ENV_MASK_PHONE_NUMBERS),
+        (spec.privacy.log_transcripts, contract.ENV_LOG_TRANSCRIPTS),
+    ):
+        if value is not None:
+            out.append({"name": name, "value": "true" if value else "false"})
+    return out
+
+
 def _env(pool: str, spec: PoolSpec, http_port: int) -> list[dict[str, Any]]:
+    lk = spec.livekit
+
     def secret(key: str) -> dict[str, Any]:
-        return {"secretKeyRef": {"name": spec.credentials_secret, "key": key}}
+        return {"secretKeyRef": {"name": lk.credentials_secret, "key": key}}
 
     def field(path: str) -> dict[str, Any]:
         return {"fieldRef": {"fieldPath": path}}
 
     ours: list[dict[str, Any]] = [
-        {"name": "POD_NAME", "valueFrom": field("metadata.name")},
-        {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
-        {"name": "LIVEKIT_URL", "value": spec.livekit_url},
-        {"name": "LIVEKIT_API_KEY", "valueFrom": secret(spec.api_key_key)},
-        {"name": "LIVEKIT_API_SECRET", "valueFrom": secret(spec.api_secret_key)},
-        {"name": "VOICEPOOL_AGENT_NAME", "value": spec.agent_name},
-        {"name": "VOICEPOOL_POOL", "value": pool},
-        {"name": "VOICEPOOL_SESSIONS_PER_POD", "value": str(spec.sessions_per_pod)},
-        {"name": "VOICEPOOL_DRAIN_TIMEOUT_SECONDS", "value": str(spec.drain_timeout_seconds)},
-        {"name": "VOICEPOOL_HTTP_PORT", "value": str(http_port)},
-        {"name": "VOICEPOOL_CPUS", "value": spec.cpu},
+        {"name": contract.ENV_POD_NAME, "valueFrom": field("metadata.name")},
+        {"name": contract.ENV_POD_NAMESPACE, "valueFrom": field("metadata.namespace")},
+        {"name": contract.ENV_LIVEKIT_URL, "value": lk.url},
+        {"name": contract.ENV_LIVEKIT_API_KEY, "valueFrom": secret(lk.api_key_key)},
+        {"name": contract.ENV_LIVEKIT_API_SECRET, "valueFrom": secret(lk.api_secret_key)},
+        {"name": contract.ENV_AGENT_NAME, "value": spec.agent_name},
+        {"name": contract.ENV_POOL, "value": pool},
+        {"name": contract.ENV_SESSIONS_PER_POD, "value": str(spec.sessions_per_pod)},
+        {"name": contract.ENV_DRAIN_TIMEOUT, "value": str(spec.drain_timeout_seconds)},
+        {"name": contract.ENV_HTTP_PORT, "value": str(http_port)},
+        {"name": contract.ENV_CPUS, "value": spec.cpu},
+        *_settings_env(pool, spec),
     ]
-    conversation = spec.raw.get("conversation") or {}
-    if conversation.get("systemPrompt"):
-        ours.append({"name": "VOICEPOOL_SYSTEM_PROMPT", "value": conversation["systemPrompt"]})
-    if conversation.get("greeting") is not None:
-        ours.append({"name": "VOICEPOOL_GREETING", "value": conversation["greeting"]})
-    ours += worker_env(pool, spec.raw)
     user = [dict(e) for e in spec.template.get("env") or []]
     overridden = {e.get("name") for e in user}
     return [e for e in ours if e["name"] not in overridden] + user

@@ -51,7 +51,7 @@ from .policy import WorkerPolicy, service_account
 from .policy import check as check_policy
 from .spec import PoolSpec, SpecError, deletion_spec, parse_spec
 from .status import history_from_status, history_to_status, iso
-from .telephony import with_telephony
+from .telephony.keeper import TelephonyKeeper
 from .waiting import waiting_rooms
 
 log = logging.getLogger(__name__)
@@ -108,10 +108,14 @@ class Reconciler:
         *,
         clock: Callable[[], float] = time.monotonic,
         policy: WorkerPolicy | None = None,
+        telephony: TelephonyKeeper | None = None,
     ) -> None:
         self.kube = kube
         self.clock = clock
         self.policy = policy or WorkerPolicy()
+        #: Keeps each pool's LiveKit SIP objects in line beside its reconcile (None: tests
+        #: of the pod planning alone).
+        self.telephony = telephony
         self._pools: dict[tuple[str, str], _PoolState] = {}
 
     def _state(self, key: tuple[str, str]) -> _PoolState:
@@ -119,6 +123,8 @@ class Reconciler:
 
     def forget(self, namespace: str, name: str) -> None:
         self._pools.pop((namespace, name), None)
+        if self.telephony is not None:
+            self.telephony.forget(namespace, name)
         metrics.forget_pool(namespace, name)
 
     async def reconcile(
@@ -171,11 +177,14 @@ class Reconciler:
             waiting_calls=0 if deleting else waiting_calls,
         )
         requeue = await self.apply(key, state, pool, seen, thash, result, now, deleting)
-        flush = await self.write_status(key, state, seen, result, now, waiting_calls)
+        phones, phones_due = (None, None)
+        if self.telephony is not None and not deleting:
+            phones, phones_due = self.telephony.poll(pool, seen.spec.phones)
+        flush = await self.write_status(key, state, seen, result, now, waiting_calls, phones)
         await self._warn_degraded(pool, state, result.conditions)
         # Pods already terminating finish on their own grace period; the pool need not wait.
         remaining = sum(1 for r in seen.raws if not r["metadata"].get("deletionTimestamp"))
-        return Outcome(_soonest(requeue, flush), remaining)
+        return Outcome(_soonest(requeue, flush, phones_due), remaining)
 
     # -- 1. observe --------------------------------------------------------------------------
 
@@ -418,8 +427,13 @@ class Reconciler:
         result: Plan,
         now: dt.datetime,
         waiting_calls: int = 0,
+        telephony: Mapping[str, Any] | None = None,
     ) -> float | None:
+        """The pool's whole status in one write: counts, conditions (telephony and a refused
+        pod create folded into Degraded) and ``status.telephony``."""
         summary = result.status.to_status_dict()
+        phone = telephony or {}
+        problem = phone.get("problem")
         status: dict[str, Any] = {
             **summary,
             "waitingCalls": waiting_calls,
@@ -427,7 +441,11 @@ class Reconciler:
             "conditions": merge_conditions(
                 seen.old_status.get("conditions") or [],
                 with_degraded(
-                    with_telephony(result.conditions, seen.old_status.get("telephony")),
+                    with_degraded(
+                        result.conditions,
+                        str(phone.get("reason") or "TelephonyDegraded"),
+                        str(problem) if problem else None,
+                    ),
                     "PodCreateFailed",
                     state.create_error,
                 ),
@@ -436,6 +454,9 @@ class Reconciler:
             ),
             "scaleHistory": history_to_status(result.history),
         }
+        if telephony is not None or seen.old_status.get("telephony") is not None:
+            # null removes it in a merge patch: telephony removed and cleaned up in LiveKit
+            status["telephony"] = dict(telephony) if telephony is not None else None
         self._export_metrics(key[0], key[1], summary)
         if seen.spec is not None:
             metrics.POOL_MAX_REPLICAS.labels(*key).set(seen.spec.max_replicas)

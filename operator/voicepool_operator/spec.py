@@ -12,7 +12,7 @@ import datetime as dt
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -20,11 +20,22 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from voicepool_contract.phone import MenuError, parse_menu_tree
 
 from .demand import Measured
+from .livekit import LiveKitSpec, parse_livekit
+from .telephony.spec import PoolPhones, TelephonyError, TelephonySpec, calls_env, parse_telephony
+from .validate import SpecError, local_object_name
 
-
-class SpecError(ValueError):
-    """A pool spec the operator cannot act on; the message names the field."""
-
+__all__ = [
+    "DAYS",
+    "ConversationSpec",
+    "LiveKitSpec",
+    "PoolSpec",
+    "PrivacySpec",
+    "SpecError",
+    "WarmWindow",
+    "deletion_spec",
+    "parse_quantity",
+    "parse_spec",
+]
 
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _HHMM = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
@@ -41,30 +52,6 @@ _SUFFIX = {
     "Ti": Decimal(2**40),
 }
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
-#: A Secret, ServiceAccount or PriorityClass name (DNS-1123 subdomain). Such a name is one path
-#: segment of the pool's own namespace: no "/", "..", "%", blanks or upper case ever pass.
-DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-#: A key inside a Secret's data.
-SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
-
-
-def local_object_name(value: Any, where: str, what: str = "a Secret") -> str:
-    """A name of an object in the pool's namespace, checked before it reaches any API path."""
-    name = str(value or "")
-    if len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
-        raise SpecError(
-            f"{where}: {name[:80]!r} is not the name of {what} in the pool's namespace "
-            "(lowercase letters, digits, '-' and '.', at most 253; no '/' or '..')"
-        )
-    return name
-
-
-def secret_key(value: Any, default: str, where: str) -> str:
-    """A key of a Secret's data (letters, digits, '-', '_', '.')."""
-    key = str(value or default)
-    if len(key) > 253 or not SECRET_KEY.match(key) or key in (".", ".."):
-        raise SpecError(f"{where}: {key[:80]!r} is not a Secret data key")
-    return key
 
 
 def parse_quantity(value: Any, what: str) -> Decimal:
@@ -104,12 +91,21 @@ class WarmWindow:
 
 
 @dataclass(frozen=True)
+class ConversationSpec:
+    system_prompt: str | None = None
+    greeting: str | None = None  # "" is a choice: the agent waits for the caller
+
+
+@dataclass(frozen=True)
+class PrivacySpec:
+    mask_phone_numbers: bool | None = None  # None: the worker's default (masked)
+    log_transcripts: bool | None = None
+
+
+@dataclass(frozen=True)
 class PoolSpec:
     agent_name: str
-    livekit_url: str
-    credentials_secret: str
-    api_key_key: str
-    api_secret_key: str
+    livekit: LiveKitSpec
     sessions_per_pod: int
     min_replicas: int
     max_replicas: int
@@ -124,12 +120,25 @@ class PoolSpec:
     stabilization_window_seconds: int
     max_surge: int
     unready_grace_seconds: int
-    raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
     warm_mode: str = "static"  # static | adaptive
     safety_factor: float = 1.0  # adaptive: plan for safety x the measured cold start
     cold_start_seconds: int = 30  # adaptive: the cold start until one has been measured
     service_account: str | None = None  # None: the operator's default worker ServiceAccount
     host_network: bool = False
+    conversation: ConversationSpec = ConversationSpec()
+    privacy: PrivacySpec = PrivacySpec()
+    #: spec.telephony's trunks and numbers; None when it declares none, or does not parse
+    #: (then ``telephony_problem`` says why: Degraded, while the pool keeps scaling).
+    telephony: TelephonySpec | None = None
+    telephony_problem: str | None = None
+    #: spec.telephony.calls as worker environment (name, value); parsed apart from the trunks,
+    #: so a trunk problem never changes what the workers are told.
+    calls: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def phones(self) -> PoolPhones:
+        """What the SIP sync needs of this pool (telephony/sync.py)."""
+        return PoolPhones(self.agent_name, self.livekit, self.telephony, self.telephony_problem)
 
     def scheduled_warm_sessions(self, now: dt.datetime) -> int:
         """The warm size the spec names for `now`: idleSessions or the matching window."""
@@ -213,17 +222,7 @@ def parse_spec(spec: Mapping[str, Any]) -> PoolSpec:
     agent = str(spec.get("agentName") or "").strip()
     if not agent:
         raise SpecError("spec.agentName: required (the LiveKit agent name workers register as)")
-    livekit = spec.get("livekit") or {}
-    url = str(livekit.get("url") or "")
-    if not url.startswith(("ws://", "wss://")):
-        raise SpecError(f"spec.livekit.url: {url!r} must start with ws:// or wss://")
-    secret = livekit.get("credentialsSecretRef") or {}
-    if not secret.get("name"):
-        raise SpecError("spec.livekit.credentialsSecretRef.name: required")
-    where = "spec.livekit.credentialsSecretRef"
-    secret_name = local_object_name(secret["name"], f"{where}.name")
-    key_key = secret_key(secret.get("apiKeyKey"), "apiKey", f"{where}.apiKeyKey")
-    secret_key_key = secret_key(secret.get("apiSecretKey"), "apiSecret", f"{where}.apiSecretKey")
+    livekit_spec = parse_livekit(spec.get("livekit") or {})
 
     spp = _int(spec, "sessionsPerPod", 1, 1, "spec.")
     lo = _int(spec, "minReplicas", 1, 0, "spec.")
@@ -251,6 +250,12 @@ def parse_spec(spec: Mapping[str, Any]) -> PoolSpec:
             template["priorityClassName"], "spec.template.priorityClassName", "a PriorityClass"
         )
     _check_calls(spec.get("telephony") or {})
+    telephony: TelephonySpec | None = None
+    telephony_problem: str | None = None
+    try:
+        telephony = parse_telephony(spec.get("telephony"))
+    except TelephonyError as e:
+        telephony_problem = str(e)
     resources = template.get("resources") or {}
     pinning = bool((spec.get("cpuPinning") or {}).get("enabled", True))
     cpu_raw = resources.get("cpu", 1)
@@ -278,10 +283,7 @@ def parse_spec(spec: Mapping[str, Any]) -> PoolSpec:
     update = spec.get("updateStrategy") or {}
     return PoolSpec(
         agent_name=agent,
-        livekit_url=url,
-        credentials_secret=secret_name,
-        api_key_key=key_key,
-        api_secret_key=secret_key_key,
+        livekit=livekit_spec,
         sessions_per_pod=spp,
         min_replicas=lo,
         max_replicas=hi,
@@ -298,13 +300,33 @@ def parse_spec(spec: Mapping[str, Any]) -> PoolSpec:
         ),
         max_surge=_int(update, "maxSurge", 1, 1, "spec.updateStrategy."),
         unready_grace_seconds=_int(spec, "unreadyGraceSeconds", 60, 0, "spec."),
-        raw=spec,
         warm_mode=mode,
         safety_factor=float(safety),
         cold_start_seconds=_int(adaptive, "coldStartSeconds", 30, 1, "spec.warmPool.adaptive."),
         service_account=service_account,
         host_network=bool(template.get("hostNetwork", False)),
+        conversation=_conversation(spec.get("conversation") or {}),
+        privacy=_privacy(spec.get("privacy") or {}),
+        telephony=telephony,
+        telephony_problem=telephony_problem,
+        calls=calls_env(spec.get("telephony")),
     )
+
+
+def _conversation(raw: Mapping[str, Any]) -> ConversationSpec:
+    prompt, greeting = raw.get("systemPrompt"), raw.get("greeting")
+    return ConversationSpec(
+        system_prompt=str(prompt) if prompt else None,
+        greeting=str(greeting) if greeting is not None else None,
+    )
+
+
+def _privacy(raw: Mapping[str, Any]) -> PrivacySpec:
+    def flag(key: str) -> bool | None:
+        value = raw.get(key)
+        return None if value is None else bool(value)
+
+    return PrivacySpec(flag("maskPhoneNumbers"), flag("logTranscripts"))
 
 
 def _check_calls(telephony: Mapping[str, Any]) -> None:

@@ -96,20 +96,24 @@ class KeyRing:
         except SpecError:
             return None  # a pool that does not parse is trusted with nothing
         namespace = str(meta.get("namespace") or "")
-        ref = (namespace, spec.credentials_secret, spec.api_key_key, spec.api_secret_key)
+        lk = spec.livekit
+        ref = (namespace, lk.credentials_secret, lk.api_key_key, lk.api_secret_key)
         hit = self._cache.get(ref)
         now = self.clock()
         if hit is not None and now - hit[0] < SECRET_CACHE_SECONDS:
             return hit[1]
-        data = await self.kube.read_secret(namespace, spec.credentials_secret)
-        key, secret = data.get(spec.api_key_key), data.get(spec.api_secret_key)
+        data = await self.kube.read_secret(namespace, lk.credentials_secret)
+        key, secret = data.get(lk.api_key_key), data.get(lk.api_secret_key)
         signer = Signer(key, secret) if key and secret else None
         self._cache[ref] = (now, signer)
         return signer
 
     async def trusted_by(self, pool: Mapping[str, Any]) -> tuple[Signer, ...]:
-        declared = ((pool.get("spec") or {}).get("livekit") or {}).get("webhookSigningKeys")
-        return trusted_signers(await self.own(pool), declared or (), self.platform)
+        try:
+            declared = parse_spec(pool.get("spec") or {}).livekit.webhook_signing_keys
+        except SpecError:
+            return ()  # a pool that does not parse is trusted with nothing
+        return trusted_signers(await self.own(pool), declared, self.platform)
 
     async def candidates(self, key: str) -> list[Signer]:
         out = [self.platform] if self.platform is not None and self.platform.key == key else []

@@ -26,8 +26,9 @@ from voicepool_devstack.errors import DevstackError
 from voicepool_devstack.phone import HANGUP_PHRASE, Phone, PhoneConfig, write_speech, write_tone
 from voicepool_devstack.procs import free_port
 from voicepool_devstack.stack import LocalStack, StackConfig, StackState
-from voicepool_operator import sip as op_sip
-from voicepool_operator import telephony as tel
+from voicepool_operator.telephony import plan as tel
+from voicepool_operator.telephony import sync as op_sip
+from voicepool_operator.telephony.spec import object_name, parse_telephony
 
 from . import loopback
 from .worker_harness import WorkerProcess, agent_name
@@ -70,7 +71,7 @@ async def pool_numbers(
 ) -> AsyncIterator[tel.SipPlan]:
     """The operator's reconcile of ``spec.telephony`` for one pool, undone afterwards."""
     pool = f"p-{uuid.uuid4().hex[:6]}"
-    spec = tel.parse_telephony(
+    spec = parse_telephony(
         {"inbound": {"numbers": numbers, "allowedAddresses": ["127.0.0.1/32"], **inbound}}
     )
     async with lkapi(state) as lk:
@@ -384,7 +385,7 @@ async def test_bad_inputs_get_defined_sip_answers(sip_stack: StackState, tmp_pat
             await p.answered()
     pool = f"p-{uuid.uuid4().hex[:6]}"
     to = number()
-    spec = tel.parse_telephony({"inbound": {"numbers": [to], "authSecretRef": {"name": "x"}}})
+    spec = parse_telephony({"inbound": {"numbers": [to], "authSecretRef": {"name": "x"}}})
     async with lkapi(sip_stack) as lk:
         plan = tel.plan_sip(
             "t",
@@ -442,7 +443,7 @@ DESTINATIONS = "+1555"
 async def outbound_trunk(state: StackState, agent: str, address: str) -> AsyncIterator[str]:
     """The pool's outbound trunk made by the operator's code; yields its LiveKit name."""
     pool = f"p-{uuid.uuid4().hex[:6]}"
-    spec = tel.parse_telephony(
+    spec = parse_telephony(
         {
             "outbound": {
                 "address": address,
@@ -456,7 +457,7 @@ async def outbound_trunk(state: StackState, agent: str, address: str) -> AsyncIt
         plan = tel.plan_sip("t", pool, agent, spec, await op_sip.observe(lk))
         await op_sip.apply(lk, plan, await op_sip.observe(lk))
     try:
-        yield tel.object_name("t", pool, "outbound")
+        yield object_name("t", pool, "outbound")
     finally:
         async with lkapi(state) as lk:
             gone = tel.plan_sip("t", pool, agent, None, await op_sip.observe(lk))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from voicepool_operator.conditions import Condition
-from voicepool_operator.telephony import (
+from voicepool_operator.conditions import Condition, with_degraded
+from voicepool_operator.podtemplate import build_pod
+from voicepool_operator.spec import parse_spec
+from voicepool_operator.telephony.plan import (
     Create,
     Credentials,
     Delete,
@@ -12,13 +14,14 @@ from voicepool_operator.telephony import (
     InboundTrunk,
     Observed,
     OutboundTrunk,
+    plan_sip,
+    status_problem,
+)
+from voicepool_operator.telephony.spec import (
     TelephonyError,
     object_name,
     owner_of,
     parse_telephony,
-    plan_sip,
-    status_problem,
-    with_telephony,
 )
 
 NS, POOL, AGENT = "voice", "front-desk", "receptionist"
@@ -234,42 +237,60 @@ def test_a_telephony_problem_degrades_the_pool_without_touching_other_conditions
         Condition("Ready", "True", "AsExpected", "ok"),
         Condition("Degraded", "False", "AsExpected", "no problems"),
     ]
-    assert with_telephony(ok, None) == ok
-    assert with_telephony(ok, {"problem": None}) == ok
-    out = with_telephony(
-        ok,
-        {"problem": "LiveKit SIP at ws://x unavailable: refused", "reason": "LiveKitUnreachable"},
-    )
+    assert with_degraded(ok, "LiveKitUnreachable", None) == ok
+    out = with_degraded(ok, "LiveKitUnreachable", "LiveKit SIP at ws://x unavailable: refused")
     assert out[0] == ok[0]
     assert out[1] == Condition(
         "Degraded", "True", "LiveKitUnreachable", "LiveKit SIP at ws://x unavailable: refused"
     )
     already = [Condition("Degraded", "True", "PodsFailing", "2 pods crash")]
-    merged = with_telephony(already, {"problem": "number taken", "reason": "NumberClaimed"})
+    merged = with_degraded(already, "NumberClaimed", "number taken")
     assert merged == [Condition("Degraded", "True", "PodsFailing", "2 pods crash; number taken")]
 
 
-def test_worker_env_names_the_outbound_trunk_and_carries_call_and_privacy_settings() -> None:
-    from voicepool_operator.telephony import worker_env
+def _pod_env(spec: dict[str, object]) -> dict[str, str]:
+    pool = parse_spec(
+        {
+            "agentName": AGENT,
+            "livekit": {"url": "ws://lk", "credentialsSecretRef": {"name": "lk"}},
+            "template": {"image": "w"},
+            **spec,
+        }
+    )
+    container = build_pod(POOL, NS, "uid", pool, "h")["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
-    raw = {
-        "telephony": {
-            **SPEC,
-            "outbound": {
-                "address": "pbx:5060",
-                "numbers": ["+15550109999"],
-                "allowedDestinations": ["+1555", "+44"],
-            },
-            "calls": {
-                "idleTimeoutSeconds": 20,
-                "transferTo": "tel:+15550107777",
-                "warmTransferTo": "+15550107778",
-            },
+
+def test_worker_env_names_the_outbound_trunk_and_carries_call_and_privacy_settings() -> None:
+    telephony = {
+        **SPEC,
+        "outbound": {
+            "address": "pbx:5060",
+            "numbers": ["+15550109999"],
+            "allowedDestinations": ["+1555", "+44"],
         },
-        "privacy": {"maskPhoneNumbers": False, "logTranscripts": True},
+        "calls": {
+            "idleTimeoutSeconds": 20,
+            "transferTo": "tel:+15550107777",
+            "warmTransferTo": "+15550107778",
+        },
     }
-    env = {e["name"]: e["value"] for e in worker_env(POOL, raw)}
-    assert env == {
+    env = _pod_env(
+        {"telephony": telephony, "privacy": {"maskPhoneNumbers": False, "logTranscripts": True}}
+    )
+    settings = {
+        "VOICEPOOL_SIP_OUTBOUND_TRUNK",
+        "VOICEPOOL_SIP_ALLOWED_DESTINATIONS",
+        "VOICEPOOL_IDLE_TIMEOUT_SECONDS",
+        "VOICEPOOL_MAX_CALL_SECONDS",
+        "VOICEPOOL_TRANSFER_TO",
+        "VOICEPOOL_WARM_TRANSFER_TO",
+        "VOICEPOOL_DTMF_MENU",
+        "VOICEPOOL_OUTBOUND_GREETING",
+        "VOICEPOOL_MASK_PHONE_NUMBERS",
+        "VOICEPOOL_LOG_TRANSCRIPTS",
+    }
+    assert {k: v for k, v in env.items() if k in settings} == {
         "VOICEPOOL_SIP_OUTBOUND_TRUNK": f"voicepool/$(POD_NAMESPACE)/{POOL}/outbound",
         "VOICEPOOL_SIP_ALLOWED_DESTINATIONS": "+1555,+44",
         "VOICEPOOL_IDLE_TIMEOUT_SECONDS": "20",
@@ -278,4 +299,31 @@ def test_worker_env_names_the_outbound_trunk_and_carries_call_and_privacy_settin
         "VOICEPOOL_MASK_PHONE_NUMBERS": "false",
         "VOICEPOOL_LOG_TRANSCRIPTS": "true",
     }
-    assert worker_env(POOL, {}) == []
+    plain = _pod_env({})
+    for name in (
+        "VOICEPOOL_SIP_OUTBOUND_TRUNK",
+        "VOICEPOOL_TRANSFER_TO",
+        "VOICEPOOL_MASK_PHONE_NUMBERS",
+    ):
+        assert name not in plain
+
+
+def test_a_telephony_problem_never_changes_what_the_workers_are_told() -> None:
+    """The trunks are parsed apart from the call settings: an open trunk (Degraded) keeps the
+    pods' environment, so it does not roll them."""
+    calls = {"calls": {"transferTo": "tel:+15550107777"}}
+    good = _pod_env({"telephony": {**SPEC, **calls}})
+    open_trunk = {"inbound": {"numbers": ["+15550100000"]}, **calls}
+    bad = parse_spec(
+        {
+            "agentName": AGENT,
+            "livekit": {"url": "ws://lk", "credentialsSecretRef": {"name": "lk"}},
+            "template": {"image": "w"},
+            "telephony": open_trunk,
+        }
+    )
+    assert bad.telephony is None and "would answer anyone" in str(bad.telephony_problem)
+    assert (
+        _pod_env({"telephony": open_trunk})["VOICEPOOL_TRANSFER_TO"]
+        == good["VOICEPOOL_TRANSFER_TO"]
+    )

@@ -29,7 +29,10 @@ from voicepool_operator.podtemplate import GRACE_MARGIN_SECONDS, build_pod, temp
 from voicepool_operator.podview import EPOCH, parse_time, pod_view_from_dict
 from voicepool_operator.spec import (
     DAYS,
+    ConversationSpec,
+    LiveKitSpec,
     PoolSpec,
+    PrivacySpec,
     SpecError,
     WarmWindow,
     parse_quantity,
@@ -53,19 +56,16 @@ def test_defaults_match_the_crd() -> None:
     """A minimal pool gets the documented defaults."""
     spec = parse_spec(MINIMAL)
     assert spec.agent_name == "receptionist"
-    assert spec.livekit_url == "wss://livekit.example:443"
-    assert (spec.credentials_secret, spec.api_key_key, spec.api_secret_key) == (
-        "lk",
-        "apiKey",
-        "apiSecret",
-    )
+    assert spec.livekit == LiveKitSpec("wss://livekit.example:443", "lk", "apiKey", "apiSecret")
     assert (spec.sessions_per_pod, spec.min_replicas, spec.max_replicas) == (1, 1, 10)
     assert (spec.warm_idle_sessions, spec.warm_windows, spec.time_zone) == (0, (), "UTC")
     assert (spec.cpu_pinning, spec.cpu, spec.memory) == (True, "1", "2Gi")
     assert spec.drain_timeout_seconds == 3600
     assert spec.stabilization_window_seconds == 60
     assert spec.max_surge == 1 and spec.unready_grace_seconds == 60
-    assert spec.raw == MINIMAL
+    # Parsed once: what the workers are told is typed too, with nothing declared.
+    assert spec.conversation == ConversationSpec() and spec.privacy == PrivacySpec()
+    assert (spec.telephony, spec.telephony_problem, spec.calls) == (None, None, ())
 
 
 def test_explicit_nulls_take_the_defaults() -> None:
@@ -96,7 +96,7 @@ def test_all_fields_read() -> None:
         unreadyGraceSeconds=0,
     )
     spec = parse_spec(raw)
-    assert (spec.api_key_key, spec.api_secret_key) == ("k", "p")
+    assert (spec.livekit.api_key_key, spec.livekit.api_secret_key) == ("k", "p")
     assert (spec.sessions_per_pod, spec.min_replicas, spec.max_replicas) == (3, 2, 5)
     assert spec.warm_idle_sessions == 6  # idlePods x sessionsPerPod
     assert spec.time_zone == "Europe/Berlin"

@@ -1,10 +1,10 @@
-"""Thin glue: keep each pool's LiveKit SIP trunks and dispatch rule as ``spec.telephony`` says.
+"""Thin glue: make LiveKit's SIP trunks and dispatch rule match what a pool declares.
 
-A kopf timer per pool (and a handler on spec changes) lists LiveKit's SIP objects, lets the pure
-``telephony.plan_sip`` decide, makes the calls, and writes ``status.telephony`` (ids, numbers,
-and a one-line ``problem``). It never touches pods: an unreachable LiveKit or a number claimed
-by someone else shows up as ``Degraded`` (``telephony.with_telephony`` in the pool's
-reconcile) while the pool keeps scaling. Deleting the pool deletes its SIP objects.
+``sync`` lists LiveKit's SIP objects, lets the pure ``plan.plan_sip`` decide, makes the calls
+and returns the pool's ``status.telephony`` (ids, numbers, a one-line ``problem``). It never
+writes status and never touches pods: the pool's reconcile runs it (``keeper.py``) and writes
+the result with the rest of the status, folding a problem into ``Degraded`` while the pool
+keeps scaling. Deleting the pool deletes its SIP objects (``handlers.py``).
 """
 
 from __future__ import annotations
@@ -15,22 +15,20 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
-import kopf
 from google.protobuf.duration_pb2 import Duration
 from livekit import api
 from livekit.protocol import sip as lksip
 from livekit.protocol.agent_dispatch import RoomAgentDispatch
 from livekit.protocol.room import RoomConfiguration
 
-from . import telephony as tel
-from .constants import GROUP, PLURAL, VERSION
-from .kube import ApiError, Kube
-from .spec import PoolSpec, SpecError, parse_spec
+from ..constants import GROUP
+from ..kube import ApiError, Kube
+from ..livekit import LiveKitSpec
+from . import plan as tel
+from .spec import PoolPhones, SecretRef, TelephonySpec, owner_of
 
 log = logging.getLogger("voicepool.operator.sip")
 
-#: Drift (a trunk deleted by hand) is corrected within this many seconds.
-SYNC_SECONDS = 10.0
 LIVEKIT_TIMEOUT_S = 10.0
 _LK_ERRORS = (api.TwirpError, aiohttp.ClientError, TimeoutError, OSError)
 _TRANSPORT = {
@@ -56,24 +54,24 @@ def _http_url(ws_url: str) -> str:
     return ws_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
 
 
-async def _livekit(kube: Kube, namespace: str, pool: PoolSpec) -> api.LiveKitAPI:
+async def _livekit(kube: Kube, namespace: str, ref: LiveKitSpec) -> api.LiveKitAPI:
     """A LiveKit API client with the pool's own credentials (a Secret in its own namespace)."""
-    data = await kube.read_secret(namespace, pool.credentials_secret)
-    key, secret = data.get(pool.api_key_key), data.get(pool.api_secret_key)
+    data = await kube.read_secret(namespace, ref.credentials_secret)
+    key, secret = data.get(ref.api_key_key), data.get(ref.api_secret_key)
     if not key or not secret:
         raise TelephonyUnavailable(
             "CredentialsMissing",
-            f"Secret {namespace}/{pool.credentials_secret} lacks the LiveKit API key or secret",
+            f"Secret {namespace}/{ref.credentials_secret} lacks the LiveKit API key or secret",
         )
     return api.LiveKitAPI(
-        _http_url(pool.livekit_url),
+        _http_url(ref.url),
         key,
         secret,
         timeout=aiohttp.ClientTimeout(total=LIVEKIT_TIMEOUT_S),
     )
 
 
-async def _credentials(kube: Kube, namespace: str, ref: tel.SecretRef | None) -> tel.Credentials:
+async def _credentials(kube: Kube, namespace: str, ref: SecretRef | None) -> tel.Credentials:
     if ref is None:
         return tel.Credentials()
     data = await kube.read_secret(namespace, ref.name)
@@ -160,7 +158,7 @@ async def _create(lk: api.LiveKitAPI, obj: tel.SipObject, ids: Mapping[str, str]
         )
         return str(out.sip_trunk_id)
     trunk_ids = [ids.get(t[1:], "") if t.startswith("@") else t for t in obj.trunk_ids]
-    owner = tel.owner_of(obj.name)
+    owner = owner_of(obj.name)
     rule = await lk.sip.create_dispatch_rule(
         lksip.CreateSIPDispatchRuleRequest(
             dispatch_rule=lksip.SIPDispatchRuleInfo(
@@ -227,31 +225,39 @@ def _kind(obj: tel.SipObject) -> str:
     return "dispatch rule"
 
 
-async def sync(kube: Kube, body: Mapping[str, Any], *, deleting: bool = False) -> dict[str, Any]:
-    """Make LiveKit match the pool; returns the new ``status.telephony`` (nothing secret)."""
-    meta = body["metadata"]
+async def sync(
+    kube: Kube,
+    pool: Mapping[str, Any],
+    spec: PoolPhones,
+    *,
+    deleting: bool = False,
+    events: bool = True,
+) -> dict[str, Any]:
+    """Make LiveKit match the pool (nothing, when ``deleting``); returns the new
+    ``status.telephony`` (nothing secret). ``pool`` is the object, for Events."""
+    meta = pool["metadata"]
     namespace, name = str(meta["namespace"]), str(meta["name"])
     async with _locks.setdefault((namespace, name), asyncio.Lock()):
-        return await _sync(kube, body, namespace, name, deleting)
+        if spec.problem and not deleting:
+            return {"numbers": [], "problem": spec.problem, "reason": "InvalidTelephony"}
+        declared = None if deleting else spec.telephony
+        return await _sync(kube, pool, namespace, name, spec, declared, events and not deleting)
 
 
 async def _sync(
-    kube: Kube, body: Mapping[str, Any], namespace: str, name: str, deleting: bool
+    kube: Kube,
+    pool: Mapping[str, Any],
+    namespace: str,
+    name: str,
+    spec: PoolPhones,
+    declared: TelephonySpec | None,
+    events: bool,
 ) -> dict[str, Any]:
-    spec = body.get("spec") or {}
-    try:
-        pool = parse_spec(spec)
-    except SpecError as e:  # the reconcile reports it (InvalidSpec); nothing is read or sent
-        return {"problem": str(e), "reason": "InvalidSpec"}
-    url = pool.livekit_url
-    try:
-        declared = None if deleting else tel.parse_telephony(spec.get("telephony"))
-    except tel.TelephonyError as e:
-        return {"problem": str(e), "reason": "InvalidTelephony"}
+    url = spec.livekit.url
     status: dict[str, Any] = {"numbers": list(declared.numbers) if declared else []}
     plan: tel.SipPlan | None = None
     try:
-        lk = await _livekit(kube, namespace, pool)
+        lk = await _livekit(kube, namespace, spec.livekit)
         try:
             inbound_auth = await _credentials(
                 kube, namespace, declared.inbound_auth if declared else None
@@ -263,7 +269,7 @@ async def _sync(
             plan = tel.plan_sip(
                 namespace,
                 name,
-                pool.agent_name,
+                spec.agent_name,
                 declared,
                 observed,
                 inbound_auth=inbound_auth,
@@ -271,8 +277,8 @@ async def _sync(
             )
             for note, reason in await apply(lk, plan, observed):
                 log.info("%s/%s: %s", namespace, name, note)
-                if not deleting:
-                    await kube.event(body, reason=reason, action="ReconcileTelephony", note=note)
+                if events:
+                    await kube.event(pool, reason=reason, action="ReconcileTelephony", note=note)
             if plan.actions:
                 observed = await observe(lk)
             status.update(tel.find_ids(namespace, name, observed))
@@ -295,71 +301,3 @@ async def _sync(
     if problem:
         status.update(problem=problem, reason="NumberClaimed")
     return status
-
-
-async def _write(kube: Kube, body: Mapping[str, Any], status: Mapping[str, Any] | None) -> None:
-    meta = body["metadata"]
-    old = (body.get("status") or {}).get("telephony")
-    new = dict(status) if status is not None else None
-    if new is not None:
-        new.setdefault("problem", None)
-        new.setdefault("reason", None)
-    if old == new or (old is None and new is None):
-        return
-    if new is not None and new.get("problem") and (old or {}).get("problem") != new["problem"]:
-        await kube.event(
-            body,
-            reason=str(new["reason"]),
-            action="ReconcileTelephony",
-            note=new["problem"],
-            type_="Warning",
-        )
-    # null removes a key in a merge patch: a cleared problem must not linger in the status
-    await kube.patch_pool_status(meta["namespace"], meta["name"], {"telephony": new})
-
-
-async def keep(kube: Kube, body: Mapping[str, Any]) -> None:
-    """Reconcile the pool's SIP objects (and clean up after ``spec.telephony`` is removed)."""
-    if body.get("metadata", {}).get("deletionTimestamp"):
-        return
-    declared = (body.get("spec") or {}).get("telephony")
-    had = (body.get("status") or {}).get("telephony")
-    if not declared and not had:
-        return  # no phone numbers, none to clean up: LiveKit may not even have SIP
-    status = await sync(kube, body)
-    if not declared and not status.get("problem"):
-        await _write(kube, body, None)
-        return
-    await _write(kube, body, status)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=SYNC_SECONDS, initial_delay=0.5)
-async def keep_phone_numbers(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Every SYNC_SECONDS: a trunk deleted by hand comes back, a freed number is taken."""
-    await keep(memo.kube, body)
-
-
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec.telephony")
-async def phone_numbers_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Apply a changed ``spec.telephony`` at once rather than at the next timer tick."""
-    await keep(memo.kube, body)
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL, backoff=2.0)
-async def remove_phone_numbers(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
-    """Deleting the pool deletes its trunks and rule (a few retries if LiveKit is away)."""
-    if not (body.get("spec") or {}).get("telephony") and not (body.get("status") or {}).get(
-        "telephony"
-    ):
-        return
-    status = await sync(memo.kube, body, deleting=True)
-    if status.get("problem"):
-        if retry < 5:
-            raise kopf.TemporaryError(f"removing SIP objects: {status['problem']}", delay=2.0)
-        await memo.kube.event(
-            body,
-            reason="SipCleanupFailed",
-            action="DeleteTelephony",
-            note=f"gave up removing the pool's LiveKit SIP objects: {status['problem']}",
-            type_="Warning",
-        )

@@ -10,6 +10,8 @@ from kubernetes import client, config
 from voicepool_devstack.errors import DevstackError
 from voicepool_devstack.testing import Environment, create_namespace, environment
 
+pytest_plugins = ["tests.suite_times"]
+
 
 @pytest.fixture(scope="session")
 def stack_env() -> Iterator[Environment]:

@@ -26,7 +26,8 @@ ANN_SESSIONS: Final = f"{GROUP}/sessions"
 ANN_CAPACITY: Final = f"{GROUP}/capacity"
 ANN_STATE: Final = f"{GROUP}/state"
 ANN_REPORTED_AT: Final = f"{GROUP}/reported-at"
-# Hints for the cluster autoscaler and ReplicaSet-style deleters (worker and operator).
+# Hints for the cluster autoscaler and ReplicaSet-style deleters: written by the operator only
+# (from the worker's reports), so the PodDisruptionBudget label and the hints never disagree.
 ANN_SAFE_TO_EVICT: Final = "cluster-autoscaler.kubernetes.io/safe-to-evict"
 ANN_DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cost"
 BUSY_DELETION_COST: Final = "10000"
@@ -34,14 +35,7 @@ IDLE_DELETION_COST: Final = "-10000"
 
 #: Every annotation a worker may change on its pod (the chart's admission policy allows
 #: exactly these; tests/unit/test_contract.py checks that the two agree).
-REPORTED_KEYS: Final = (
-    ANN_SESSIONS,
-    ANN_CAPACITY,
-    ANN_STATE,
-    ANN_REPORTED_AT,
-    ANN_SAFE_TO_EVICT,
-    ANN_DELETION_COST,
-)
+REPORTED_KEYS: Final = (ANN_SESSIONS, ANN_CAPACITY, ANN_STATE, ANN_REPORTED_AT)
 
 # -- written by the operator: the drain request the worker obeys like SIGTERM --------------
 ANN_DRAIN: Final = f"{GROUP}/drain"

@@ -262,8 +262,6 @@ def test_worker_token_may_patch_only_its_own_pod(
                     "voicepool.dev/capacity": "2",
                     "voicepool.dev/state": "busy",
                     "voicepool.dev/reported-at": "2026-12-01T10:00:00Z",
-                    "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
-                    "controller.kubernetes.io/pod-deletion-cost": "10000",
                 }
             }
         }
@@ -297,6 +295,16 @@ def test_worker_token_may_patch_only_its_own_pod(
                 "worker-reports-only",
                 "worker-a",
                 [{"op": "remove", "path": "/metadata/annotations/voicepool.dev~1drain"}],
+            ),
+            # the eviction hints are the operator's: a worker may not set them
+            (
+                "worker-reports-only",
+                "worker-a",
+                {
+                    "metadata": {
+                        "annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "true"}
+                    }
+                },
             ),
             ("worker-labels-unchanged", "worker-a", {"metadata": {"labels": {"app": "x"}}}),
             (

@@ -207,10 +207,10 @@ async def test_pod_annotations_follow_sessions(
         ANN_SESSIONS: "0",
         ANN_CAPACITY: "2",
         ANN_STATE: "idle",
-        ANN_SAFE_TO_EVICT: "true",
-        ANN_DELETION_COST: "-10000",
     }
     ann = wait_annotations(core, namespace, pod, idle)
+    # the eviction hints are the operator's alone (no operator runs here)
+    assert ANN_SAFE_TO_EVICT not in ann and ANN_DELETION_COST not in ann
     assert ann[ANN_REPORTED_AT].endswith("Z")
 
     async with call(stack_env, agent, f"rep-{uuid.uuid4().hex[:6]}"):
@@ -218,9 +218,9 @@ async def test_pod_annotations_follow_sessions(
             core,
             namespace,
             pod,
-            {ANN_SESSIONS: "1", ANN_STATE: "busy", ANN_SAFE_TO_EVICT: "false"},
+            {ANN_SESSIONS: "1", ANN_STATE: "busy"},
         )
-        assert annotations(core, namespace, pod)[ANN_DELETION_COST] == "10000"
+        assert ANN_SAFE_TO_EVICT not in annotations(core, namespace, pod)
     wait_annotations(core, namespace, pod, idle)
 
     # exactly one merge-patch per report: starting, registered, session start, session end
@@ -318,7 +318,6 @@ async def test_drain_annotation_finishes_call_then_exits(
     await drain_scenario(stack_env, w, agent, annotate, deleted_when_drained=True)
     ann = annotations(core, namespace, pod)
     assert ann[ANN_STATE] == "draining" and ann[ANN_SESSIONS] == "0", ann
-    assert ann[ANN_SAFE_TO_EVICT] == "true"
     assert any(
         "scale-down" in line.get("reason", "")
         for line in w.msgs("draining: no new calls; waiting for calls in progress")

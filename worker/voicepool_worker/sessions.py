@@ -16,9 +16,6 @@ from voicepool_contract import (
     ANN_CAPACITY as ANN_CAPACITY,
 )
 from voicepool_contract import (
-    ANN_DELETION_COST as ANN_DELETION_COST,
-)
-from voicepool_contract import (
     ANN_DRAIN as ANN_DRAIN,
 )
 from voicepool_contract import (
@@ -28,19 +25,10 @@ from voicepool_contract import (
     ANN_REPORTED_AT as ANN_REPORTED_AT,
 )
 from voicepool_contract import (
-    ANN_SAFE_TO_EVICT as ANN_SAFE_TO_EVICT,
-)
-from voicepool_contract import (
     ANN_SESSIONS as ANN_SESSIONS,
 )
 from voicepool_contract import (
     ANN_STATE as ANN_STATE,
-)
-from voicepool_contract import (
-    BUSY_DELETION_COST as BUSY_DELETION_COST,
-)
-from voicepool_contract import (
-    IDLE_DELETION_COST as IDLE_DELETION_COST,
 )
 from voicepool_contract import (
     REPORTED_KEYS as REPORTED_KEYS,
@@ -139,15 +127,15 @@ class Sessions:
         return self.draining and not self.active
 
     def annotations(self, now: datetime) -> dict[str, str]:
-        """All reported annotations together, so a reader never sees a half-updated set."""
-        busy = self.count > 0
+        """All reported annotations together, so a reader never sees a half-updated set.
+
+        The eviction hints (safe-to-evict, deletion cost) are the operator's alone: it writes
+        them from these reports, so one value never has two writers."""
         return {
             ANN_SESSIONS: str(self.count),
             ANN_CAPACITY: str(self.capacity),
             ANN_STATE: self.state.value,
             ANN_REPORTED_AT: rfc3339(now),
-            ANN_SAFE_TO_EVICT: "false" if busy else "true",
-            ANN_DELETION_COST: BUSY_DELETION_COST if busy else IDLE_DELETION_COST,
         }
 
     # -- transitions: (new snapshot, report to write or None) -----------------------------

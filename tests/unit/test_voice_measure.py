@@ -90,6 +90,8 @@ def test_a_reply_fits_when_it_answers_every_intent() -> None:
     fallback = "Sorry, I can tell you our opening hours, our address, or book an appointment."
     assert not any(fits(fallback, [i]) for i in ("hours", "address", "prices", "booking"))
     assert fits("A cleaning costs 80 euros. Which day suits you?", ["prices", "booking"])
+    assert fits("At what time on Tuesday?", ["booking"])  # a booking's follow-up engages it
+    assert not fits("At what time on Tuesday?", ["hours"])
 
 
 def test_reference_schedule_knows_what_plays_when() -> None:

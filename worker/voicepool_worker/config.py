@@ -13,7 +13,7 @@ import voicepool_contract as contract
 
 from . import callflow, telephony
 
-STT_PROVIDERS = ("pocketsphinx", "openai")
+STT_PROVIDERS = ("pocketsphinx", "whisper", "openai")
 LLM_PROVIDERS = ("rules", "llama", "openai")
 TTS_PROVIDERS = ("piper", "espeak", "openai")
 TURN_DETECTION = ("vad", "model", "smart-turn")
@@ -116,6 +116,7 @@ class WorkerConfig:
     input_frame_ms: int = 20  # caller audio is handed to APM/VAD/STT in frames this long
     sync_transcription: bool = False  # word-timed transcript (an STFT on the agent's audio)
     eot_threshold: float = 0.5  # end-of-turn model: below this the caller is not done
+    stt_threads: int = 1  # CTranslate2 threads of the embedded whisper STT
 
     @property
     def pod_reporting(self) -> bool:
@@ -344,4 +345,5 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         input_frame_ms=_frame_ms(env, "VOICEPOOL_INPUT_FRAME_MS", 20),
         sync_transcription=_bool(env, "VOICEPOOL_SYNC_TRANSCRIPTION", False),
         eot_threshold=_fraction(env, "VOICEPOOL_EOT_THRESHOLD", 0.5),
+        stt_threads=_int(env, "VOICEPOOL_STT_THREADS", 1, 1),
     )

@@ -72,6 +72,8 @@ def preload_modules(cfg: WorkerConfig) -> list[str]:
         mods += ["piper", "voicepool_worker.providers.piper_tts"]
     if cfg.turn_detection == "smart-turn":
         mods += ["onnxruntime", "voicepool_worker.smart_turn"]
+    if "whisper" in cfg.stt_chain:  # the module only: CTranslate2 loaded before a fork hangs
+        mods += ["faster_whisper", "voicepool_worker.providers.whisper_stt"]
     if "openai" in (*cfg.stt_chain, *cfg.llm_chain, *cfg.tts_chain):
         mods.append("livekit.plugins.openai")
     if cfg.executor == "process":  # last: loads the models the modules above embed, once

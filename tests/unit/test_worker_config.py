@@ -98,3 +98,16 @@ def test_bad_values_are_one_line_errors(env: dict[str, str], message: str) -> No
         config.load({**BASE, **env})
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_an_announcement_line_says_its_greeting_and_hangs_up() -> None:
+    cfg = config.load(
+        {
+            **BASE,
+            "VOICEPOOL_GREETING": "The number you have dialled is not in service.",
+            "VOICEPOOL_HANG_UP_AFTER_GREETING": "true",
+        }
+    )
+    assert cfg.hang_up_after_greeting and not config.load(BASE).hang_up_after_greeting
+    with pytest.raises(ConfigError, match="needs a VOICEPOOL_GREETING"):
+        config.load({**BASE, "VOICEPOOL_GREETING": "", "VOICEPOOL_HANG_UP_AFTER_GREETING": "1"})

@@ -275,5 +275,10 @@ async def entrypoint(ctx: JobContext) -> None:
     opening = cfg.greeting
     if number is not None:  # an outbound call opens with what the request asked, if anything
         opening = telephony.dial_opening(ctx.job.metadata or "") or cfg.outbound_greeting
+    if opening and cfg.hang_up_after_greeting and number is None:
+        # an announcement line (e.g. a catch-all pool for numbers nobody declared): the
+        # caller hears the greeting, then the call ends (a phone gets its BYE)
+        await phone.hangup("announcement", say=opening)
+        return
     if opening:
         session.say(opening)

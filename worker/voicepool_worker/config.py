@@ -117,6 +117,7 @@ class WorkerConfig:
     sync_transcription: bool = False  # word-timed transcript (an STFT on the agent's audio)
     eot_threshold: float = 0.5  # end-of-turn model: below this the caller is not done
     stt_threads: int = 1  # CTranslate2 threads of the embedded whisper STT
+    hang_up_after_greeting: bool = False  # an announcement line: say the greeting, hang up
 
     @property
     def pod_reporting(self) -> bool:
@@ -276,6 +277,10 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
             f"{SMART_TURN_MIN_SILENCE_S} (got {vad_min_silence})"
         )
 
+    announce = _bool(env, "VOICEPOOL_HANG_UP_AFTER_GREETING", False)
+    if announce and not env.get("VOICEPOOL_GREETING", DEFAULT_GREETING).strip():
+        raise ConfigError("VOICEPOOL_HANG_UP_AFTER_GREETING needs a VOICEPOOL_GREETING to say")
+
     return WorkerConfig(
         livekit_url=url,
         livekit_api_key=env["LIVEKIT_API_KEY"].strip(),
@@ -346,4 +351,5 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         sync_transcription=_bool(env, "VOICEPOOL_SYNC_TRANSCRIPTION", False),
         eot_threshold=_fraction(env, "VOICEPOOL_EOT_THRESHOLD", 0.5),
         stt_threads=_int(env, "VOICEPOOL_STT_THREADS", 1, 1),
+        hang_up_after_greeting=announce,
     )

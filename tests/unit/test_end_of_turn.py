@@ -37,9 +37,37 @@ def test_the_model_sees_exactly_0_2_s_of_silence_after_the_last_voiced_frame() -
     audio = np.concatenate([tone(1.0), silence(0.9)])
     assert last_voiced_end(audio) == SAMPLE_RATE
     clip = model_window(audio)
-    assert clip is not None and len(clip) == int(1.2 * SAMPLE_RATE)
+    assert clip is not None and len(clip) == 8 * SAMPLE_RATE  # always 8 s, left-padded
     assert abs(float(clip.mean())) < 1e-3 and abs(float(clip.std()) - 1) < 1e-2
+    # the voice ends 0.2 s before the window does; the padding is one constant before it
+    voiced = np.flatnonzero(np.abs(np.diff(clip)) > 1e-3)
+    assert voiced[0] >= int(6.8 * SAMPLE_RATE) - 2 and voiced[-1] < len(clip) - 0.19 * SAMPLE_RATE
     assert model_window(silence(2.0)) is None  # nothing voiced: nothing to judge
+
+
+def test_the_features_are_pipecats_own() -> None:
+    """The same numbers as the vendored extractor in the pipecat-ai wheel (its module loaded
+    from the file alone: pipecat's own imports need packages the worker does not install)."""
+    import importlib.util
+
+    from faster_whisper.feature_extractor import FeatureExtractor
+    from voicepool_worker import smart_turn
+
+    ref_path = smart_turn.model_path().parents[1] / "_whisper_features.py"
+    spec = importlib.util.spec_from_file_location("pipecat_whisper_features", ref_path)
+    assert spec is not None and spec.loader is not None
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    audio = np.concatenate([tone(1.5), silence(0.4)])
+    window = model_window(audio)
+    assert window is not None
+    ours = fit_features(FeatureExtractor(feature_size=80, chunk_length=8)(window, padding=0))
+    end = last_voiced_end(audio)
+    assert end is not None
+    raw = audio[: end + int(0.2 * SAMPLE_RATE)]
+    theirs = ref.compute_whisper_log_mel_features(np.pad(raw, (8 * SAMPLE_RATE - len(raw), 0)))
+    assert ours.shape == (1, 80, FEATURE_FRAMES)
+    assert float(np.abs(ours[0] - theirs).max()) < 1e-4
 
 
 def test_the_window_is_the_last_8_s_and_the_features_are_left_padded() -> None:

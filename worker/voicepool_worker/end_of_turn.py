@@ -65,20 +65,26 @@ def last_voiced_end(samples: np.ndarray, floor: float = VOICED_RMS) -> int | Non
 
 
 def model_window(samples: np.ndarray, tail_s: float = MODEL_TAIL_S) -> np.ndarray | None:
-    """The audio the model judges: up to ``tail_s`` after the last voiced frame, at most the
-    last 8 s of it, zero mean and unit variance (float32). None when nothing was voiced."""
+    """The audio the model judges, as it was trained: up to ``tail_s`` after the last voiced
+    frame, the last 8 s of it, left-padded with zeros to exactly 8 s, then the whole buffer
+    (padding included) set to zero mean and unit variance (float32). None: nothing voiced.
+
+    The order matters: padding the features instead of the audio (log-mel of silence is not
+    zero), or normalising before padding, gives the model an input it never saw."""
     end = last_voiced_end(samples)
     if end is None:
         return None
+    n = int(WINDOW_S * SAMPLE_RATE)
     end = min(len(samples), end + int(tail_s * SAMPLE_RATE))
-    clip = samples[max(0, end - int(WINDOW_S * SAMPLE_RATE)) : end].astype(np.float32)
+    clip = samples[max(0, end - n) : end].astype(np.float32)
+    clip = np.pad(clip, (n - len(clip), 0))
     out: np.ndarray = ((clip - clip.mean()) / np.sqrt(clip.var() + 1e-7)).astype(np.float32)
     return out
 
 
 def fit_features(features: np.ndarray, frames: int = FEATURE_FRAMES) -> np.ndarray:
-    """Log-mel features (80 x n) as the model takes them: the last ``frames``, left-padded
-    with zeros when the audio was shorter than 8 s; shape (1, 80, frames), float32."""
+    """Log-mel features (80 x n) of the 8 s window as the model takes them: shape
+    (1, 80, frames), float32 (a short input is left-padded, a long one keeps its end)."""
     if features.shape[1] < frames:
         features = np.pad(features, ((0, 0), (frames - features.shape[1], 0)))
     return features[None, :, -frames:].astype(np.float32)

@@ -13,6 +13,7 @@ ENV = {
     "LIVEKIT_API_KEY": "devkey",
     "LIVEKIT_API_SECRET": "secret",
     "VOICEPOOL_TTS_CACHE": "2",
+    "VOICEPOOL_STT": "pocketsphinx",  # the STT whose model is shared (whisper loads per process)
     "VOICEPOOL_GREETING": "Hello there.",
 }
 

@@ -16,7 +16,7 @@ BASE = {
 
 def test_defaults_are_the_embedded_offline_providers() -> None:
     cfg = config.load(BASE)
-    assert (cfg.stt, cfg.llm, cfg.tts) == ("pocketsphinx", "rules", "piper")
+    assert (cfg.stt, cfg.llm, cfg.tts) == ("whisper", "rules", "piper")
     assert cfg.capacity == 1 and cfg.http_port == 8081 and cfg.log_level == "INFO"
     assert not cfg.pod_reporting and cfg.greeting and cfg.system_prompt
     assert "piper" in preload_modules(cfg) and "livekit.plugins.openai" not in preload_modules(cfg)

@@ -93,7 +93,7 @@ class WorkerConfig:
     outbound_greeting: str = DEFAULT_OUTBOUND_GREETING  # when the dispatch sets no opening
     ringing_timeout_s: float = 30.0  # an outbound call not answered by then is "no-answer"
     # Ordered fallback chains per stage (the first is the primary, == stt/llm/tts above).
-    stt_chain: tuple[str, ...] = ("pocketsphinx",)
+    stt_chain: tuple[str, ...] = ("whisper",)
     llm_chain: tuple[str, ...] = ("rules",)
     tts_chain: tuple[str, ...] = ("piper",)
     llm_first_token_timeout_s: float = 2.5  # an LLM silent this long is skipped for the turn
@@ -245,7 +245,9 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
     if not url.startswith(("ws://", "wss://", "http://", "https://")):
         raise ConfigError(f"LIVEKIT_URL={url!r} must start with ws://, wss://, http:// or https://")
 
-    stt_chain = _chain(env, "VOICEPOOL_STT", "pocketsphinx", STT_PROVIDERS)
+    # whisper: far fewer word errors than pocketsphinx at no cost in time to first word
+    # (bench/worker_latency.py --sections ab --lever VOICEPOOL_STT=whisper; docs/results.md)
+    stt_chain = _chain(env, "VOICEPOOL_STT", "whisper", STT_PROVIDERS)
     llm_chain = _chain(env, "VOICEPOOL_LLM", "rules", LLM_PROVIDERS)
     tts_chain = _chain(env, "VOICEPOOL_TTS", "piper", TTS_PROVIDERS)
     llama_path = (env.get("VOICEPOOL_LLAMA_MODEL_PATH") or "").strip() or None

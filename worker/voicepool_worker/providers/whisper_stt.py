@@ -133,7 +133,9 @@ def transcribe(engine: _Engine, samples: np.ndarray) -> str:
     if result.no_speech_prob > NO_SPEECH_PROB:
         return ""
     ids = [t for t in result.sequences_ids[0] if t < engine.tokenizer.eot]
-    return str(engine.tokenizer.decode(ids)).strip()
+    # lower case like the other embedded STT (logs, tests and the dialog see one style); the
+    # punctuation stays: the dialog splits clauses at it
+    return str(engine.tokenizer.decode(ids)).strip().lower()
 
 
 class WhisperSTT(stt.STT[Any]):

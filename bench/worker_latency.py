@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import math
 import os
 import sys
@@ -399,23 +400,26 @@ class Bench:
         for name, label in PAUSING_ROWS:
             w = self.ready(name)
             print(f"-- {label} --", flush=True)
-            cut, split, n, ttfw = asyncio.run(self._pausing_call(w, name))
-            rows.append(
-                (name, label, cut, split, n, TtfwSummary.of(ttfw, miss_ms=UNANSWERED_AFTER_MS))
-            )
+            heard, split, either, ttfw = asyncio.run(self._pausing_call(w, name))
+            summary = TtfwSummary.of(ttfw, miss_ms=UNANSWERED_AFTER_MS)
+            rows.append((label, heard, split, either, len(ttfw), summary))
         print(
-            "cut off = the agent's voice reached the caller before the caller had finished the"
-            " sentence (a reply to its first half); split = the worker committed 2+ user turns"
+            "heard over = the agent's voice reached the caller before the caller had finished the"
+            " sentence; split = the worker committed the sentence as 2+ user turns (its reply to"
+            " the first half was dropped when the caller went on, and the answer is to the second"
+            " half only); cut off = either"
         )
         table = [
-            "| pausing caller | cut off | split into 2+ turns | TTFW p50 after the sentence |",
-            "|---|---|---|---|",
+            "| pausing caller | cut off | heard over | split into 2+ turns | TTFW p50 after it |",
+            "|---|---|---|---|---|",
         ]
-        for _, label, cut, split, n, s in rows:
-            table.append(f"| {label} | {cut}/{n} | {split}/{n} | {s.p50_ms:.0f} ms |")
+        for label, heard, split, either, n, s in rows:
+            table.append(
+                f"| {label} | {either}/{n} | {heard}/{n} | {split}/{n} | {s.p50_ms:.0f} ms |"
+            )
         print("\n".join(table))
         self.report += ["", *table]
-        (_, _, cut, _, n, _), (_, _, bcut, _, bn, _) = rows[0], rows[-1]
+        (_, _, _, cut, n, _), (_, _, _, bcut, bn, _) = rows[0], rows[-1]
         self.goal(
             "pausing caller cut off", "<= 5 % of turns", cut / n, bcut / bn, 0.05, fmt="{:.0%}"
         )
@@ -423,8 +427,10 @@ class Bench:
     async def _pausing_call(
         self, w: WorkerProcess, name: str
     ) -> tuple[int, int, int, list[float | None]]:
+        """Heard over, split, either (turn counts) and the TTFW of each sentence."""
         c = self.caller(w, f"pause-{name}")
         cut = 0
+        early_at: list[bool] = []
         ttfw: list[float | None] = []
         rec = CallRecord(c.room_name)
         try:
@@ -439,6 +445,7 @@ class Bench:
                 spoke_to = c.last_voiced_sent or 0.0
                 early = any(spoke_from < t < spoke_to for t in c.listener.loud_at[heard_before:])
                 cut += early
+                early_at.append(early)
                 ttfw.append(turn.ttfw_ms)
                 rec.turns.append(turn)
                 rec.lines.append(line)
@@ -449,8 +456,12 @@ class Bench:
                 )
         finally:
             await c.hangup()
-        a = analyse(w, rec)
-        return cut, a.split, len(self.lines), ttfw
+        await asyncio.sleep(2.0)  # the worker's last log lines land
+        users = [float(x["t"]) for x in w.msgs("user turn") if x.get("room") == rec.room]
+        starts = [t.started_wall for t in rec.turns] + [1e18]
+        split_at = [sum(1 for u in users if a <= u < b) > 1 for a, b in itertools.pairwise(starts)]
+        either = sum(1 for s, e in zip(split_at, early_at, strict=True) if s or e)
+        return cut, sum(split_at), either, ttfw
 
     def goal(
         self,

@@ -55,6 +55,7 @@ bench: build
 	$(BIN)/python bench/simulate_calls.py
 	$(BIN)/python bench/operator_reaction.py
 	$(BIN)/python bench/scale_from_zero.py
+	$(BIN)/python bench/stt_offline.py
 	$(BIN)/python bench/worker_latency.py
 	$(BIN)/python bench/phone_latency.py --calls 3
 	$(BIN)/python bench/dialog_score.py --llm-sentences 12 --contention

@@ -155,12 +155,30 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=0)
     parser.add_argument("--voice", default="espeak")
     parser.add_argument("--threads", type=int, default=1, help="whisper's CTranslate2 threads")
+    parser.add_argument("--no-results", action="store_true", help="leave docs/results.md")
     args = parser.parse_args()
     texts = [x.text for x in load_eval()]
     texts = texts[: args.turns] if args.turns else texts
+    if args.voice == "espeak":
+        from voicepool_devstack.apt import ensure_packages
+
+        ensure_packages(["espeak-ng"], "the caller's voice (--voice espeak)", print)
     rows = compare(texts, args.voice, args.threads)
-    for line in report(rows, len(texts), args.voice):
+    lines = report(rows, len(texts), args.voice)
+    for line in lines:
         print(line)
+    if not args.no_results:
+        from results import rewrite
+
+        table = [
+            "| engine | line | WER | CPU after the end of speech p50 / p90 |",
+            "|---|---|---|---|",
+        ]
+        table += [
+            f"| {e} | {k} | {r['wer']:.1%} | {r['p50_ms']:.0f} / {r['p90_ms']:.0f} ms |"
+            for (e, k), r in rows.items()
+        ]
+        print(f"results: {rewrite('stt_offline', [lines[0], '', *table, ''])}")
     for (engine, kind), r in rows.items():
         print(f"    {engine}/{kind} heard: {r['examples']}")
     return 0

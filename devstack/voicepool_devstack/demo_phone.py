@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .phone import HANGUP_PHRASE, Phone, PhoneConfig, write_speech
 from .sip import SipInfo
+from .story import Story
 
 NUMBER = "+15550100000"
 
@@ -48,9 +48,11 @@ async def _until_quiet(p: Phone, gap_s: float, within: float) -> None:
 
 
 async def phone_call(
-    demo: Any, sip: SipInfo, say: Callable[[str], None], wait_async: Any
+    demo: Any, sip: SipInfo, story: Story, wait_async: Any
 ) -> list[tuple[str, float | None]]:
-    """One narrated SIP call into the demo pool; returns its (label, ms) figures."""
+    """One narrated SIP call into the demo pool; returns its (label, ms) figures (a step that
+    does not happen is told to ``story``: the demo then exits non-zero)."""
+    say = story.say
     say(f"the pool declares a phone number: spec.telephony.inbound.numbers = [{NUMBER}]")
     demo.custom.patch_namespaced_custom_object(
         "voicepool.dev",
@@ -101,7 +103,7 @@ async def phone_call(
                 say(f"phone: agent answered, time to first word on the phone leg {ttfw:.0f} ms")
             except TimeoutError:
                 ttfw = None
-                say("phone: the agent did not answer")
+                story.missed("phone: the agent did not answer the question")
             out.append(("phone call (SIP)", ttfw))
             await agent_quiet(p)
             say("phone: presses 2 on the keypad (menu: 2 = where are you located)")
@@ -111,7 +113,7 @@ async def phone_call(
                 await p.speech_heard(float(sent["t"]) - 1000, 30)
                 say("phone: the keypad choice was answered")
             except TimeoutError:
-                say("phone: no answer to the key press")
+                story.missed("phone: no answer to the key press")
             await agent_quiet(p)
             say(f"phone: caller says '{HANGUP_PHRASE}' -> the agent hangs up (its call control)")
             await p.play(bye)
@@ -119,7 +121,7 @@ async def phone_call(
                 await p.wait_for("bye", 40)
                 say("phone: received BYE; the call's room is deleted")
             except TimeoutError:
-                say("phone: no BYE within 40 s; hanging up from the phone")
+                story.missed("phone: the goodbye did not end the call (no BYE within 40 s)")
     finally:
         shutil.rmtree(work, ignore_errors=True)  # the synthesised WAVs
     await asyncio.sleep(0)

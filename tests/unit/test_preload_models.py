@@ -13,6 +13,7 @@ from .conftest import LIVEKIT_ENV
 ENV = {
     **LIVEKIT_ENV,
     "VOICEPOOL_TTS_CACHE": "2",
+    "VOICEPOOL_STT": "pocketsphinx",  # the STT whose model is shared (whisper loads per process)
     "VOICEPOOL_GREETING": "Hello there.",
 }
 

@@ -12,7 +12,7 @@ from .conftest import LIVEKIT_ENV as BASE
 
 def test_defaults_are_the_embedded_offline_providers() -> None:
     cfg = config.load(BASE)
-    assert (cfg.stt, cfg.llm, cfg.tts) == ("pocketsphinx", "rules", "piper")
+    assert (cfg.stt, cfg.llm, cfg.tts) == ("whisper", "rules", "piper")
     assert cfg.capacity == 1 and cfg.http_port == 8081 and cfg.log_level == "INFO"
     assert not cfg.pod_reporting and cfg.greeting and cfg.system_prompt
     assert "piper" in preload_modules(cfg) and "livekit.plugins.openai" not in preload_modules(cfg)
@@ -102,3 +102,16 @@ def test_outbound_destinations_are_an_allow_list_of_prefixes() -> None:
     assert cfg.allowed_destinations == ("+1555", "+4420")
     with pytest.raises(ConfigError, match="VOICEPOOL_SIP_ALLOWED_DESTINATIONS: '1555'"):
         config.load({**BASE, "VOICEPOOL_SIP_ALLOWED_DESTINATIONS": "1555"})
+
+
+def test_an_announcement_line_says_its_greeting_and_hangs_up() -> None:
+    cfg = config.load(
+        {
+            **BASE,
+            "VOICEPOOL_GREETING": "The number you have dialled is not in service.",
+            "VOICEPOOL_HANG_UP_AFTER_GREETING": "true",
+        }
+    )
+    assert cfg.hang_up_after_greeting and not config.load(BASE).hang_up_after_greeting
+    with pytest.raises(ConfigError, match="needs a VOICEPOOL_GREETING"):
+        config.load({**BASE, "VOICEPOOL_GREETING": "", "VOICEPOOL_HANG_UP_AFTER_GREETING": "1"})

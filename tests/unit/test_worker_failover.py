@@ -98,7 +98,7 @@ def test_ordered_chains() -> None:
         }
     )
     assert cfg.llm_chain == ("openai", "llama") and cfg.llm == "openai"
-    assert cfg.tts_chain == ("piper", "espeak") and cfg.stt_chain == ("pocketsphinx",)
+    assert cfg.tts_chain == ("piper", "espeak") and cfg.stt_chain == ("whisper",)
     assert cfg.llm_openai is not None and cfg.tts_openai is None
     assert "livekit.plugins.openai" in preload_modules(cfg)
 

@@ -54,6 +54,7 @@ def prewarm(proc: JobProcess) -> None:
         FailoverMonitor(name, stage) for name, stage in (("stt", stt), ("llm", llm), ("tts", tts))
     ]
     proc.userdata["apology"] = resilience.prerender(tts)
+    proc.userdata["turn_detector"] = _turn_detector(cfg)
     remember = getattr(tts, "remember", None)  # the embedded TTS caches what it will say
     if callable(remember):
         remember(known_phrases(cfg))
@@ -79,12 +80,27 @@ class VoiceAgent(Agent):
         super().__init__(instructions=instructions)
 
 
-def _turn_detection(cfg: config.WorkerConfig) -> Any:
+def _turn_detector(cfg: config.WorkerConfig) -> Any:
+    """The end-of-turn model of this warm process (None: silence alone ends a turn)."""
+    if cfg.turn_detection != "smart-turn":
+        return None
+    from . import smart_turn
+    from .end_of_turn import EndOfTurnPolicy
+
+    policy = EndOfTurnPolicy(
+        threshold=cfg.eot_threshold,
+        complete_delay_s=cfg.endpointing_min_delay_s,
+        ceiling_s=cfg.endpointing_max_delay_s,
+    )
+    return smart_turn.detector(policy)
+
+
+def _turn_detection(cfg: config.WorkerConfig, userdata: dict[str, Any]) -> Any:
     if cfg.turn_detection == "model":
         from livekit.agents import inference
 
         return inference.TurnDetector(version="v1-mini")
-    return "vad"
+    return userdata.get("turn_detector") or "vad"
 
 
 async def entrypoint(ctx: JobContext) -> None:
@@ -118,7 +134,7 @@ async def entrypoint(ctx: JobContext) -> None:
         tts=ctx.proc.userdata["tts"],
         vad=ctx.proc.userdata["vad"],
         turn_handling={
-            "turn_detection": _turn_detection(cfg),
+            "turn_detection": _turn_detection(cfg, ctx.proc.userdata),
             "endpointing": {
                 "min_delay": cfg.endpointing_min_delay_s,
                 "max_delay": cfg.endpointing_max_delay_s,
@@ -241,5 +257,10 @@ async def entrypoint(ctx: JobContext) -> None:
     opening = cfg.greeting
     if number is not None:  # an outbound call opens with what the request asked, if anything
         opening = telephony.dial_opening(ctx.job.metadata or "") or cfg.outbound_greeting
+    if opening and cfg.hang_up_after_greeting and number is None:
+        # an announcement line (e.g. a catch-all pool for numbers nobody declared): the
+        # caller hears the greeting, then the call ends (a phone gets its BYE)
+        await phone.hangup("announcement", say=opening)
+        return
     if opening:
         session.say(opening)

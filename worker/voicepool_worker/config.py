@@ -14,10 +14,11 @@ from voicepool_contract import phone
 
 from . import telephony
 
-STT_PROVIDERS = ("pocketsphinx", "openai")
+STT_PROVIDERS = ("pocketsphinx", "whisper", "openai")
 LLM_PROVIDERS = ("rules", "llama", "openai")
 TTS_PROVIDERS = ("piper", "espeak", "openai")
-TURN_DETECTION = ("vad", "model")
+TURN_DETECTION = ("vad", "model", "smart-turn")
+SMART_TURN_MIN_SILENCE_S = 0.25
 TTS_FORMATS = ("mp3", "wav", "opus", "aac", "flac", "pcm")
 EXECUTORS = ("process", "thread")
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR", "CRITICAL")  # livekit-agents' spelling
@@ -95,7 +96,7 @@ class WorkerConfig:
     outbound_greeting: str = DEFAULT_OUTBOUND_GREETING  # when the dispatch sets no opening
     ringing_timeout_s: float = 30.0  # an outbound call not answered by then is "no-answer"
     # Ordered fallback chains per stage (the first is the primary, == stt/llm/tts above).
-    stt_chain: tuple[str, ...] = ("pocketsphinx",)
+    stt_chain: tuple[str, ...] = ("whisper",)
     llm_chain: tuple[str, ...] = ("rules",)
     tts_chain: tuple[str, ...] = ("piper",)
     llm_first_token_timeout_s: float = 2.5  # an LLM silent this long is skipped for the turn
@@ -117,6 +118,9 @@ class WorkerConfig:
     tts_threads: int = 1  # onnxruntime threads of the embedded piper voice (0: its default)
     input_frame_ms: int = 20  # caller audio is handed to APM/VAD/STT in frames this long
     sync_transcription: bool = False  # word-timed transcript (an STFT on the agent's audio)
+    eot_threshold: float = 0.5  # end-of-turn model: below this the caller is not done
+    stt_threads: int = 1  # CTranslate2 threads of the embedded whisper STT
+    hang_up_after_greeting: bool = False  # an announcement line: say the greeting, hang up
 
     @property
     def pod_reporting(self) -> bool:
@@ -244,7 +248,9 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
     if not url.startswith(("ws://", "wss://", "http://", "https://")):
         raise ConfigError(f"LIVEKIT_URL={url!r} must start with ws://, wss://, http:// or https://")
 
-    stt_chain = _chain(env, "VOICEPOOL_STT", "pocketsphinx", STT_PROVIDERS)
+    # whisper: far fewer word errors than pocketsphinx at no cost in time to first word
+    # (bench/worker_latency.py --sections ab --lever VOICEPOOL_STT=whisper; docs/results.md)
+    stt_chain = _chain(env, "VOICEPOOL_STT", "whisper", STT_PROVIDERS)
     llm_chain = _chain(env, "VOICEPOOL_LLM", "rules", LLM_PROVIDERS)
     tts_chain = _chain(env, "VOICEPOOL_TTS", "piper", TTS_PROVIDERS)
     llama_path = (env.get("VOICEPOOL_LLAMA_MODEL_PATH") or "").strip() or None
@@ -265,11 +271,24 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         raise ConfigError(str(e)) from None
 
     min_delay = _float(env, "VOICEPOOL_ENDPOINTING_MIN_DELAY", 0.2)
-    max_delay = _float(env, "VOICEPOOL_ENDPOINTING_MAX_DELAY", 3.0)
+    max_delay = _float(env, "VOICEPOOL_ENDPOINTING_MAX_DELAY", 1.2)
     if max_delay < min_delay:
         raise ConfigError(
             "VOICEPOOL_ENDPOINTING_MAX_DELAY must be >= VOICEPOOL_ENDPOINTING_MIN_DELAY"
         )
+    turn_detection = _choice(env, "VOICEPOOL_TURN_DETECTION", "vad", TURN_DETECTION)
+    vad_min_silence = _float(env, "VOICEPOOL_VAD_MIN_SILENCE", 0.25)
+    if turn_detection == "smart-turn" and vad_min_silence < SMART_TURN_MIN_SILENCE_S:
+        # livekit-agents asks its streaming turn detectors for a verdict at 0.2 s of silence
+        # and refuses a VAD that ends speech before that verdict can arrive
+        raise ConfigError(
+            f"VOICEPOOL_TURN_DETECTION=smart-turn needs VOICEPOOL_VAD_MIN_SILENCE >= "
+            f"{SMART_TURN_MIN_SILENCE_S} (got {vad_min_silence})"
+        )
+
+    announce = _bool(env, "VOICEPOOL_HANG_UP_AFTER_GREETING", False)
+    if announce and not env.get("VOICEPOOL_GREETING", DEFAULT_GREETING).strip():
+        raise ConfigError("VOICEPOOL_HANG_UP_AFTER_GREETING needs a VOICEPOOL_GREETING to say")
 
     return WorkerConfig(
         livekit_url=url,
@@ -294,8 +313,8 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         tts_voice=(env.get("VOICEPOOL_TTS_VOICE") or "").strip(),
         system_prompt=env.get("VOICEPOOL_SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
         greeting=env.get("VOICEPOOL_GREETING", DEFAULT_GREETING),
-        turn_detection=_choice(env, "VOICEPOOL_TURN_DETECTION", "vad", TURN_DETECTION),
-        vad_min_silence_s=_float(env, "VOICEPOOL_VAD_MIN_SILENCE", 0.25),
+        turn_detection=turn_detection,
+        vad_min_silence_s=vad_min_silence,
         endpointing_min_delay_s=min_delay,
         endpointing_max_delay_s=max_delay,
         noise_suppression=_bool(env, "VOICEPOOL_NOISE_SUPPRESSION", True),
@@ -340,4 +359,7 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         tts_threads=_int(env, "VOICEPOOL_TTS_THREADS", 1, 0),
         input_frame_ms=_frame_ms(env, "VOICEPOOL_INPUT_FRAME_MS", 20),
         sync_transcription=_bool(env, "VOICEPOOL_SYNC_TRANSCRIPTION", False),
+        eot_threshold=_fraction(env, "VOICEPOOL_EOT_THRESHOLD", 0.5),
+        stt_threads=_int(env, "VOICEPOOL_STT_THREADS", 1, 1),
+        hang_up_after_greeting=announce,
     )

@@ -8,7 +8,9 @@ contains (stemmed, so "opening" matches "open"), and the turn is decided from al
 * questions win over pleasantries and over hang-up ("thanks, what are your opening hours"
   answers the hours); two questions in one sentence are both answered;
 * a booking collects ``day``, ``time`` and ``name`` over as many turns as it takes, asking for
-  what is missing, and still answers a question asked in between;
+  what is missing; it never outranks what the caller says next: a question is answered (the
+  missing slot asked again once, while the booking is fresh), a request for a person
+  transfers, a goodbye ends the call, "never mind" drops it (``_pending_booking``);
 * a weak match is asked back ("Are you asking about our prices?"); "yes" then answers it;
 * hang-up and transfer are *actions* on the reply: the caller of ``respond`` carries them out
   (``dialog_actions.py``), this module never does I/O.
@@ -20,7 +22,7 @@ reply and nothing is stored between turns.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ SLOTS = ("day", "time", "name")
 SURE = 1.0
 UNSURE = 0.4
 MAX_ANSWERS = 2
+DEFAULT_CANCEL = "All right, I won't book anything then. Is there anything else I can help with?"
 DEFAULT_PATH = Path(__file__).with_name("dialog_default.yaml")
 
 _SUFFIXES = ("ations", "ation", "ings", "ing", "ions", "ion", "ed", "es", "s", "e")
@@ -54,6 +57,10 @@ _YES = frozenset(
     ]
 )
 _NO = frozenset(["no", "nope", "nah", "not", "wrong"])
+#: a caller who drops a booking: one of these words, or a bare "no" (``_cancels``)
+_CANCEL_WORDS = frozenset(["cancel", "nevermind"])
+_CANCEL_PHRASES = ("never mind", "forget it", "forget about it", "don't bother", "not anymore")
+_DECLINE_OPENERS = frozenset(["no", "nope", "nah"])
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _NUMBERS = {
     w: i
@@ -149,6 +156,7 @@ class Intent:
     answer: str = ""
     label: str = ""
     ask: Mapping[str, str] = field(default_factory=dict)
+    cancel: str = ""  # a booking's reply when the caller drops it
 
     def score(self, clause_stems: tuple[str, ...]) -> float:
         """Sum of the weights of the keywords (word sequences) found in the clause."""
@@ -184,6 +192,8 @@ class Dialog:
         out = [self.render(i.answer) for i in self.intents if i.answer and i.kind != "booking"]
         for i in self.intents:
             out += [a for a in i.ask.values() if "{" not in a]
+            if i.cancel:
+                out.append(self.render(i.cancel))
             if i.kind in ("question", "booking", "transfer"):
                 out.append(self.render(self.clarify, {"label": i.label}))
         return [*out, self.fallback]
@@ -236,6 +246,7 @@ def parse(data: Any, source: str = "dialog") -> Dialog:
                 answer=answer,
                 label=str(raw.get("label") or name),
                 ask=ask,
+                cancel=str(raw.get("cancel") or DEFAULT_CANCEL) if kind == "booking" else "",
             )
         )
     if len({i.name for i in intents}) != len(intents):
@@ -285,11 +296,12 @@ def _hour_label(hour: int, minute: int, meridiem: str | None) -> str:
 
 
 def find_day(text: str) -> str | None:
+    """The weekday named last ("move it from monday to thursday": Thursday), else
+    tomorrow / today."""
     ws = words(text)
-    for w in ws:
-        base = w.rstrip("s") if w.endswith("days") else w
-        if base in _WEEKDAYS:
-            return base.capitalize()
+    days = [b for w in ws if (b := w.rstrip("s") if w.endswith("days") else w) in _WEEKDAYS]
+    if days:
+        return days[-1].capitalize()
     if "tomorrow" in ws:
         return "tomorrow"
     if "today" in ws:
@@ -359,6 +371,8 @@ class State:
     booking: Mapping[str, str] | None = None  # slots collected so far, while a booking runs
     clarify: str | None = None  # the intent a weak match asked back about
     last_reply: str = ""
+    asked: str | None = None  # the slot the last reply asked for (a bare answer fills it)
+    away: int = 0  # caller turns in a row that left a pending booking where it was
 
 
 def understand(dialog: Dialog, text: str) -> list[tuple[Intent, float]]:
@@ -380,11 +394,23 @@ def _next_slot(slots: Mapping[str, str]) -> str | None:
     return next((s for s in SLOTS if s not in slots), None)
 
 
+def _cancels(text: str) -> bool:
+    """The caller drops what is pending: "never mind", "cancel that", a bare "no"."""
+    ws = words(text)
+    joined = " ".join(ws)
+    return bool(
+        set(ws) & _CANCEL_WORDS
+        or any(p in joined for p in _CANCEL_PHRASES)
+        or (ws and ws[0] in _DECLINE_OPENERS)
+    )
+
+
 def turn(dialog: Dialog, state: State, text: str, last_said: str = "") -> tuple[Reply, State]:
     """One caller utterance: the reply and the next state."""
     found = understand(dialog, text)
+    day, time_ = find_day(text), find_time(text)
     # a day or a time said with a weak booking word is a booking ("can I come in on friday")
-    if find_day(text) or find_time(text):
+    if day or time_:
         found = [(i, SURE) if i.kind == "booking" and s >= UNSURE else (i, s) for i, s in found]
     sure = [i for i, score in found if score >= SURE]
     ws = set(words(text))
@@ -404,33 +430,41 @@ def turn(dialog: Dialog, state: State, text: str, last_said: str = "") -> tuple[
     questions = once("question")[:MAX_ANSWERS]
     parts = [dialog.render(q.answer) for q in questions]
     names = [q.name for q in questions]
-    booking_intent = next(iter(once("booking")), None)
+    asked_booking = next(iter(once("booking")), None)
+    booking_intent = asked_booking
     if booking_intent is None and state.booking is not None:
         booking_intent = next((i for i in dialog.intents if i.kind == "booking"), None)
-    booking = dict(state.booking) if state.booking is not None else None
-    if booking_intent is not None and (once("booking") or booking is not None):
-        if booking is None:
-            booking = {}
-        pending = _next_slot(booking)
-        for slot, value in (
-            ("day", find_day(text)),
-            ("time", find_time(text)),
-            ("name", find_name(text, expecting=pending == "name" and not sure)),
-        ):
-            if value and slot not in booking:
+    if booking_intent is not None and (asked_booking or state.booking is not None):
+        booking = dict(state.booking) if state.booking is not None else {}
+        if asked_booking is None and questions:
+            # a day said in a question belongs to it ("are you open on saturday"), not the slot
+            rest = _clauses_without_questions(dialog, text)
+            day, time_ = find_day(rest), find_time(rest)
+        filled = False
+        for slot, value in (("day", day), ("time", time_)):
+            if value and booking.get(slot) != value:  # the caller's latest word wins
                 booking[slot] = value
-        missing = _next_slot(booking)
-        if missing is None:
-            parts.append(dialog.render(booking_intent.answer, booking))
-            booking = None
-        elif once("booking") or len(booking) > len(state.booking or {}) or not parts:
-            parts.append(dialog.render(booking_intent.ask[missing], booking))
-        else:  # a question in the middle of a booking: answer, then ask again
-            parts.append(dialog.render(booking_intent.ask[missing], booking))
-        names.append(booking_intent.name)
+                filled = True
+        name = find_name(text, expecting=state.asked == "name" and not sure)
+        if name and "name" not in booking:
+            booking["name"] = name
+            filled = True
+        if asked_booking is not None or filled:
+            missing = _next_slot(booking)
+            if missing is None:
+                parts.append(dialog.render(booking_intent.answer, booking))
+            else:
+                parts.append(dialog.render(booking_intent.ask[missing], booking))
+            names.append(booking_intent.name)
+            out = " ".join(parts)
+            after = State(booking if missing else None, None, out, missing, 0)
+            return Reply(out, None, tuple(names)), after
+        return _pending_booking(
+            dialog, state, booking_intent, booking, text, last_said, parts, names, once, found
+        )
     if parts:
         text_out = " ".join(parts)
-        return Reply(text_out, None, tuple(names)), State(booking, None, text_out)
+        return Reply(text_out, None, tuple(names)), State(None, None, text_out)
 
     for kind in ("transfer", "hangup"):
         if once(kind):
@@ -444,16 +478,87 @@ def turn(dialog: Dialog, state: State, text: str, last_said: str = "") -> tuple[
         i = once("social")[0]
         out = dialog.render(i.answer)
         return Reply(out, None, (i.name,)), replace(state, clarify=None, last_reply=out)
+    guess = _guess(found)
+    if guess is not None:
+        out = dialog.render(dialog.clarify, {"label": guess.label})
+        return Reply(out, None, ("clarify",)), replace(state, clarify=guess.name, last_reply=out)
+    return Reply(dialog.fallback), replace(state, clarify=None, last_reply=dialog.fallback)
+
+
+def _clauses_without_questions(dialog: Dialog, text: str) -> str:
+    """The caller's clauses that ask no question (where a booking's day or time may be)."""
+    questions = [i for i in dialog.intents if i.kind == "question"]
+    return ", ".join(
+        c for c in clauses(text) if not any(q.score(stems(c)) >= SURE for q in questions)
+    )
+
+
+def _guess(found: Sequence[tuple[Intent, float]]) -> Intent | None:
+    """The best weak match worth asking back about."""
     guesses = [
         (i, s)
         for i, s in found
         if UNSURE <= s < SURE and i.kind in ("question", "booking", "transfer")
     ]
-    if guesses:
-        guess = max(guesses, key=lambda g: g[1])[0]
+    return max(guesses, key=lambda g: g[1])[0] if guesses else None
+
+
+def _pending_booking(
+    dialog: Dialog,
+    state: State,
+    booking_intent: Intent,
+    booking: Mapping[str, str],
+    text: str,
+    last_said: str,
+    parts: list[str],
+    names: list[str],
+    once: Callable[[str], list[Intent]],
+    found: Sequence[tuple[Intent, float]],
+) -> tuple[Reply, State]:
+    """A turn that did not move a pending booking on: what the caller said comes first.
+
+    A question is answered; a person or a goodbye is an action and drops the booking; a
+    "never mind" drops it with a word. The missing slot is asked again only on the first
+    turn away from the booking (the caller may just have missed the question); after that it
+    waits, quiet, until the caller comes back to it (a day, a time, a booking word).
+    """
+    missing = _next_slot(booking) or SLOTS[-1]
+    fresh = state.away == 0  # the agent's last reply was about the booking
+    kept = State(booking, None, state.last_reply, None, state.away + 1)
+
+    def reask(prefix: list[str], tags: list[str]) -> tuple[Reply, State]:
+        out = " ".join([*prefix, dialog.render(booking_intent.ask[missing], booking)])
+        reply = Reply(out, None, (*tags, booking_intent.name))
+        return reply, replace(kept, last_reply=out, asked=missing)
+
+    if parts:  # a question: answered, the slot asked again only while the booking is fresh
+        if fresh:
+            return reask(parts, names)
+        out = " ".join(parts)
+        return Reply(out, None, tuple(names)), replace(kept, last_reply=out)
+    for kind in ("transfer", "hangup"):
+        if once(kind):
+            i = once(kind)[0]
+            out = dialog.render(i.answer)
+            return Reply(out, kind, (i.name,)), State(None, None, out)
+    if _cancels(text):
+        out = dialog.render(booking_intent.cancel)
+        return Reply(out, None, (booking_intent.name,)), State(None, None, out)
+    if once("repeat"):
+        out = last_said or state.last_reply or dialog.fallback
+        return Reply(out, None, ("repeat",)), state
+    guess = _guess(found)
+    if guess is not None and guess.kind != "booking":
         out = dialog.render(dialog.clarify, {"label": guess.label})
-        return Reply(out, None, ("clarify",)), replace(state, clarify=guess.name, last_reply=out)
-    return Reply(dialog.fallback), replace(state, clarify=None, last_reply=dialog.fallback)
+        after = replace(kept, clarify=guess.name, last_reply=out)
+        return Reply(out, None, ("clarify",)), after
+    if fresh:  # not understood, or small talk, right after the agent asked: ask again
+        return reask([], [])
+    if once("social"):
+        i = once("social")[0]
+        out = dialog.render(i.answer)
+        return Reply(out, None, (i.name,)), replace(kept, last_reply=out)
+    return Reply(dialog.fallback), replace(kept, last_reply=dialog.fallback)
 
 
 def respond(dialog: Dialog, history: Sequence[tuple[str, str]]) -> Reply:

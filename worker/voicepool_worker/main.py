@@ -70,6 +70,10 @@ def preload_modules(cfg: WorkerConfig) -> list[str]:
         mods += ["pocketsphinx", "voicepool_worker.providers.pocketsphinx_stt"]
     if "piper" in cfg.tts_chain:
         mods += ["piper", "voicepool_worker.providers.piper_tts"]
+    if cfg.turn_detection == "smart-turn":
+        mods += ["onnxruntime", "voicepool_worker.smart_turn"]
+    if "whisper" in cfg.stt_chain:  # the module only: CTranslate2 loaded before a fork hangs
+        mods += ["faster_whisper", "voicepool_worker.providers.whisper_stt"]
     if "openai" in (*cfg.stt_chain, *cfg.llm_chain, *cfg.tts_chain):
         mods.append("livekit.plugins.openai")
     if cfg.executor == "process":  # last: loads the models the modules above embed, once
@@ -450,6 +454,12 @@ def main() -> None:
     if cfg.pod_name:
         static["pod"] = cfg.pod_name
     logs.setup(cfg.log_level, static, mask_numbers=cfg.mask_phone_numbers)
+    if cfg.turn_detection == "smart-turn":
+        from . import smart_turn
+
+        why = smart_turn.check()  # one line here, not one per call process
+        if why is not None:
+            log.error(f"end-of-turn model unavailable, turns end on silence alone: {why}")
     try:
         code = asyncio.run(Runtime(cfg).run())
     except KeyboardInterrupt:

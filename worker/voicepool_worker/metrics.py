@@ -96,6 +96,11 @@ PROVIDER_ERRORS = Counter(
 DIALOG_ACTIONS = Counter(
     "voicepool_worker_dialog_actions", "Hang-ups and transfers the dialog asked for", ["action"]
 )
+TURN_VERDICTS = Counter(
+    "voicepool_worker_turn_verdicts",
+    "End-of-turn model verdicts at a caller's pause: complete (short wait) or unfinished",
+    ["verdict"],
+)
 
 
 def render() -> bytes:

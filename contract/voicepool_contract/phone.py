@@ -22,7 +22,12 @@ TRANSFER, HANGUP, COLLECT = "transfer", "hangup", "collect:"
 BACK_KEY, END_KEY = "*", "#"
 
 
-class MenuError(ValueError):
+class PhoneSettingError(ValueError):
+    """A bad phone setting (menu, number, transfer target, allow-list); the message names the
+    setting and the fix."""
+
+
+class MenuError(PhoneSettingError):
     """A bad keypad menu; the message names the setting, the entry and the fix."""
 
 
@@ -84,11 +89,38 @@ def parse_destinations(spec: str | Iterable[str], *, setting: str) -> tuple[str,
         if not prefix:
             continue
         if not E164_PREFIX.match(prefix):
-            raise MenuError(
+            raise PhoneSettingError(
                 f"{setting}: {item!r} is not an E.164 prefix like +1555 (or + for any number)"
             )
         out.append(prefix)
     return tuple(out)
+
+
+#: Where a SIP REFER may send a caller: a tel: number or a SIP URI.
+TRANSFER_TARGET = re.compile(r"^(tel:\+?[0-9][0-9\-\s().]{2,30}|sips?:[^\s@]+@[^\s]+)$")
+
+
+def parse_transfer_target(value: str, *, setting: str = "VOICEPOOL_TRANSFER_TO") -> str | None:
+    """A SIP REFER target (``tel:+15550100`` or ``sip:desk@pbx.example``), or None when unset."""
+    target = value.strip()
+    if not target:
+        return None
+    if not TRANSFER_TARGET.match(target):
+        raise PhoneSettingError(
+            f"{setting}={target!r} is not a transfer target: use tel:+<number> or sip:user@host"
+        )
+    return target
+
+
+def parse_phone_number(value: str, *, setting: str) -> str | None:
+    """An E.164 number (``+15550107777``; spaces, dashes and brackets dropped), or None if unset."""
+    raw = value.strip()
+    if not raw:
+        return None
+    number = normalize_number(raw)
+    if not E164.match(number):
+        raise PhoneSettingError(f"{setting}={raw!r} is not an E.164 number like +15550107777")
+    return number
 
 
 def destination_allowed(number: str, prefixes: Iterable[str]) -> bool:

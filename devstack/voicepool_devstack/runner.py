@@ -57,7 +57,7 @@ class PodRunner:
     kubeconfig: str
     log_dir: Path
     command: list[str] = field(
-        default_factory=lambda: [sys.executable, "-m", "voicepool_worker.main"]
+        default_factory=lambda: [sys.executable, "-m", "voicepool_worker.runtime.server"]
     )
     extra_env: Mapping[str, str] = field(default_factory=dict)
     on_event: Callable[[str], None] = print

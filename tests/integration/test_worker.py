@@ -22,7 +22,7 @@ from livekit.api import CreateAgentDispatchRequest, LiveKitAPI
 from voicepool_contract.phone import mask_number
 from voicepool_devstack.testing import Environment, wait_for
 from voicepool_worker.caller import Call, CallerConfig
-from voicepool_worker.sessions import (
+from voicepool_worker.runtime.sessions import (
     ANN_CAPACITY,
     ANN_DELETION_COST,
     ANN_DRAIN,

@@ -61,7 +61,7 @@ class WorkerProcess:
         full.update(env or {})
         with self.log_path.open("wb") as out, self.err_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "voicepool_worker.main"],
+                [sys.executable, "-m", "voicepool_worker.runtime.server"],
                 env=full,
                 stdout=out,
                 stderr=err,

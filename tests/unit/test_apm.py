@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from livekit import rtc
-from voicepool_worker.apm import CallerAudioProcessor
+from voicepool_worker.audio.apm import CallerAudioProcessor
+from voicepool_worker.audio.playout_tap import ReferenceSchedule
 from voicepool_worker.caller import _voice
 from voicepool_worker.measure import rms
-from voicepool_worker.playout_tap import ReferenceSchedule
 
 RATE = 24000
 FRAME = 1200  # 50 ms, as the room input hands them over

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from voicepool_contract.phone import MenuError, mask_number, mask_numbers_in, parse_menu_tree
 from voicepool_worker import config
-from voicepool_worker.callflow import (
+from voicepool_worker.phone.keypad import (
     NO_DIGITS_TEXT,
     NO_SUCH_KEY_TEXT,
     Ask,
@@ -137,7 +137,7 @@ def test_transfer_and_hangup_keys() -> None:
 )
 def test_spoken_call_intents(text: str, intent: str | None) -> None:
     """The dialog decides what a caller's words ask of the call; call control carries it out."""
-    from voicepool_worker import dialog
+    from voicepool_worker.providers import dialog
 
     assert dialog.respond(dialog.load(), [("user", text)]).action == intent
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import voicepool_contract as contract
 from voicepool_operator import constants
-from voicepool_worker import sessions
+from voicepool_worker.runtime import sessions
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "voicepool" / "templates"
 

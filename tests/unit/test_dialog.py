@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from voicepool_worker import config, dialog, providers
+from voicepool_worker import config, providers
 from voicepool_worker.config import ConfigError
-from voicepool_worker.dialog import find_day, find_name, find_time, respond
+from voicepool_worker.providers import dialog
+from voicepool_worker.providers.dialog import find_day, find_name, find_time, respond
 
 from bench.dialog_score import fits, load_heldout
 
@@ -320,7 +321,7 @@ async def _chat(model: object, text: str) -> str:
 async def test_the_scripted_dialogs_actions_reach_call_control() -> None:
     import asyncio
 
-    from voicepool_worker import dialog_actions
+    from voicepool_worker.agents.receptionist import dialog_actions
     from voicepool_worker.providers.rules_llm import RulesLLM
 
     rules, actions = RulesLLM(D), Recorder()
@@ -335,7 +336,7 @@ async def test_the_scripted_dialogs_actions_reach_call_control() -> None:
 async def test_the_llm_tools_reach_call_control() -> None:
     import asyncio
 
-    from voicepool_worker import dialog_actions
+    from voicepool_worker.agents.receptionist import dialog_actions
 
     actions = Recorder()
     end_call, transfer_call = dialog_actions.tools(actions)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from voicepool_worker.echo_delay import (
+from voicepool_worker.audio.echo_delay import (
     EchoDelayEstimator,
     EchoPresence,
     ResidualEchoGate,

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from voicepool_worker import config
-from voicepool_worker.config import ConfigError
-from voicepool_worker.end_of_turn import (
+from voicepool_worker.audio.end_of_turn import (
     FEATURE_FRAMES,
     SAMPLE_RATE,
     EndOfTurnPolicy,
@@ -18,6 +17,7 @@ from voicepool_worker.end_of_turn import (
     last_voiced_end,
     model_window,
 )
+from voicepool_worker.config import ConfigError
 
 BASE = {"LIVEKIT_URL": "ws://x", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}
 
@@ -51,7 +51,7 @@ def test_the_features_are_pipecats_own() -> None:
     import importlib.util
 
     from faster_whisper.feature_extractor import FeatureExtractor
-    from voicepool_worker import smart_turn
+    from voicepool_worker.audio import smart_turn
 
     ref_path = smart_turn.model_path().parents[1] / "_whisper_features.py"
     spec = importlib.util.spec_from_file_location("pipecat_whisper_features", ref_path)
@@ -115,13 +115,13 @@ def piper16k(text: str) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model() -> object:
-    from voicepool_worker import smart_turn
+    from voicepool_worker.audio import smart_turn
 
     return smart_turn.SmartTurnModel()
 
 
 def test_the_model_file_comes_from_the_installed_wheel() -> None:
-    from voicepool_worker import smart_turn
+    from voicepool_worker.audio import smart_turn
 
     path = smart_turn.model_path()
     assert path.name == "smart-turn-v3.2-cpu.onnx" and "site-packages" in str(path)
@@ -129,7 +129,7 @@ def test_the_model_file_comes_from_the_installed_wheel() -> None:
 
 
 def test_a_question_is_complete_and_a_trailing_if_is_not(model: object) -> None:
-    from voicepool_worker.smart_turn import SmartTurnModel
+    from voicepool_worker.audio.smart_turn import SmartTurnModel
 
     assert isinstance(model, SmartTurnModel)
     done = model.probability(
@@ -146,7 +146,7 @@ async def test_the_stream_is_livekits_streaming_turn_detector(model: object) -> 
     """The framework takes it as a streaming detector (audio pushed, a verdict per pause)."""
     from livekit import rtc
     from livekit.agents.voice.turn import _StreamingTurnDetector, _StreamingTurnDetectorStream
-    from voicepool_worker.smart_turn import SmartTurnDetector, SmartTurnModel
+    from voicepool_worker.audio.smart_turn import SmartTurnDetector, SmartTurnModel
 
     assert isinstance(model, SmartTurnModel)
     det = SmartTurnDetector(model, EndOfTurnPolicy())
@@ -169,7 +169,7 @@ async def test_the_stream_is_livekits_streaming_turn_detector(model: object) -> 
 def test_a_corrupt_or_missing_model_is_one_line_and_no_detector(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from voicepool_worker import smart_turn
+    from voicepool_worker.audio import smart_turn
 
     bad = tmp_path / "smart-turn.onnx"
     bad.write_bytes(b"not an onnx file" * 100)

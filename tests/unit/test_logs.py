@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from voicepool_worker.logs import JsonFormatter, MaskNumbers
+from voicepool_worker.runtime.logs import JsonFormatter, MaskNumbers
 
 CALLER = "+15550100001"
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from voicepool_worker.onset import EarlyBargeIn, SpeechOnset
+from voicepool_worker.audio.onset import EarlyBargeIn, SpeechOnset
 
 
 def feed(onset: SpeechOnset, levels: list[float]) -> list[int]:

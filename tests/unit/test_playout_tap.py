@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from voicepool_worker.playout_tap import TICK_S, ReferenceSchedule
+from voicepool_worker.audio.playout_tap import TICK_S, ReferenceSchedule
 
 from .conftest import pcm
 

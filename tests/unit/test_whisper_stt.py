@@ -94,12 +94,16 @@ def test_whisper_is_a_provider_choice_loaded_after_the_fork() -> None:
     """CTranslate2 loaded in the forkserver hangs the call process's first decode (checked:
     the forked child never returns), so only the module is imported before the fork."""
     from voicepool_worker import config, providers
-    from voicepool_worker.main import preload_modules
+    from voicepool_worker.agents import receptionist
+    from voicepool_worker.runtime.loader import DEFAULT_AGENT
+    from voicepool_worker.runtime.server import preload_modules
 
     env = {"LIVEKIT_URL": "ws://x", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}
     cfg = config.load({**env, "VOICEPOOL_STT": "whisper,pocketsphinx"})
     providers.check(cfg)
     assert cfg.stt == "whisper" and cfg.stt_threads == 1
-    assert "voicepool_worker.providers.whisper_stt" in preload_modules(cfg)
+    assert "voicepool_worker.providers.whisper_stt" in preload_modules(
+        cfg, receptionist.app, DEFAULT_AGENT
+    )
     built = providers.instances_of(providers.build_stt(cfg))
     assert [type(b).__name__ for b in built] == ["WhisperSTT", "PocketsphinxSTT"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from voicepool_worker.main import announce_capacity
+from voicepool_worker.runtime.server import announce_capacity
 
 
 class FakeServer:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 from voicepool_worker import config
+from voicepool_worker.agents import receptionist
 from voicepool_worker.config import ConfigError
-from voicepool_worker.main import preload_modules
+from voicepool_worker.runtime.loader import DEFAULT_AGENT
+from voicepool_worker.runtime.server import preload_modules
 
 from .conftest import LIVEKIT_ENV as BASE
 
@@ -15,13 +17,18 @@ def test_defaults_are_the_embedded_offline_providers() -> None:
     assert (cfg.stt, cfg.llm, cfg.tts) == ("whisper", "rules", "piper")
     assert cfg.capacity == 1 and cfg.http_port == 8081 and cfg.log_level == "INFO"
     assert not cfg.pod_reporting and cfg.greeting and cfg.system_prompt
-    assert "piper" in preload_modules(cfg) and "livekit.plugins.openai" not in preload_modules(cfg)
+    assert "piper" in preload_modules(
+        cfg, receptionist.app, DEFAULT_AGENT
+    ) and "livekit.plugins.openai" not in preload_modules(cfg, receptionist.app, DEFAULT_AGENT)
     # the voice-loop levers the benchmark kept (docs/worker.md, "Figures")
     assert cfg.vad_min_silence_s == 0.25 and cfg.input_frame_ms == 20
     assert cfg.interruption_min_duration_s == 0.05 and cfg.vad_activation == 0.5
     assert not cfg.sync_transcription
     assert cfg.early_barge_in and cfg.early_barge_in_hold_s == 0.3
-    assert preload_modules(cfg)[-1] == "voicepool_worker.preload_models"
+    assert (
+        preload_modules(cfg, receptionist.app, DEFAULT_AGENT)[-1]
+        == "voicepool_worker.agents.receptionist.preload_models"
+    )
 
 
 def test_pod_env() -> None:
@@ -58,7 +65,7 @@ def test_openai_endpoints_take_the_key_from_env() -> None:
     assert cfg.llm_openai.model == "qwen2.5-7b-instruct"
     assert cfg.stt_openai is not None and cfg.stt_openai.api_key == "sk-shared"
     assert cfg.tts_openai is not None and cfg.tts_openai.base_url == "http://llm.internal/v1"
-    assert "livekit.plugins.openai" in preload_modules(cfg)
+    assert "livekit.plugins.openai" in preload_modules(cfg, receptionist.app, DEFAULT_AGENT)
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,13 @@ import pytest
 from livekit.agents import APIConnectionError, APIStatusError, llm
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from openai._models import FinalRequestOptions
-from voicepool_worker import config, providers, resilience
+from voicepool_worker import config, providers
+from voicepool_worker.agents import receptionist
+from voicepool_worker.agents.receptionist import resilience
 from voicepool_worker.config import ConfigError
-from voicepool_worker.main import preload_modules
 from voicepool_worker.providers.failover import FailoverMonitor, latency_of, next_available
+from voicepool_worker.runtime.loader import DEFAULT_AGENT
+from voicepool_worker.runtime.server import preload_modules
 
 from .conftest import LIVEKIT_ENV as BASE
 
@@ -100,7 +103,7 @@ def test_ordered_chains() -> None:
     assert cfg.llm_chain == ("openai", "llama") and cfg.llm == "openai"
     assert cfg.tts_chain == ("piper", "espeak") and cfg.stt_chain == ("whisper",)
     assert cfg.llm_openai is not None and cfg.tts_openai is None
-    assert "livekit.plugins.openai" in preload_modules(cfg)
+    assert "livekit.plugins.openai" in preload_modules(cfg, receptionist.app, DEFAULT_AGENT)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import struct
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from voicepool_worker.apm import TenMsFramer
+from voicepool_worker.audio.apm import TenMsFramer
 from voicepool_worker.providers.espeak_tts import pcm_from_wav
 from voicepool_worker.providers.piper_tts import MIN_CLAUSE_WORDS, ClauseCache, PiperTTS, clauses
 from voicepool_worker.providers.pocketsphinx_stt import SpeechGate

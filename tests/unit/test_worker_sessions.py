@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from voicepool_worker import sessions as s
+from voicepool_worker.runtime import sessions as s
 
 from .conftest import NOW
 

@@ -5,15 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from voicepool_contract.phone import MenuError, parse_menu_tree
+from voicepool_contract.phone import MenuError, parse_menu_tree, parse_transfer_target
 from voicepool_worker import config
-from voicepool_worker.callflow import NO_TRANSFER_TEXT, Ask, Keypad, Transfer
-from voicepool_worker.telephony import (
-    DEFAULT_MENU,
-    TelephonyError,
-    dial_request,
-    parse_transfer_target,
-)
+from voicepool_worker.config import DEFAULT_MENU
+from voicepool_worker.phone.dispatch import TelephonyError, dial_request
+from voicepool_worker.phone.keypad import NO_TRANSFER_TEXT, Ask, Keypad, Transfer
 
 from .conftest import LIVEKIT_ENV as BASE
 

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 import voicepool_contract as contract
 from voicepool_contract import phone
 
-from . import telephony
-
 STT_PROVIDERS = ("pocketsphinx", "whisper", "openai")
 LLM_PROVIDERS = ("rules", "llama", "openai")
 TTS_PROVIDERS = ("piper", "espeak", "openai")
@@ -23,6 +21,11 @@ TTS_FORMATS = ("mp3", "wav", "opus", "aac", "flac", "pcm")
 EXECUTORS = ("process", "thread")
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR", "CRITICAL")  # livekit-agents' spelling
 
+#: The keypad menu of the default receptionist: each key says what a caller would have said.
+DEFAULT_MENU = (
+    "1=what are your opening hours;2=where are you located;3=how much does a cleaning cost;"
+    "4=i would like to book an appointment;0=transfer"
+)
 DEFAULT_SYSTEM_PROMPT = (
     "You are the friendly phone receptionist of Voicepool Dental. Answer in one or two short "
     "spoken sentences, without lists or markdown. Opening hours: Monday to Friday 9 AM to "
@@ -256,18 +259,18 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
     llama_path = (env.get("VOICEPOOL_LLAMA_MODEL_PATH") or "").strip() or None
 
     try:
-        menu = phone.parse_menu_tree(env.get(contract.ENV_DTMF_MENU, telephony.DEFAULT_MENU))
+        menu = phone.parse_menu_tree(env.get(contract.ENV_DTMF_MENU, DEFAULT_MENU))
         destinations = phone.parse_destinations(
             env.get(contract.ENV_SIP_ALLOWED_DESTINATIONS, ""),
             setting=contract.ENV_SIP_ALLOWED_DESTINATIONS,
         )
-        transfer_to = telephony.parse_transfer_target(
+        transfer_to = phone.parse_transfer_target(
             env.get(contract.ENV_TRANSFER_TO, ""), setting=contract.ENV_TRANSFER_TO
         )
-        warm_transfer_to = telephony.parse_phone_number(
+        warm_transfer_to = phone.parse_phone_number(
             env.get(contract.ENV_WARM_TRANSFER_TO, ""), setting=contract.ENV_WARM_TRANSFER_TO
         )
-    except (telephony.TelephonyError, phone.MenuError) as e:
+    except phone.PhoneSettingError as e:
         raise ConfigError(str(e)) from None
 
     min_delay = _float(env, "VOICEPOOL_ENDPOINTING_MIN_DELAY", 0.2)

@@ -62,6 +62,11 @@ POD_PATCHES = Counter(
     "voicepool_worker_pod_patches", "Merge-patches written to this worker's pod", ["result"]
 )
 TURNS = Counter("voicepool_worker_turns", "Answered user turns")
+AGENT_ERRORS = Counter(
+    "voicepool_worker_agent_errors",
+    "Calls the hosted agent failed: its entrypoint raised (crash) or it never joined the room",
+    ["kind"],
+)  # kind: crash | never-joined
 TTS_CACHE = Counter(
     "voicepool_worker_tts_cache", "Clauses the embedded TTS found in its cache", ["result"]
 )  # result: hit | miss

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import voicepool_contract as contract
-from voicepool_contract.phone import E164, MenuError, parse_destinations
+from voicepool_contract.phone import E164, PhoneSettingError, parse_destinations
 
 from ..livekit import LiveKitSpec, parse_livekit
 from ..validate import SpecError, local_object_name, secret_key
@@ -145,7 +145,7 @@ def parse_telephony(raw: Mapping[str, Any] | None) -> TelephonySpec | None:
             outbound.get("allowedDestinations") or (),
             setting="spec.telephony.outbound.allowedDestinations",
         )
-    except MenuError as e:
+    except PhoneSettingError as e:
         raise TelephonyError(str(e)) from None
     if out_address is not None and not destinations:
         raise TelephonyError(

@@ -72,7 +72,7 @@ def check(cfg: WorkerConfig) -> None:
                 "VOICEPOOL_LLAMA_MODEL_PATH to a .gguf file"
             )
     if "rules" in cfg.llm_chain or cfg.dialog_path or cfg.dialog_yaml:
-        from .. import dialog
+        from . import dialog
 
         try:
             dialog.from_config(cfg.dialog_path, cfg.dialog_yaml)
@@ -120,7 +120,7 @@ def _one_llm(name: str, cfg: WorkerConfig) -> Any:
         from .llama_llm import LlamaLLM
 
         return LlamaLLM(model_path=cfg.llama_model_path, threads=cfg.llama_threads)
-    from .. import dialog
+    from . import dialog
     from .rules_llm import RulesLLM
 
     return RulesLLM(dialog.from_config(cfg.dialog_path, cfg.dialog_yaml))

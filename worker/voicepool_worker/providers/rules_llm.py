@@ -20,8 +20,8 @@ from livekit.agents.types import (
     NotGivenOr,
 )
 
-from .. import dialog as dialog_mod
-from ..dialog import Dialog, Reply
+from . import dialog as dialog_mod
+from .dialog import Dialog, Reply
 
 ActionHandler = Callable[[Reply], None]
 

@@ -262,7 +262,7 @@ class SmartTurnStream:
 
 
 def _count(complete: bool) -> None:
-    from . import metrics  # job process: files land in PROMETHEUS_MULTIPROC_DIR
+    from .. import metrics  # job process: files land in PROMETHEUS_MULTIPROC_DIR
 
     metrics.TURN_VERDICTS.labels("complete" if complete else "unfinished").inc()
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import config
+from ... import sdk
 
 log = logging.getLogger("voicepool.worker.resilience")
 
@@ -30,7 +30,7 @@ MAX_UNRECOVERABLE_ERRORS = 20
 _STAGES = {"llm_error": "llm", "stt_error": "stt", "tts_error": "tts"}
 
 
-def session_options(cfg: config.WorkerConfig) -> Any:
+def session_options(cfg: sdk.Settings) -> Any:
     """Per-stage deadlines and no same-provider retries: a failed turn fails fast."""
     from livekit.agents import APIConnectOptions
     from livekit.agents.voice.agent_session import SessionConnectOptions
@@ -67,7 +67,7 @@ class Apology:
 
 def prerender(tts: Any) -> tuple[bytes, int] | None:
     """The apology as PCM from the embedded piper voice, if the TTS chain has one."""
-    from . import providers
+    from ... import providers
 
     for instance in providers.instances_of(tts):
         render = getattr(instance, "render", None)
@@ -90,7 +90,7 @@ async def _frames(pcm: bytes, rate: int) -> AsyncIterator[Any]:
 
 def attach(session: Any, audio: tuple[bytes, int] | None) -> None:
     """Log, count and apologise for every turn a stage could not serve."""
-    from . import metrics, providers
+    from ... import metrics, providers
 
     apology = Apology()
 

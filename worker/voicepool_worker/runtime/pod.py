@@ -20,7 +20,7 @@ from typing import Any
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from .config import ConfigError
+from ..config import ConfigError
 from .sessions import ANN_DRAIN_REASON, PodReport, drain_requested
 
 log = logging.getLogger("voicepool.worker.pod")

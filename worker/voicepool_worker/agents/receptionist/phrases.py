@@ -6,22 +6,15 @@ Its own module because both the forkserver preload (``preload_models``) and the 
 
 from __future__ import annotations
 
-from . import config, resilience
-from .callcontrol import (
-    GOODBYE_TEXT,
-    HOLD_TEXT,
-    IDLE_PROMPT_TEXT,
-    MAX_LENGTH_TEXT,
-    TRANSFER_FAILED_TEXT,
-)
+from ... import sdk
+from . import resilience
 
 
-def known_phrases(cfg: config.WorkerConfig) -> list[str]:
+def known_phrases(cfg: sdk.Settings) -> list[str]:
     """What the agent will say word for word: the embedded TTS caches it in the background."""
-    phrases = [cfg.greeting, HOLD_TEXT, TRANSFER_FAILED_TEXT, GOODBYE_TEXT, resilience.SORRY_TEXT]
-    phrases += [IDLE_PROMPT_TEXT, MAX_LENGTH_TEXT]
+    phrases = [cfg.greeting, *sdk.CALL_CONTROL_PHRASES, resilience.SORRY_TEXT]
     if cfg.llm == "rules":
-        from . import dialog
+        from ...providers import dialog
 
         phrases += dialog.from_config(cfg.dialog_path, cfg.dialog_yaml).known_answers()
     return [p for p in phrases if p.strip()]

@@ -13,7 +13,7 @@ import contextvars
 import logging
 from typing import Any, Protocol
 
-from .dialog import Reply
+from ...providers.dialog import Reply
 
 log = logging.getLogger("voicepool.worker.dialog")
 
@@ -37,8 +37,8 @@ class CallActions(Protocol):
 
 def connect(llm_stage: Any, actions: CallActions) -> None:
     """Route the scripted dialog's reply actions (every ``rules`` LLM in the chain)."""
-    from . import providers
-    from .providers.rules_llm import RulesLLM
+    from ... import providers
+    from ...providers.rules_llm import RulesLLM
 
     tasks: set[asyncio.Task[None]] = set()
 

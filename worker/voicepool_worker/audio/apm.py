@@ -18,8 +18,8 @@ from collections.abc import Callable
 import numpy as np
 from livekit import rtc
 
+from ..measure import rms
 from .echo_delay import EchoDelayEstimator, EchoPresence, ResidualEchoGate
-from .measure import rms
 from .playout_tap import ReferenceSchedule
 
 log = logging.getLogger("voicepool.worker.apm")

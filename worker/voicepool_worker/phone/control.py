@@ -22,7 +22,8 @@ from livekit import api, rtc
 from livekit.agents import AgentSession, JobContext
 from voicepool_contract import phone
 
-from . import callflow, config, telephony
+from .. import config
+from . import keypad as callflow
 
 log = logging.getLogger("voicepool.worker.call")
 
@@ -33,6 +34,16 @@ IDLE_PROMPT_TEXT = "Are you still there?"
 MAX_LENGTH_TEXT = "I am sorry, we have reached the time limit for this call. Goodbye."
 WARM_HOLD_TEXT = "Please hold while I bring in a colleague."
 NO_COLLEAGUE_TEXT = "Sorry, no colleague is free to take your call right now. How else can I help?"
+#: Everything call control says word for word (an embedded TTS can cache it ahead of calls).
+SPOKEN = (
+    HOLD_TEXT,
+    TRANSFER_FAILED_TEXT,
+    GOODBYE_TEXT,
+    IDLE_PROMPT_TEXT,
+    MAX_LENGTH_TEXT,
+    WARM_HOLD_TEXT,
+    NO_COLLEAGUE_TEXT,
+)
 TRANSFER_TIMEOUT_S = 30.0
 #: The colleague's audio track must show up (and be muted) this soon after the answer.
 COLLEAGUE_TRACK_S = 10.0
@@ -112,6 +123,12 @@ class CallControl:
         if self.limits.idle_timeout_s > 0 or self.limits.max_call_s > 0:
             self._spawn(self._watch_limits())
         self._ctx.room.on("participant_disconnected", self._on_left)
+        self._session.on("conversation_item_added", self._on_item)
+
+    def _on_item(self, ev: Any) -> None:
+        """A caller's turn (words) is activity: the idle clock starts again."""
+        if getattr(ev.item, "role", None) == "user":
+            self.caller_spoke()
 
     def _on_left(self, participant: rtc.RemoteParticipant) -> None:
         """The caller hung up: end the call now (delete the room) rather than wait it out.
@@ -134,7 +151,7 @@ class CallControl:
     # -- keypad --------------------------------------------------------------------------------
 
     def on_dtmf(self, ev: rtc.SipDTMF) -> None:
-        from . import metrics
+        from .. import metrics
 
         if self._handed_over:  # the caller talks to a colleague now: keys are theirs
             return
@@ -185,7 +202,7 @@ class CallControl:
 
     async def hang_up(self, reason: str) -> None:
         """The dialog said goodbye: once it is heard, end the call."""
-        from . import metrics
+        from .. import metrics
 
         await self._speech_heard()
         metrics.DIALOG_ACTIONS.labels("hangup").inc()
@@ -193,7 +210,7 @@ class CallControl:
 
     async def transfer_caller(self, reason: str) -> None:
         """The dialog promised a person: once that is heard, REFER the caller."""
-        from . import metrics
+        from .. import metrics
 
         await self._speech_heard()
         metrics.DIALOG_ACTIONS.labels("transfer").inc()
@@ -208,7 +225,7 @@ class CallControl:
 
     async def hangup(self, reason: str, say: str | None = None) -> None:
         """End the call: optionally say ``say``, then delete the room (the phone gets a BYE)."""
-        from . import metrics
+        from .. import metrics
 
         if self._ended:
             return
@@ -252,7 +269,7 @@ class CallControl:
         our leg), ``403`` or another failure comes back as an error and the call goes on, and
         no NOTIFY at all times out after ``TRANSFER_TIMEOUT_S``.
         """
-        from . import metrics
+        from .. import metrics
 
         if self._transferring:
             return "a transfer is already under way"
@@ -260,8 +277,8 @@ class CallControl:
         if to is None:
             return "no transfer target is configured"
         try:
-            to = telephony.parse_transfer_target(to, setting="transfer target") or ""
-        except telephony.TelephonyError as e:
+            to = phone.parse_transfer_target(to, setting="transfer target") or ""
+        except phone.PhoneSettingError as e:
             metrics.TRANSFERS.labels("invalid").inc()
             return self._refused("transfer refused", to, e)
         self._transferring = True
@@ -290,7 +307,7 @@ class CallControl:
 
     async def dial(self, number: str, identity: str | None = None) -> str | None:
         """Place the outbound call this job was dispatched for; None once the callee answered."""
-        from . import metrics
+        from .. import metrics
 
         trunk = self._cfg.sip_outbound_trunk
         if trunk is None:
@@ -337,7 +354,7 @@ class CallControl:
         speaking and stays only to end the call for both when either hangs up. None once
         handed over, else why not (the caller is then back with the agent).
         """
-        from . import metrics
+        from .. import metrics
 
         trunk = self._cfg.sip_outbound_trunk
         if self._transferring:

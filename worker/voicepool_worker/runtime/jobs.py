@@ -1,0 +1,165 @@
+"""What the runtime does inside each call's job process, whatever agent it hosts.
+
+livekit-agents runs the hosted agent's entrypoint in a warm process per call. These module-level
+functions (the process executor imports them by name) wrap it:
+
+- every log line of the call carries its room, session (job id) and participant;
+- the agent's ``AgentSession`` (the job's primary session, once the agent starts it) is
+  watched: each turn is a log line, and its latency record (time to first word and its
+  stages) feeds ``/metrics``; the session's close ends the job. No agent code is involved;
+- an entrypoint that raises, or an agent that has not joined the room ``JOIN_TIMEOUT_S`` after
+  the call was dispatched, ends its job with one log line and
+  ``voicepool_worker_agent_errors_total{kind}``; the main process reports the session ended,
+  and the next caller gets a fresh warm process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from livekit import rtc
+from livekit.agents import AgentSession, JobContext, JobProcess
+
+from .. import metrics
+from ..config import WorkerConfig
+from ..latency import TurnTracker
+from ..sdk import settings
+from .loader import agent_spec, load_app
+
+log = logging.getLogger("voicepool.worker.agent")
+
+#: The agent must have joined the call's room this long after the job started.
+JOIN_TIMEOUT_S = 30.0
+#: How long to look for the agent's session (it starts it when it is ready to talk).
+SESSION_WAIT_S = 120.0
+_POLL_S = 0.05
+#: Tasks of this job process (kept referenced until they end).
+_tasks: set[asyncio.Task[Any]] = set()
+
+
+def _spawn(coro: Any) -> None:
+    task = asyncio.create_task(coro)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+def prewarm(proc: JobProcess) -> None:
+    """Every warm process: the pool's settings, then the hosted agent's own prewarm."""
+    cfg = settings()
+    proc.userdata["cfg"] = cfg
+    app = load_app(agent_spec())
+    if app.prewarm is not None:
+        app.prewarm(proc)
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    """One call: the hosted agent's entrypoint, observed."""
+    cfg = settings()
+    fields: dict[str, Any] = {"room": ctx.job.room.name, "session": ctx.job.id, "participant": None}
+    ctx.log_context_fields = fields
+    ctx.room.on("participant_connected", lambda p: _caller_joined(p, fields))
+    _spawn(_watch_session(ctx, cfg))
+    _spawn(_watch_join(ctx))
+    app = load_app(agent_spec())
+    try:
+        await app.entrypoint(ctx)
+    except Exception as e:  # the agent's bug ends this call, never the pod
+        metrics.AGENT_ERRORS.labels("crash").inc()
+        log.error("agent crashed", extra={"error": f"{type(e).__name__}: {e}"}, exc_info=True)
+        ctx.shutdown(reason=f"agent crashed: {type(e).__name__}")
+
+
+def _caller_joined(participant: rtc.RemoteParticipant, fields: dict[str, Any]) -> None:
+    if participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+        return
+    if fields.get("participant") is None:
+        fields["participant"] = participant.identity
+        log.info("caller joined", extra={"kind": int(participant.kind)})
+
+
+async def _watch_join(ctx: JobContext) -> None:
+    await asyncio.sleep(JOIN_TIMEOUT_S)
+    if not ctx.room.isconnected():
+        metrics.AGENT_ERRORS.labels("never-joined").inc()
+        log.error("agent never joined the room", extra={"timeout_s": JOIN_TIMEOUT_S})
+        ctx.shutdown(reason="agent never joined the room")
+
+
+async def _watch_session(ctx: JobContext, cfg: WorkerConfig) -> None:
+    """Find the agent's session when it starts it, and observe it."""
+    deadline = time.monotonic() + SESSION_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            session = ctx.primary_session
+        except RuntimeError:  # not started yet
+            await asyncio.sleep(_POLL_S)
+            continue
+        observe(session, ctx, cfg)
+        for participant in ctx.room.remote_participants.values():
+            _caller_joined(participant, ctx.log_context_fields)
+        return
+
+
+def wall_marks(metrics_: dict[str, Any]) -> dict[str, float]:
+    """The turn's wall-clock marks (VAD's end of the caller's speech, the agent's first frame
+    handed to the room's audio source), so a bench can split the caller's time to first word
+    into uplink, agent and downlink on one machine's clock."""
+    out: dict[str, float] = {}
+    for key, name in (("stopped_speaking_at", "stopped_at"), ("started_speaking_at", "started_at")):
+        value = metrics_.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = round(float(value), 4)
+    return out
+
+
+def observe(session: AgentSession[Any], ctx: JobContext, cfg: WorkerConfig) -> None:
+    """Turn log lines, the latency record on /metrics, and the job's end with the session."""
+    turns = TurnTracker()
+
+    @session.on("user_state_changed")
+    def _on_user_state(ev: Any) -> None:
+        # wall-clock marks that split a barge-in's stop time (bench/worker_latency.py)
+        if ev.new_state == "speaking":
+            log.info("caller speaking", extra={"at": time.time()})
+
+    @session.on("agent_state_changed")
+    def _on_agent_state(ev: Any) -> None:
+        if ev.old_state == "speaking":
+            log.info("agent silent", extra={"at": time.time(), "now": str(ev.new_state)})
+
+    @session.on("conversation_item_added")
+    def _on_item(ev: Any) -> None:
+        msg = ev.item
+        role = getattr(msg, "role", None)
+        if role == "user":
+            user_metrics = dict(msg.metrics or {})
+            turns.user_turn(user_metrics)
+            said: dict[str, Any] = {"t": time.time(), **wall_marks(user_metrics)}
+            if cfg.log_transcripts:
+                said["transcript"] = msg.text_content or ""
+            log.info("user turn", extra=said)
+        elif role == "assistant":
+            reply_metrics = dict(msg.metrics or {})
+            latency = turns.agent_reply(reply_metrics)
+            extra: dict[str, Any] = {
+                "interrupted": msg.interrupted,
+                "t": time.time(),
+                **wall_marks(reply_metrics),
+            }
+            if cfg.log_transcripts:
+                extra["reply"] = msg.text_content or ""
+            if latency is not None:
+                stages = latency.as_dict()
+                for name, seconds in stages.items():
+                    metrics.STAGE_HISTOGRAMS[name].observe(seconds)
+                metrics.TURNS.inc()
+                extra["latency"] = {k: round(v, 4) for k, v in stages.items()}
+            log.info("agent turn", extra=extra)
+
+    @session.on("close")
+    def _on_close(ev: Any) -> None:
+        log.info("session closed", extra={"reason": str(ev.reason), "error": str(ev.error or "")})
+        ctx.shutdown(reason=f"session closed: {ev.reason}")

@@ -14,8 +14,8 @@ without your code doing anything. What your agent may use from here:
 - ``CallerAudio``: the caller-audio chain (echo cancellation on the playout reference, noise
   suppression, residual-echo gate, early barge-in) as one object for your session;
 - ``vad()``: the pool's silero VAD, loaded once before the fork;
-- ``CallControl``: hang up, cold and warm transfer, keypad menu events, dial out, the call's
-  idle and length limits, for phone callers (LiveKit SIP);
+- ``call_control(ctx, session)``: the call's one ``CallControl``: hang up, cold and warm
+  transfer, keypad menu events, dial out, the call's idle and length limits (LiveKit SIP);
 - ``dial_request``/``dial_opening``: what an outbound dispatch asks (its ``phone_number``);
 - ``turn_detector()``: the end-of-turn model (Smart Turn) when the pool asks for it;
 - ``TurnLatency``: the per-turn record's type, for agents that want to read it.
@@ -43,6 +43,7 @@ from .config import load as load_settings
 from .latency import TurnLatency
 from .phone.control import SPOKEN as CALL_CONTROL_PHRASES
 from .phone.control import CallControl
+from .phone.control import for_job as _control_for_job
 from .phone.dispatch import TelephonyError as DialError
 from .phone.dispatch import dial_opening, dial_request
 
@@ -57,6 +58,7 @@ __all__ = [
     "JobProcess",
     "Settings",
     "TurnLatency",
+    "call_control",
     "dial_opening",
     "dial_request",
     "load_settings",
@@ -104,6 +106,12 @@ def vad(cfg: Settings | None = None) -> Any:
 
     cfg = cfg or settings()
     return shared(cfg.vad_min_silence_s, cfg.vad_activation, cfg.vad_min_speech_s)
+
+
+def call_control(ctx: JobContext, session: Any, cfg: Settings | None = None) -> CallControl:
+    """The call's one ``CallControl`` (hang up, transfers, keypad, dial out, limits): the same
+    object your dialog, the keypad and the control service act through."""
+    return _control_for_job(ctx, session, cfg or settings())
 
 
 def preload_vad(cfg: Settings | None = None) -> Any:

@@ -61,6 +61,29 @@ _KEY_ACTION: dict[type, str] = {
 }
 
 
+#: The call control of each job in this process (one call per process, by job id): the agent's
+#: dialog, the keypad and the runtime's control service all act through the same one.
+_of_job: dict[str, CallControl] = {}
+
+
+def for_job(ctx: JobContext, session: AgentSession[Any], cfg: config.WorkerConfig) -> CallControl:
+    """The job's one ``CallControl``, made on first use."""
+    control = _of_job.get(ctx.job.id)
+    if control is None:
+        control = _of_job[ctx.job.id] = CallControl(ctx, session, cfg)
+        ctx.add_shutdown_callback(lambda: _forget(ctx.job.id))
+    return control
+
+
+def existing(job_id: str) -> CallControl | None:
+    """The job's call control if its agent made one (the runtime's control service asks)."""
+    return _of_job.get(job_id)
+
+
+async def _forget(job_id: str) -> None:
+    _of_job.pop(job_id, None)
+
+
 class CallControl:
     """One call's controls; ``start()`` arms the keypad and the idle/length limits."""
 

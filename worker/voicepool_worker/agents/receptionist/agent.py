@@ -94,7 +94,7 @@ async def entrypoint(ctx: JobContext) -> None:
         conn_options=resilience.session_options(cfg),
     )
     resilience.attach(session, ctx.proc.userdata.get("apology"))
-    phone = sdk.CallControl(ctx, session, cfg)  # keypad, dialog actions and limits
+    phone = sdk.call_control(ctx, session, cfg)  # keypad, dialog actions and limits
     dialog_actions.connect(ctx.proc.userdata["llm"], phone)
     agent = VoiceAgent(instructions=cfg.system_prompt)
     if any(name != "rules" for name in cfg.llm_chain):  # a model: the actions as tools

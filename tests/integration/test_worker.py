@@ -19,10 +19,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from livekit.api import CreateAgentDispatchRequest, LiveKitAPI
-from voicepool_contract.phone import mask_number
-from voicepool_devstack.testing import Environment, wait_for
-from voicepool_worker.caller import Call, CallerConfig
-from voicepool_worker.runtime.sessions import (
+from voicepool_contract import (
     ANN_CAPACITY,
     ANN_DELETION_COST,
     ANN_DRAIN,
@@ -32,6 +29,9 @@ from voicepool_worker.runtime.sessions import (
     ANN_SESSIONS,
     ANN_STATE,
 )
+from voicepool_contract.phone import mask_number
+from voicepool_devstack.testing import Environment, wait_for
+from voicepool_worker.caller import Call, CallerConfig
 
 from .worker_harness import WorkerProcess, agent_name
 

@@ -20,7 +20,6 @@ import logging
 import time
 from typing import Any
 
-from livekit import rtc
 from livekit.agents import AgentSession, JobContext, JobProcess
 
 from .. import metrics
@@ -60,7 +59,7 @@ async def entrypoint(ctx: JobContext) -> None:
     cfg = settings()
     fields: dict[str, Any] = {"room": ctx.job.room.name, "session": ctx.job.id, "participant": None}
     ctx.log_context_fields = fields
-    ctx.room.on("participant_connected", lambda p: _caller_joined(p, fields))
+    _spawn(_watch_caller(ctx, fields))
     _spawn(_watch_session(ctx, cfg))
     _spawn(_watch_join(ctx))
     app = load_app(agent_spec())
@@ -72,12 +71,16 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.shutdown(reason=f"agent crashed: {type(e).__name__}")
 
 
-def _caller_joined(participant: rtc.RemoteParticipant, fields: dict[str, Any]) -> None:
-    if participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
-        return
-    if fields.get("participant") is None:
-        fields["participant"] = participant.identity
-        log.info("caller joined", extra={"kind": int(participant.kind)})
+async def _watch_caller(ctx: JobContext, fields: dict[str, Any]) -> None:
+    """The call's first caller (not an agent), once the agent is in the room: every later log
+    line of the call names them."""
+    connected = asyncio.Event()
+    ctx.room.on("connected", lambda: connected.set())
+    if not ctx.room.isconnected():
+        await connected.wait()
+    participant = await ctx.wait_for_participant()
+    fields["participant"] = participant.identity
+    log.info("caller joined", extra={"kind": int(participant.kind)})
 
 
 async def _watch_join(ctx: JobContext) -> None:
@@ -98,8 +101,6 @@ async def _watch_session(ctx: JobContext, cfg: WorkerConfig) -> None:
             await asyncio.sleep(_POLL_S)
             continue
         observe(session, ctx, cfg)
-        for participant in ctx.room.remote_participants.values():
-            _caller_joined(participant, ctx.log_context_fields)
         return
 
 

@@ -25,7 +25,7 @@ from .playout_tap import ReferenceSchedule
 log = logging.getLogger("voicepool.worker.apm")
 #: The delay left to AEC3 after the reference is shifted: well inside what it aligns itself.
 RESIDUAL_DELAY_MS = 200
-GATE_SPREAD_S = 0.25  # how far the echo path may wander around its estimate
+GATE_SPREAD_S = 0.15  # how far the echo path may wander around its estimate (± s)
 ESTIMATE_EVERY = 50  # 10 ms pieces between two delay estimates
 
 

@@ -20,10 +20,13 @@ import logging
 import time
 from typing import Any
 
+from livekit import rtc
 from livekit.agents import AgentSession, JobContext, JobProcess
 
-from .. import metrics
 from ..config import WorkerConfig
+
+# ``metrics`` is imported where it is used, never at import time: this module is imported by
+# the main process before livekit-agents resets PROMETHEUS_MULTIPROC_DIR, which would lose it.
 from ..latency import TurnTracker
 from ..sdk import settings
 from .loader import agent_spec, load_app
@@ -59,33 +62,34 @@ async def entrypoint(ctx: JobContext) -> None:
     cfg = settings()
     fields: dict[str, Any] = {"room": ctx.job.room.name, "session": ctx.job.id, "participant": None}
     ctx.log_context_fields = fields
-    _spawn(_watch_caller(ctx, fields))
+    ctx.add_participant_entrypoint(_caller_joined)
     _spawn(_watch_session(ctx, cfg))
     _spawn(_watch_join(ctx))
     app = load_app(agent_spec())
     try:
         await app.entrypoint(ctx)
     except Exception as e:  # the agent's bug ends this call, never the pod
+        from .. import metrics  # here, not at import: see _metrics_dir in server.py
+
         metrics.AGENT_ERRORS.labels("crash").inc()
         log.error("agent crashed", extra={"error": f"{type(e).__name__}: {e}"}, exc_info=True)
         ctx.shutdown(reason=f"agent crashed: {type(e).__name__}")
 
 
-async def _watch_caller(ctx: JobContext, fields: dict[str, Any]) -> None:
-    """The call's first caller (not an agent), once the agent is in the room: every later log
-    line of the call names them."""
-    connected = asyncio.Event()
-    ctx.room.on("connected", lambda: connected.set())
-    if not ctx.room.isconnected():
-        await connected.wait()
-    participant = await ctx.wait_for_participant()
-    fields["participant"] = participant.identity
-    log.info("caller joined", extra={"kind": int(participant.kind)})
+async def _caller_joined(ctx: JobContext, participant: rtc.RemoteParticipant) -> None:
+    """Each caller (SIP or WebRTC, not an agent) once the agent is in the room: the first one
+    names every later log line of the call."""
+    fields = ctx.log_context_fields
+    if fields.get("participant") is None:
+        fields["participant"] = participant.identity
+        log.info("caller joined", extra={"kind": int(participant.kind)})
 
 
 async def _watch_join(ctx: JobContext) -> None:
     await asyncio.sleep(JOIN_TIMEOUT_S)
     if not ctx.room.isconnected():
+        from .. import metrics
+
         metrics.AGENT_ERRORS.labels("never-joined").inc()
         log.error("agent never joined the room", extra={"timeout_s": JOIN_TIMEOUT_S})
         ctx.shutdown(reason="agent never joined the room")
@@ -153,6 +157,8 @@ def observe(session: AgentSession[Any], ctx: JobContext, cfg: WorkerConfig) -> N
             if cfg.log_transcripts:
                 extra["reply"] = msg.text_content or ""
             if latency is not None:
+                from .. import metrics  # job process: files land in PROMETHEUS_MULTIPROC_DIR
+
                 stages = latency.as_dict()
                 for name, seconds in stages.items():
                     metrics.STAGE_HISTOGRAMS[name].observe(seconds)

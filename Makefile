@@ -54,9 +54,10 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
-## test: install everything the tests need, then run unit + integration tests on real servers
+## test: install everything the tests need, then run unit + integration tests on real servers:
+## two lanes side by side (tests/lanes.py), a progress line a minute, a time table at the end
 test: build
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/python -m tests.lanes
 
 unit: install
 	$(BIN)/pytest -q tests/unit

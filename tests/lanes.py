@@ -1,0 +1,136 @@
+"""``make test``: the suites in two lanes that run side by side, each with its own local stack.
+
+The voice lane (real worker processes, calls, the phone, the real node) is bound by CPU and by
+the wall clock of its calls; the control lane (the operator on kwok nodes, the chart, unit
+tests) mostly waits on the apiserver. Run one after the other they took ~32 minutes on two
+cores; side by side the run takes about as long as the voice lane. Each lane is its own
+pytest process (its session fixtures start its own stack on its own loopback ports), writes
+its log to ``.test-lanes/<lane>.log`` and its per-suite times to ``<lane>.json``; a progress
+line is printed every minute, and at the end one time table over both lanes.
+
+``VOICEPOOL_TEST_LANES=serial`` runs the lanes one after the other (a one-core machine, or to
+take latency-sensitive figures on quiet cores); extra arguments are passed to both pytests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / ".test-lanes"
+#: Suites bound by CPU and call time: real worker processes, calls, phones, the real node.
+VOICE = (
+    "tests/integration/test_voice_loop.py",
+    "tests/integration/test_worker.py",
+    "tests/integration/test_worker_providers.py",
+    "tests/integration/test_phone_calls.py",
+    "tests/integration/test_real_node.py",
+    "tests/integration/test_loopback.py",
+)
+PROGRESS_EVERY_S = 60.0
+
+
+def lanes() -> dict[str, list[str]]:
+    everything = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py"))
+    voice = [s for s in VOICE if s in everything]
+    control = [s for s in everything if s not in voice]
+    return {"voice": voice, "control": control}
+
+
+def _start(name: str, suites: list[str], extra: list[str]) -> subprocess.Popen[bytes]:
+    log = (OUT / f"{name}.log").open("wb")
+    env = {**os.environ, "VOICEPOOL_SUITE_TIMES": str(OUT / f"{name}.json")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra, *suites],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+_PROGRESS_LINE = re.compile(r"([.FEsxX]+)( +\[ *\d+%\])?")
+
+
+def _progress(name: str) -> str:
+    """What pytest -q's progress lines say so far: passed and failed tests."""
+    marks = "".join(
+        m.group(1)
+        for line in (OUT / f"{name}.log").read_text(errors="replace").splitlines()
+        if (m := _PROGRESS_LINE.fullmatch(line.strip()))
+    )
+    return f"{marks.count('.')} passed, {marks.count('F') + marks.count('E')} failed so far"
+
+
+def _table(names: list[str], walls: dict[str, float]) -> None:
+    rows: list[tuple[str, str, float, int, int]] = []
+    for name in names:
+        path = OUT / f"{name}.json"
+        if path.exists():
+            for suite, t in json.loads(path.read_text()).items():
+                rows.append((suite, name, t["seconds"], t["tests"], t["failed"]))
+    print("\n[test] time per suite (setup + call + teardown, wall seconds)")
+    width = max((len(r[0]) for r in rows), default=10)
+    for suite, lane, seconds, tests, failed in sorted(rows, key=lambda r: -r[2]):
+        flag = f"  {failed} failed" if failed else ""
+        print(f"  {suite:<{width}}  {lane:<7}  {seconds:7.1f} s  {tests:4d} tests{flag}")
+    for name in names:
+        print(f"  lane {name}: {walls.get(name, 0.0) / 60:.1f} min wall")
+
+
+def main(argv: list[str]) -> int:
+    OUT.mkdir(exist_ok=True)
+    plan = lanes()
+    serial = os.environ.get("VOICEPOOL_TEST_LANES", "").strip().lower() == "serial"
+    names = list(plan)
+    print(
+        "[test] lanes: "
+        + "; ".join(f"{n}: {len(plan[n])} suites" for n in names)
+        + (" (one after the other)" if serial else " (side by side)")
+        + f"; logs in {OUT.relative_to(ROOT)}/",
+        flush=True,
+    )
+    t0 = time.monotonic()
+    codes: dict[str, int] = {}
+    walls: dict[str, float] = {}
+    pending = list(names)
+    running: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
+    last = time.monotonic()
+    while pending or running:
+        while pending and (not serial or not running):
+            name = pending.pop(0)
+            running[name] = (_start(name, plan[name], argv), time.monotonic())
+        time.sleep(1.0)
+        for name, (proc, started) in list(running.items()):
+            if proc.poll() is not None:
+                codes[name], walls[name] = proc.returncode, time.monotonic() - started
+                del running[name]
+                tail = (OUT / f"{name}.log").read_text(errors="replace").strip().splitlines()
+                last_line = tail[-1] if tail else ""
+                print(f"[test] lane {name} done in {walls[name] / 60:.1f} min: {last_line}")
+                sys.stdout.flush()
+        if time.monotonic() - last >= PROGRESS_EVERY_S and running:
+            last = time.monotonic()
+            minutes = (last - t0) / 60
+            status = "; ".join(f"{n}: {_progress(n)}" for n in running)
+            print(f"[test] {minutes:.0f} min: {status}", flush=True)
+    failed = [n for n, c in codes.items() if c != 0]
+    for name in failed:
+        text = (OUT / f"{name}.log").read_text(errors="replace")
+        cut = text.rfind("short test summary info")
+        summary = text[cut - 40 :] if cut >= 0 else text[-4000:]
+        log = OUT.relative_to(ROOT) / f"{name}.log"
+        print(f"\n[test] lane {name} failed (exit {codes[name]}), {log}:\n{summary}")
+    _table(names, walls)
+    print(f"[test] all lanes: {(time.monotonic() - t0) / 60:.1f} min", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -19,16 +19,15 @@ from typing import Any
 import pytest
 from kubernetes import client
 from livekit.api import CreateAgentDispatchRequest, LiveKitAPI
+from voicepool_contract import ANN_DELETION_COST, ANN_SAFE_TO_EVICT
 from voicepool_contract.phone import mask_number
 from voicepool_devstack.testing import Environment, wait_for
 from voicepool_worker.caller import Call, CallerConfig
 from voicepool_worker.runtime.sessions import (
     ANN_CAPACITY,
-    ANN_DELETION_COST,
     ANN_DRAIN,
     ANN_DRAIN_REASON,
     ANN_REPORTED_AT,
-    ANN_SAFE_TO_EVICT,
     ANN_SESSIONS,
     ANN_STATE,
 )

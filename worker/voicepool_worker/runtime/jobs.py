@@ -100,7 +100,9 @@ async def _watch_session(ctx: JobContext, cfg: WorkerConfig) -> None:
         observe(session, ctx, cfg)
         # a caller already in the room when the agent joins gets no participant_connected:
         # read the room's participants once it is connected (the session connects it)
-        while not ctx.room.isconnected() and time.monotonic() < deadline:
+        for _ in range(int(JOIN_TIMEOUT_S / _POLL_S)):  # bounded; no event says "connected"
+            if ctx.room.isconnected():
+                break
             await asyncio.sleep(_POLL_S)
         for participant in ctx.room.remote_participants.values():
             _caller_joined(participant, ctx.log_context_fields)

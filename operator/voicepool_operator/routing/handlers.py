@@ -41,6 +41,12 @@ _wakeups: dict[tuple[str, str], asyncio.Event] = {}
 _generations: dict[tuple[str, str], Any] = {}
 
 
+@kopf.on.startup()
+async def remember_login(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """This cluster's credentials, for the watches of its own pools (as the operator logs in)."""
+    memo.routing_login = login(settings=settings)
+
+
 @kopf.on.event(GROUP, VERSION, ROUTE_PLURAL)
 async def route_changed(
     namespace: str | None, name: str, body: kopf.Body, type: str | None, **_: Any
@@ -58,7 +64,7 @@ async def route_changed(
             event.set()
 
 
-@kopf.daemon(GROUP, VERSION, ROUTE_PLURAL, cancellation_timeout=10.0)
+@kopf.daemon(GROUP, VERSION, ROUTE_PLURAL, cancellation_timeout=10.0, backoff=5.0)
 async def run_route(
     body: kopf.Body,
     namespace: str | None,
@@ -70,7 +76,7 @@ async def run_route(
     """One loop per VoiceRoute for as long as it exists."""
     key = (namespace or "", name)
     wake = _wakeups.setdefault(key, asyncio.Event())
-    loop = RouteLoop(memo.kube, key[0], name, wake)
+    loop = RouteLoop(memo.kube, memo.routing_login, key[0], name, wake)
     try:
         await loop.run(body, stopped)
     finally:
@@ -82,12 +88,19 @@ async def run_route(
 class RouteLoop:
     """Observers per region, the fold and the status writes of one route."""
 
-    def __init__(self, kube: Kube, namespace: str, name: str, wake: asyncio.Event) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        local: kopf.ConnectionInfo,
+        namespace: str,
+        name: str,
+        wake: asyncio.Event,
+    ) -> None:
         self.kube = kube
         self.namespace = namespace
         self.name = name
         self.wake = wake
-        self.local = login()
+        self.local = local  # this cluster, as the operator logs in
         self.client = ClusterClient(self.local, user_agent="voicepool-operator/routing")
         self.http = session()
         self.observers: dict[str, tuple[RegionSpec, RegionObserver]] = {}

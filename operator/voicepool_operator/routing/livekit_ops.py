@@ -21,7 +21,7 @@ from livekit import api
 
 from .choice import trunk_fault
 
-#: How often the router asks LiveKit whether an agent took the dispatch.
+#: How often the router asks LiveKit whether the dispatched agent is in the room yet.
 ACCEPT_POLL_S = 0.02
 #: Connect and per-request limits: a region that does not answer within these is down for
 #: this call (the router moves on), not something to wait for.
@@ -66,7 +66,7 @@ _ERRORS = (api.TwirpError, aiohttp.ClientError, TimeoutError, OSError)
 class Opened:
     room: str
     dispatch_id: str
-    accepted_after_s: float
+    joined_after_s: float  # dispatch created -> the agent's participant in the room
 
 
 class RegionClient:
@@ -101,11 +101,13 @@ class RegionClient:
         accept_timeout: float,
         empty_timeout: int,
     ) -> Opened:
-        """Create ``room`` and an explicit dispatch of ``agent``; return once a worker accepted.
+        """Create ``room`` and an explicit dispatch of ``agent``; return once the agent is in.
 
-        A worker that accepts a job appears in the dispatch's state (livekit-server records
-        the job only after the worker said yes). Not accepted within ``accept_timeout``: the
-        room is deleted and ``RegionFailure("NotAccepted")`` raised.
+        "Accepted" is taken as the agent's participant being in the room: livekit-server
+        1.13.5 does not record the accepted job in the dispatch's state (``ListDispatch``
+        shows no jobs after the worker took it), and a joined agent is what the caller needs
+        anyway. Not there within ``accept_timeout`` (no free worker, or one that never
+        joins): the room is deleted and ``RegionFailure("NotAccepted")`` raised.
         """
         t0 = time.monotonic()
         try:
@@ -117,9 +119,11 @@ class RegionClient:
             )
             deadline = t0 + accept_timeout
             while True:
-                for d in await self.lk.agent_dispatch.list_dispatch(room):
-                    if d.id == made.id and d.state.jobs:
-                        return Opened(room, d.id, time.monotonic() - t0)
+                listed = await self.lk.room.list_participants(
+                    api.ListParticipantsRequest(room=room)
+                )
+                if any(agent_of(p) == agent for p in listed.participants):
+                    return Opened(room, made.id, time.monotonic() - t0)
                 if time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(ACCEPT_POLL_S)
@@ -128,7 +132,7 @@ class RegionClient:
         await self.close_room(room)
         raise RegionFailure(
             "NotAccepted",
-            f"no {agent!r} agent accepted the dispatch in {accept_timeout:.1f}s at {self.url}",
+            f"no {agent!r} agent took the dispatch within {accept_timeout:.1f}s at {self.url}",
         )
 
     async def close_room(self, room: str) -> None:
@@ -186,11 +190,18 @@ class RegionClient:
         except api.TwirpError as e:
             code = _sip_code(e)
             text = f"SIP {code}" if code else f"{e.code}: {e.message}"
-            if trunk_fault(code, e.code):
+            if trunk_fault(code, e.code, e.message):
                 raise RegionFailure("TrunkFailed", text, sip_status=code) from None
             raise RegionFailure("CallFailed", text, sip_status=code) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise RegionFailure("TrunkFailed", f"no answer from the trunk: {e!r}"[:200]) from None
+
+
+def agent_of(p: api.ParticipantInfo) -> str | None:
+    """The agent name of an agent participant (livekit-server sets ``lk.agent_name``)."""
+    if p.kind != api.ParticipantInfo.Kind.AGENT:
+        return None
+    return str(p.attributes.get("lk.agent_name", ""))
 
 
 def _sip_code(e: api.TwirpError) -> int | None:

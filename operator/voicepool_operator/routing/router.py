@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from voicepool_contract import ROUTE_PLURAL
@@ -283,7 +284,7 @@ class Router:
                 await self.table.client(name, region, fresh=True)  # a rotated key
             raise
         self.pending.setdefault(name, Pending()).placed(cand.name, time.monotonic())
-        return client, opened.accepted_after_s
+        return client, opened.joined_after_s
 
     @staticmethod
     def _names(body: Mapping[str, Any], who: str = "caller") -> tuple[str, str] | str:
@@ -473,7 +474,7 @@ def _tokens(args: argparse.Namespace) -> list[str]:
 
 
 async def serve(args: argparse.Namespace, tokens: list[str]) -> None:
-    kube = ClusterClient(login(), user_agent="voicepool-router")
+    kube = ClusterClient(login(settings=kopf.OperatorSettings()), user_agent="voicepool-router")
     http = session()
     table = RouteTable(kube, args.namespace, http)
     router = Router(

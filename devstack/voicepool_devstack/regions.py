@@ -13,6 +13,10 @@ from __future__ import annotations
 import re
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+from voicepool_contract import GROUP, PLURAL
 
 from . import livekit
 from .errors import DevstackError
@@ -20,6 +24,9 @@ from .livekit import LiveKitInfo
 from .progress import Progress, stderr_progress
 from .stack import LocalStack, StackConfig, StackState
 from .versions import REPO_ROOT
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
 
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
 LIVEKIT_SERVER = "livekit-server"
@@ -96,9 +103,72 @@ class NamedStack:
         return self.state.livekit
 
     def stop_livekit(self) -> None:
-        """Stop this stack's livekit-server (its clients see connection refused)."""
-        self.stack.procs.stop(LIVEKIT_SERVER)
+        """Kill this stack's livekit-server, as a crash or a lost machine would: at once (on
+        SIGTERM it would first drain its rooms for up to 10 s); its clients see connection
+        refused."""
+        self.stack.procs.stop(LIVEKIT_SERVER, grace=0.0)
 
     def start_livekit(self) -> None:
         """Start it again on the same URL with the same keys."""
         livekit.restart(self.stack.procs, self.livekit)
+
+
+def reader_kubeconfig(api: ApiClient, admin_kubeconfig: str, namespace: str) -> str:
+    """A self-contained kubeconfig for ``namespace`` of the cluster behind ``api`` that may only
+    get, list and watch VoiceAgentPools there: a ServiceAccount token (TokenRequest) and the
+    cluster's CA inline. What a platform team puts in a region's kubeconfig Secret."""
+    from kubernetes import client
+
+    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    name = "voicepool-route-reader"
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
+    )
+    rbac.create_namespaced_role(
+        namespace,
+        client.V1Role(
+            metadata=client.V1ObjectMeta(name=name),
+            rules=[
+                client.V1PolicyRule(
+                    api_groups=[GROUP], resources=[PLURAL], verbs=["get", "list", "watch"]
+                )
+            ],
+        ),
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name=name),
+            role_ref=client.V1RoleRef(
+                api_group="rbac.authorization.k8s.io", kind="Role", name=name
+            ),
+            subjects=[client.RbacV1Subject(kind="ServiceAccount", name=name, namespace=namespace)],
+        ),
+    )
+    spec = client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
+    status = core.create_namespaced_service_account_token(
+        name, namespace, client.AuthenticationV1TokenRequest(spec=spec)
+    ).status
+    if status is None or not status.token:
+        raise DevstackError("the apiserver issued no ServiceAccount token")
+    token = status.token
+    admin = yaml.safe_load(Path(admin_kubeconfig).read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "region",
+            "clusters": [
+                {
+                    "name": "region",
+                    "cluster": {
+                        "server": cluster["server"],
+                        "certificate-authority-data": cluster["certificate-authority-data"],
+                    },
+                }
+            ],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [{"name": "region", "context": {"cluster": "region", "user": name}}],
+        }
+    )

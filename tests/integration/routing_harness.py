@@ -1,7 +1,6 @@
-"""Processes and helpers the routing tests and the routing bench share: ``voicepool-router``
-as a subprocess, the stand-in agent (``routing_agent.py``), a VoiceRoute manifest, and a
-least-privileged kubeconfig for a region's cluster (a ServiceAccount token that may only read
-pools, with the CA inline, as a platform team would put in a Secret)."""
+"""What the routing tests and the routing bench share: ``voicepool-router`` as a subprocess,
+VoiceRoute manifests and their status, Secrets. The stand-in agent and a region's reader
+kubeconfig are the devstack's (``voicepool_devstack.regions``), shared with the demo."""
 
 from __future__ import annotations
 
@@ -13,21 +12,17 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
 from kubernetes import client
-from voicepool_contract import GROUP, PLURAL, ROUTE_KIND, ROUTE_PLURAL, VERSION
+from voicepool_contract import GROUP, ROUTE_KIND, ROUTE_PLURAL, VERSION
 from voicepool_devstack.livekit import LiveKitInfo
 from voicepool_devstack.procs import free_port
 from voicepool_devstack.testing import wait_for
-
-AGENT_SCRIPT = Path(__file__).with_name("routing_agent.py")
 
 
 class RouterProcess:
@@ -126,54 +121,6 @@ def running_router(
         router.stop()
 
 
-class AgentProcess:
-    """The stand-in agent (``routing_agent.py``) registered with one LiveKit server."""
-
-    def __init__(self, livekit: LiveKitInfo, agent: str, capacity: int = 16) -> None:
-        self.log_path = Path(tempfile.mkstemp(prefix="voicepool-agent-", suffix=".log")[1])
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")},
-            **livekit.env(),
-            "AGENT": agent,
-            "CAPACITY": str(capacity),
-            "HTTP_PORT": str(free_port()),
-        }
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(AGENT_SCRIPT)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def registrations(self) -> int:
-        return self.log_path.read_text(errors="replace").splitlines().count("registered")
-
-    def jobs(self) -> list[str]:
-        return [
-            line.split(" ", 1)[1]
-            for line in self.log_path.read_text(errors="replace").splitlines()
-            if line.startswith("job ")
-        ]
-
-    def wait_registered(self, more_than: int = 0, timeout: float = 60) -> None:
-        def registered() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"agent exited:\n{self.log_path.read_text()[-3000:]}")
-            return self.registrations() > more_than
-
-        wait_for(
-            registered, timeout=timeout, interval=0.1, what="the agent registered with LiveKit"
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-
 def route_manifest(name: str, regions: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -255,62 +202,6 @@ class Routes:
         return wait_for(matches, timeout=timeout, what=f"route {name} region {region} {want}")
 
 
-def reader_kubeconfig(api: client.ApiClient, admin_kubeconfig: str, namespace: str) -> str:
-    """A self-contained kubeconfig for ``namespace`` of the cluster behind ``api`` that may only
-    get, list and watch VoiceAgentPools there: a ServiceAccount token (TokenRequest) and the
-    cluster's CA inline. What a platform team puts in a region's kubeconfig Secret."""
-    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
-    name = "voicepool-route-reader"
-    core.create_namespaced_service_account(
-        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
-    )
-    rbac.create_namespaced_role(
-        namespace,
-        client.V1Role(
-            metadata=client.V1ObjectMeta(name=name),
-            rules=[
-                client.V1PolicyRule(
-                    api_groups=[GROUP], resources=[PLURAL], verbs=["get", "list", "watch"]
-                )
-            ],
-        ),
-    )
-    rbac.create_namespaced_role_binding(
-        namespace,
-        client.V1RoleBinding(
-            metadata=client.V1ObjectMeta(name=name),
-            role_ref=client.V1RoleRef(
-                api_group="rbac.authorization.k8s.io", kind="Role", name=name
-            ),
-            subjects=[client.RbacV1Subject(kind="ServiceAccount", name=name, namespace=namespace)],
-        ),
-    )
-    spec = client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
-    token = core.create_namespaced_service_account_token(
-        name, namespace, client.AuthenticationV1TokenRequest(spec=spec)
-    ).status.token
-    admin = yaml.safe_load(Path(admin_kubeconfig).read_text())
-    cluster = admin["clusters"][0]["cluster"]
-    return yaml.safe_dump(
-        {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "current-context": "region",
-            "clusters": [
-                {
-                    "name": "region",
-                    "cluster": {
-                        "server": cluster["server"],
-                        "certificate-authority-data": cluster["certificate-authority-data"],
-                    },
-                }
-            ],
-            "users": [{"name": name, "user": {"token": token}}],
-            "contexts": [{"name": "region", "context": {"cluster": "region", "user": name}}],
-        }
-    )
-
-
 def secret(core: client.CoreV1Api, namespace: str, name: str, data: dict[str, str]) -> None:
     core.create_namespaced_secret(
         namespace, client.V1Secret(metadata=client.V1ObjectMeta(name=name), string_data=data)
@@ -321,7 +212,3 @@ def jwt_claims(token: str) -> dict[str, Any]:
     """The claims of a JWT (not verified: the room server does that when the client joins)."""
     part = token.split(".")[1]
     return dict(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))))
-
-
-def monotonic_ms(t0: float) -> float:
-    return (time.monotonic() - t0) * 1000

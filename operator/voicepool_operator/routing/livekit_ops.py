@@ -50,7 +50,9 @@ def _failure(exc: BaseException, url: str) -> RegionFailure:
     if isinstance(exc, api.TwirpError):
         if exc.status == 401 or exc.code in ("unauthenticated", "permission_denied"):
             return RegionFailure(
-                "LiveKitKeyRejected", f"LiveKit at {url} rejected the API key ({exc.message})"
+                "LiveKitKeyRejected",
+                f"LiveKit at {url} rejected the API key (HTTP {exc.status}"
+                + (f": {exc.message})" if exc.message else ")"),
             )
         return RegionFailure("LiveKitError", f"LiveKit at {url}: {exc.code}: {exc.message}")
     if isinstance(exc, TimeoutError):

@@ -1,12 +1,12 @@
-"""A minimal livekit-agents worker for the routing tests, run as a process.
+"""A minimal livekit-agents worker, run as ``python -m voicepool_devstack.stand_in_agent``.
 
-It registers under ``AGENT`` with the LiveKit server at ``LIVEKIT_URL`` (the real protocol of a
-real livekit-server: explicit dispatch, accept, join), accepts up to ``CAPACITY`` jobs, joins
-each room and stays until the room closes. It stands in for a region's workers where a test only
-needs dispatches to be accepted -- the region's pool and its capacity are played by annotation
-patches on kwok pods -- at a fraction of a voicepool-worker's start-up (no models). One real
-voicepool-worker takes the failover calls. Prints ``registered`` once LiveKit knows it (again
-after each reconnect), and ``job <room>`` for every job it accepted.
+It registers under ``$AGENT`` with the LiveKit server at ``$LIVEKIT_URL`` (the real protocol of a
+real livekit-server: explicit dispatch, accept, join), accepts up to ``$CAPACITY`` jobs, joins
+each room and stays until the room closes. It stands in for a region's workers where only the
+dispatch has to be taken -- the routing tests, bench and demo, whose pools run on kwok with
+their capacity played by annotation patches -- at a fraction of a voicepool-worker's start-up
+and memory (no models, no process per job). Prints ``registered`` once LiveKit knows it (again
+after each reconnect) and ``job <room>`` for every job it accepted.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ async def main() -> None:
         job_executor_type=JobExecutorType.THREAD,
         load_fnc=load,
         load_threshold=(CAPACITY - 0.5) / CAPACITY,
-        num_idle_processes=0,
+        num_idle_processes=2,  # threads here: two jobs start without waiting for one
         ws_url=os.environ["LIVEKIT_URL"],
         api_key=os.environ["LIVEKIT_API_KEY"],
         api_secret=os.environ["LIVEKIT_API_SECRET"],

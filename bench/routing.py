@@ -12,8 +12,8 @@ Figures, and how each is taken:
 
 * **direct dispatch**: the bench itself, through the same library code the router uses
   (``RegionClient.open``): CreateRoom + CreateAgentDispatch in region A's LiveKit, then
-  ListParticipants every 20 ms until the agent is in the room. Clock: just before CreateRoom to
-  the agent seen.
+  ListParticipants every 20 ms until the agent is in the room, ACTIVE. Clock: just before
+  CreateRoom to the agent seen.
 * **routed**: ``POST /v1/sessions`` to voicepool-router over loopback HTTP, measured by the
   client from sending the request to the JSON answer (choice, the same room + dispatch + wait in
   region A, the join token). Samples alternate with the direct ones (one run, same load), and
@@ -28,7 +28,7 @@ Figures, and how each is taken:
   A again is taken (the status shows A ready, the router's 5 s cooldown has passed).
 * **failover, dispatch not accepted**: A's LiveKit stays up but its agent is killed; the
   status still shows A ready, so the router tries A, waits ``acceptTimeoutMilliseconds``
-  (1000 here) for an agent, and moves to B: the answer time of that request.
+  (the default, 3000) for an agent, and moves to B: the answer time of that request.
 
     flock /tmp/vp-bench.lock python bench/routing.py [--samples 40] [--failovers 3]
 """
@@ -142,7 +142,6 @@ async def bench(args: argparse.Namespace) -> int:
                             region("b", b.livekit, "pb", "pb", priority=1),
                         ],
                         probeIntervalSeconds=1,
-                        dispatch={"acceptTimeoutMilliseconds": 1000},
                     )
                 )
                 for name in ("a", "b"):
@@ -254,7 +253,7 @@ async def bench(args: argparse.Namespace) -> int:
             f"restart -> a call routed to A again {back:.1f} s"
         )
     print(
-        "Failover, A's agent gone (dispatch not accepted, acceptTimeout 1000 ms): "
+        "Failover, A's agent gone (dispatch not accepted, acceptTimeout 3000 ms): "
         f"answered in B after {not_accepted * 1000:.0f} ms"
     )
     print(f"voicepool_router_failovers_total{{route=bench}}: {failovers:.0f}")

@@ -105,11 +105,12 @@ class RegionClient:
     ) -> Opened:
         """Create ``room`` and an explicit dispatch of ``agent``; return once the agent is in.
 
-        "Accepted" is taken as the agent's participant being in the room: livekit-server
-        1.13.5 does not record the accepted job in the dispatch's state (``ListDispatch``
-        shows no jobs after the worker took it), and a joined agent is what the caller needs
-        anyway. Not there within ``accept_timeout`` (no free worker, or one that never
-        joins): the room is deleted and ``RegionFailure("NotAccepted")`` raised.
+        "Accepted" is taken as the agent's participant being in the room, ACTIVE (media
+        connected): livekit-server 1.13.5 does not record the accepted job in the dispatch's
+        state (``ListDispatch`` shows no jobs after the worker took it), and an agent that can
+        hear is what the caller needs anyway. Not there within ``accept_timeout`` (no free
+        worker, or one that never joins): the room is deleted and
+        ``RegionFailure("NotAccepted")`` raised.
         """
         t0 = time.monotonic()
         try:
@@ -200,8 +201,10 @@ class RegionClient:
 
 
 def agent_of(p: api.ParticipantInfo) -> str | None:
-    """The agent name of an agent participant (livekit-server sets ``lk.agent_name``)."""
-    if p.kind != api.ParticipantInfo.Kind.AGENT:
+    """The agent name of an agent participant that is fully in the room (ACTIVE: its media
+    connection is up, so it hears the caller); None for anyone else (livekit-server sets
+    ``lk.agent_name``)."""
+    if p.kind != api.ParticipantInfo.Kind.AGENT or p.state != api.ParticipantInfo.State.ACTIVE:
         return None
     return str(p.attributes.get("lk.agent_name", ""))
 

@@ -6,8 +6,9 @@ node, livekit-server and voicepool operator. Each region has a pool on kwok whos
 reports are annotation patches, as in the operator tests. The operator in A watches A's pool
 with its own login and B's pool through a kubeconfig Secret (a ServiceAccount that may only read
 pools); ``voicepool-router`` routes from the VoiceRoute's status. Dispatches are taken by a
-minimal livekit-agents worker in A (``routing_agent.py``) and by a real voicepool-worker in B,
-which takes the failover calls; the client joins with the router's token and meets the agent.
+minimal livekit-agents worker in A (``voicepool_devstack.stand_in_agent``) and by a real
+voicepool-worker in B, which takes the failover calls; the client joins with the router's token
+and meets the agent.
 """
 
 from __future__ import annotations

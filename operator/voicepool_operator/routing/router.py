@@ -339,6 +339,9 @@ class Router:
                     "room": room,
                     "identity": identity,
                     "failovers": tried,
+                    # in the region that answered: room created -> agent in (the rest of the
+                    # request is the router's own time, see bench/routing.py)
+                    "regionMs": round(accepted * 1000, 1),
                 }
             )
         return self._unavailable(name, tried)

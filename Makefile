@@ -8,7 +8,7 @@ DATA_LOCK := worker/requirements-data.lock
 EXAMPLE_AGENT := examples/agents/booking
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) $(DATA_LOCK) $(EXAMPLE_AGENT)/pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install build lint test unit integration demo cluster-up cluster-down bench clean kind-test locks
+.PHONY: install build lint test unit integration demo demo-routing cluster-up cluster-down bench clean kind-test locks
 
 ## install: the images' pinned runtime set first (worker/requirements.lock, every file's sha256
 ## checked), then the project and its dev tools, held to the same pins
@@ -68,9 +68,15 @@ unit: install
 integration: build
 	$(BIN)/pytest -q tests/integration
 
-## demo: the main job on the embedded local stack
+## demo: the main job on the embedded local stack, then (a separate step, non-zero if it fails)
+## routing across two regions with a failover
 demo: build
 	@$(BIN)/python -m voicepool_devstack.demo
+	@$(MAKE) --no-print-directory demo-routing
+
+## demo-routing: two regions (each its own cluster and livekit-server), one VoiceRoute, a failover
+demo-routing: build
+	@$(BIN)/python -m voicepool_devstack.demo_routing
 
 cluster-up: build
 	@$(BIN)/voicepool-devstack up
@@ -86,6 +92,7 @@ bench: build
 	$(BIN)/python bench/worker_latency.py
 	$(BIN)/python bench/phone_latency.py --calls 3
 	$(BIN)/python bench/dialog_score.py --llm-sentences 12 --contention
+	$(BIN)/python bench/routing.py
 	@echo "[bench] plots: bench/out/simulate_calls.png (calls, warm capacity, pods per policy)," \
 	  "bench/out/worker_latency.png (time to first word histogram)"
 

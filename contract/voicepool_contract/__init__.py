@@ -14,6 +14,9 @@ GROUP: Final = "voicepool.dev"
 VERSION: Final = "v1alpha1"
 PLURAL: Final = "voiceagentpools"
 KIND: Final = "VoiceAgentPool"
+#: Routing of new calls across regions (docs/routing.md): operator, router and tests.
+ROUTE_PLURAL: Final = "voiceroutes"
+ROUTE_KIND: Final = "VoiceRoute"
 
 # -- labels the operator sets on worker pods -------------------------------------------------
 LABEL_POOL: Final = f"{GROUP}/pool"

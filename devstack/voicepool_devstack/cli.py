@@ -13,6 +13,7 @@ from pathlib import Path
 from . import node, prometheus
 from .errors import DevstackError
 from .progress import stderr_progress
+from .regions import check_name, named_dir
 from .stack import STATE_FILE, LocalStack, StackConfig, builders
 from .versions import ALL_COMPONENTS, KUBELET, REPO_ROOT
 
@@ -21,13 +22,29 @@ def _default_dir() -> Path:
     return REPO_ROOT / ".devstack"
 
 
+def _stack_name(value: str) -> str:
+    try:
+        return check_name(value)
+    except DevstackError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _workdir(args: argparse.Namespace) -> Path:
+    """``--dir``, else ``.devstack-<name>`` for a named (second) stack, else ``.devstack``."""
+    if args.dir:
+        return Path(args.dir).resolve()
+    return named_dir(args.name) if args.name else _default_dir()
+
+
 def _up(args: argparse.Namespace) -> int:
-    workdir = Path(args.dir).resolve()
+    workdir = _workdir(args)
     if (workdir / STATE_FILE).exists():
         raise DevstackError(
             f"a stack is already recorded in {workdir}; run `make cluster-down` "
             f"(voicepool-devstack down --dir {workdir}) first"
         )
+    if args.name and args.node:
+        raise DevstackError("--node: the real node runs only in the default stack")
     stack = LocalStack(
         StackConfig(
             workdir=workdir,
@@ -52,12 +69,15 @@ def _up(args: argparse.Namespace) -> int:
         print(f"  Prometheus: {state.prometheus.url}  (targets in {state.prometheus.targets_dir})")
     if state.sip:
         print(f"  LiveKit SIP: sip:{state.sip.address} (TCP/UDP; see docs/telephony.md)")
-    print("Stop it with: make cluster-down")
+    if args.name:
+        print(f"Stop it with: voicepool-devstack down --name {args.name}")
+    else:
+        print("Stop it with: make cluster-down")
     return 0
 
 
 def _down(args: argparse.Namespace) -> int:
-    workdir = Path(args.dir).resolve()
+    workdir = _workdir(args)
     state_path = workdir / STATE_FILE
     if not state_path.exists():
         print(f"no stack recorded in {workdir}; nothing to stop")
@@ -96,7 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="voicepool-devstack", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="build (once) and start the stack in the background")
-    up.add_argument("--dir", default=str(_default_dir()))
+    up.add_argument("--dir", help="its state directory (default .devstack, or .devstack-<name>)")
+    up.add_argument(
+        "--name",
+        type=_stack_name,
+        help="a further, named stack beside the default one (a second region: its own "
+        "kube-apiserver and livekit-server on other loopback ports; docs/routing.md)",
+    )
     up.add_argument("--nodes", type=int, default=2)
     up.add_argument("--no-livekit", action="store_true")
     up.add_argument(
@@ -112,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     up.set_defaults(func=_up)
     down = sub.add_parser("down", help="stop a stack started with `up` and remove its dir")
-    down.add_argument("--dir", default=str(_default_dir()))
+    down.add_argument("--dir")
+    down.add_argument("--name", type=_stack_name, help="the named stack to stop")
     down.set_defaults(func=_down)
     build = sub.add_parser("build", help="only build/cached-check the pinned binaries")
     build.add_argument(

@@ -22,6 +22,8 @@ from .procs import Processes, free_port, http_get
 from .progress import Progress
 from .versions import LIVEKIT
 
+CONFIG_FILE = "livekit.yaml"
+
 
 @dataclass
 class LiveKitInfo:
@@ -94,21 +96,34 @@ def start(procs: Processes, extra: dict[str, Any] | None = None) -> LiveKitInfo:
         "api_key": api_key,
         "urls": [f"http://127.0.0.1:{webhook_port}/livekit/webhook"],
     }
-    cfg_path = procs.workdir / "livekit.yaml"
+    cfg_path = procs.workdir / CONFIG_FILE
     cfg_path.write_text(yaml.safe_dump(settings))
     cfg_path.chmod(0o600)
-    url = f"ws://127.0.0.1:{port}"
-    procs.progress(f"starting livekit-server {LIVEKIT.version} (dev mode) on {url}")
+    info = LiveKitInfo(
+        f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", api_key, api_secret, webhook_port
+    )
+    _spawn(procs, info)
+    return info
+
+
+def restart(procs: Processes, info: LiveKitInfo) -> None:
+    """Start the stack's livekit-server again after ``procs.stop("livekit-server")``: the same
+    config, so the same URL, ports and keys (a region's LiveKit coming back, docs/routing.md)."""
+    _spawn(procs, info)
+
+
+def _spawn(procs: Processes, info: LiveKitInfo) -> None:
+    procs.progress(f"starting livekit-server {LIVEKIT.version} (dev mode) on {info.url}")
     procs.spawn(
         "livekit-server",
         [
             str(LIVEKIT.path("livekit-server")),
             "--dev",
-            f"--config={cfg_path}",
+            f"--config={procs.workdir / CONFIG_FILE}",
             "--bind=127.0.0.1",
             "--node-ip=127.0.0.1",
         ],
     )
-    http_url = f"http://127.0.0.1:{port}"
-    procs.wait("livekit-server", lambda: http_get(http_url + "/") == b"OK", "livekit-server ready")
-    return LiveKitInfo(url, http_url, api_key, api_secret, webhook_port)
+    procs.wait(
+        "livekit-server", lambda: http_get(info.http_url + "/") == b"OK", "livekit-server ready"
+    )

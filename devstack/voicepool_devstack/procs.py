@@ -175,12 +175,13 @@ class Processes:
                 )
             time.sleep(0.2)
 
-    def stop(self, name: str) -> None:
-        """Stop server ``name`` (started here or only recorded in ``pids``) and forget it."""
+    def stop(self, name: str, grace: float = 10.0) -> None:
+        """Stop server ``name`` (started here or only recorded in ``pids``) and forget it;
+        SIGKILL after ``grace`` seconds (0: at once, a crash rather than a shutdown)."""
         proc = self.running.pop(name, None)
         pid = proc.pid if proc else self.pids.get(name)
         if pid is not None:
-            kill_group(pid, proc)
+            kill_group(pid, proc, grace)
         self.pids.pop(name, None)
 
     def stop_pid(self, pid: int) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from .livekit import LiveKitInfo
 from .prometheus import PrometheusInfo
+from .regions import NamedStack
 from .sip import SipInfo
 from .stack import LocalStack, StackConfig
 
@@ -88,6 +89,20 @@ def environment(
         )
     finally:
         stack.stop()
+
+
+@contextlib.contextmanager
+def second_stack(name: str, *, kubernetes: bool = True, sip: bool = False) -> Iterator[NamedStack]:
+    """Another region beside the session's stack: its own kube-apiserver (one kwok node; with
+    ``kubernetes=False`` none) and livekit-server, on other free loopback ports, stopped and
+    removed afterwards. ``stop_livekit()``/``start_livekit()`` play its LiveKit going away and
+    coming back on the same URL and keys (docs/routing.md)."""
+    stack = NamedStack(name, kubernetes=kubernetes, sip=sip)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop(remove=not os.environ.get("VOICEPOOL_KEEP_LOGS"))
 
 
 def wait_for(

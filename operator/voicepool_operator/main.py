@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address)
     from . import handlers  # noqa: F401  (register the kopf handlers: pools and pods)
+    from .routing import handlers as routing  # noqa: F401  (VoiceRoutes: docs/routing.md)
     from .telephony import handlers as telephony_handlers  # noqa: F401  (SIP cleanup)
 
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None

@@ -27,7 +27,14 @@ READER, CONTROLLER = "viewer", "alice"
 
 
 class ControlService:
-    def __init__(self, kubeconfig: str, workdir: Path, *, retention_s: float = 600) -> None:
+    def __init__(
+        self,
+        kubeconfig: str,
+        workdir: Path,
+        *,
+        retention_s: float = 600,
+        namespaces: tuple[str, ...] = (),
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         tokens = workdir / "tokens"
@@ -49,6 +56,7 @@ class ControlService:
                     "--address=127.0.0.1",
                     f"--tokens={tokens}",
                     f"--retention-seconds={retention_s}",
+                    *(f"--namespace={ns}" for ns in namespaces),
                 ],
                 env=env,
                 stdout=out,

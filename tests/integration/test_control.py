@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -29,26 +30,36 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes import config as kconfig
 from livekit import api, rtc
 from voicepool_contract import ANN_KWOK_REPORT, KWOK_REPORT_NONE, LABEL_POOL
 from voicepool_contract import control as names
+from voicepool_devstack.kubeconfig import service_account_kubeconfig
 from voicepool_devstack.phone import Phone, PhoneConfig
 from voicepool_devstack.procs import free_port
-from voicepool_devstack.testing import Environment, create_namespace
+from voicepool_devstack.testing import (
+    WORKER_SERVICE_ACCOUNT,
+    Environment,
+    create_namespace,
+    wait_for,
+)
+from voicepool_devstack.versions import HELM
 from voicepool_operator.control import livekit as control_lk
 from voicepool_operator.telephony import plan as tel
 from voicepool_operator.telephony import sync as op_sip
 from voicepool_operator.telephony.spec import object_name, parse_telephony
 from voicepool_worker.caller import Call, CallerConfig
+from voicepool_worker.runtime import records
 
-from .control_harness import ControlService, read_events
-from .operator_harness import Cluster, install_crds, pool_manifest
+from .control_harness import CONTROLLER, READER, ControlService, read_events
+from .operator_harness import REPO, Cluster, install_crds, pool_manifest
 from .test_phone_calls import LIVEKIT_SIP_REFER_FLAKE, sipp_callee
 from .worker_harness import WorkerProcess, agent_name
 
 pytestmark = [pytest.mark.livekit, pytest.mark.sip]
 
 KINDS = ("receptionist", "team")
+TOKENS_SECRET = "control-tokens"
 TEAM_AGENT = "tests.integration.control_agent:app"
 CALLER_NUMBER = "+15550100001"  # the test phone's
 CALLEE = "+15550101234"
@@ -68,20 +79,68 @@ class Desk:
     pod: str
     sipp_port: int
     worker: WorkerProcess
+    kubeconfig: str  # the worker's: its ServiceAccount, a token bound to its pod
 
 
 @pytest.fixture(scope="module")
 def ns(core: client.CoreV1Api) -> Iterator[str]:
-    name = create_namespace(core, f"ctl-{uuid.uuid4().hex[:6]}")
+    """The test namespace; the chart makes its worker ServiceAccount."""
+    name = create_namespace(core, f"ctl-{uuid.uuid4().hex[:6]}", worker_service_account=False)
     yield name
     core.delete_namespace(name, propagation_policy="Background")
 
 
+def helm(kubeconfig: str, *args: str) -> None:
+    cmd = [str(HELM.path("helm")), *args, "--kubeconfig", kubeconfig]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, f"helm {' '.join(args)} failed:\n{proc.stderr}"
+
+
+@pytest.fixture(scope="module")
+def chart(stack_env: Environment, api_client: client.ApiClient, ns: str) -> Iterator[str]:
+    """The chart installed for this namespace, control service on: its RBAC, its admission
+    policies and its worker ServiceAccount are what the service and the workers run as."""
+    if stack_env.sip is None:
+        pytest.skip("needs the local stack's livekit-sip")
+    install_crds(api_client)
+    release = f"{ns}-voicepool"
+    helm(stack_env.kubeconfig, "install", release, str(REPO / "charts" / "voicepool"), "-n", ns,
+         "--wait=false", "--set", "operator.replicas=0", "--set", f"peering.name={release}",
+         "--set", "dashboard.enabled=false", "--set", "control.enabled=true",
+         "--set", "control.replicas=0", "--set", f"control.namespaces={{{ns}}}",
+         "--set", f"control.tokensSecretRef.name={TOKENS_SECRET}")  # fmt: skip
+    try:
+        yield release
+    finally:
+        helm(stack_env.kubeconfig, "uninstall", release, "-n", ns)
+
+
 @pytest.fixture(scope="module")
 def control(
-    stack_env: Environment, tmp_path_factory: pytest.TempPathFactory
+    stack_env: Environment,
+    api_client: client.ApiClient,
+    core: client.CoreV1Api,
+    ns: str,
+    chart: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ControlService]:
-    svc = ControlService(stack_env.kubeconfig, tmp_path_factory.mktemp("control"))
+    """voicepool-control as the chart's ServiceAccount (a TokenRequest token), its tokens the
+    Secret's (the directory stands for the Secret's volume)."""
+    workdir = tmp_path_factory.mktemp("control")
+    account = f"{chart}-control"
+    wait_for(lambda: core.read_namespaced_service_account(account, ns), timeout=30, what=account)
+    kubeconfig = service_account_kubeconfig(api_client, ns, account, workdir / "sa.kubeconfig")
+    svc = ControlService(kubeconfig, workdir, namespaces=(ns,))
+    core.create_namespaced_secret(
+        ns,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name=TOKENS_SECRET),
+            string_data={
+                f"read.{READER}": svc.read_token,
+                f"control.{CONTROLLER}": svc.control_token,
+            },
+        ),
+    )
     yield svc
     svc.stop()
 
@@ -110,8 +169,8 @@ async def sip_objects(env: Environment, ns: str, pool: str, agent: str, spec: An
         await op_sip.apply(lk, plan, await op_sip.observe(lk))
 
 
-def make_pod(core: client.CoreV1Api, ns: str, name: str, pool: str) -> None:
-    core.create_namespaced_pod(
+def make_pod(core: client.CoreV1Api, ns: str, name: str, pool: str) -> client.V1Pod:
+    return core.create_namespaced_pod(
         ns,
         client.V1Pod(
             metadata=client.V1ObjectMeta(
@@ -120,7 +179,8 @@ def make_pod(core: client.CoreV1Api, ns: str, name: str, pool: str) -> None:
                 annotations={ANN_KWOK_REPORT: KWOK_REPORT_NONE},
             ),
             spec=client.V1PodSpec(
-                containers=[client.V1Container(name="worker", image="example.invalid/w:test")]
+                service_account_name=WORKER_SERVICE_ACCOUNT,
+                containers=[client.V1Container(name="worker", image="example.invalid/w:test")],
             ),
         ),
     )
@@ -132,12 +192,16 @@ def desks(
     api_client: client.ApiClient,
     core: client.CoreV1Api,
     ns: str,
+    chart: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Desk]]:
-    """A pool per agent kind (plus ``empty``: no pod), each with its trunks, pod and worker."""
-    if stack_env.sip is None:
-        pytest.skip("needs the local stack's livekit-sip")
-    install_crds(api_client)
+    """A pool per agent kind (plus ``empty``: no pod), each with its trunks, its pod and its
+    worker, which runs as the chart's worker ServiceAccount with a token bound to that pod."""
+    wait_for(
+        lambda: core.read_namespaced_service_account(WORKER_SERVICE_ACCOUNT, ns),
+        timeout=30,
+        what="the chart's worker ServiceAccount",
+    )
     cluster = Cluster(api_client, ns)
     cluster.livekit_secret(stack_env.livekit)
     logs = tmp_path_factory.mktemp("workers")
@@ -161,12 +225,16 @@ def desks(
             continue
         asyncio.run(sip_objects(stack_env, ns, pool, agent, parse_telephony(tel_spec)))
         pod = f"{pool}-0"
-        make_pod(core, ns, pod, pool)
+        made = make_pod(core, ns, pod, pool)
+        token = service_account_kubeconfig(
+            api_client, ns, WORKER_SERVICE_ACCOUNT, logs / f"{pod}.kubeconfig",
+            pod=(pod, made.metadata.uid),
+        )  # fmt: skip
         env = {
             "POD_NAME": pod,
             "POD_NAMESPACE": ns,
             "VOICEPOOL_POOL": pool,
-            "KUBECONFIG": stack_env.kubeconfig,
+            "KUBECONFIG": token,
             "VOICEPOOL_SIP_OUTBOUND_TRUNK": object_name(ns, pool, "outbound"),
             "VOICEPOOL_SIP_ALLOWED_DESTINATIONS": "+1555",
             "VOICEPOOL_SIP_RINGING_TIMEOUT": "10",
@@ -174,7 +242,7 @@ def desks(
         if kind == "team":
             env.update(VOICEPOOL_AGENT=TEAM_AGENT, VOICEPOOL_TTS="espeak")
         w = WorkerProcess(stack_env.livekit, logs, agent=agent, env=env, name=kind)
-        out[kind] = Desk(kind, pool, agent, number, pod, port, w)
+        out[kind] = Desk(kind, pool, agent, number, pod, port, w, token)
     try:
         for desk in out.values():
             desk.worker.wait_ready(timeout=180)
@@ -301,6 +369,87 @@ async def test_tokens_and_bad_input_get_their_status_and_change_nothing(
     async with lkapi(stack_env) as lk:
         rooms = await lk.room.list_rooms(api.ListRoomsRequest())
     assert not [r for r in rooms.rooms if "empty-desk" in r.metadata], "nothing was dispatched"
+
+
+def _may(authz: client.AuthorizationV1Api, user: str, verb: str, resource: str, ns: str) -> bool:
+    group, _, plural = resource.rpartition("/")
+    review = client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(
+            user=user,
+            groups=["system:serviceaccounts"],
+            resource_attributes=client.V1ResourceAttributes(
+                verb=verb, group=group, resource=plural, namespace=ns or None
+            ),
+        )
+    )
+    return bool(authz.create_subject_access_review(review).status.allowed)
+
+
+@pytest.mark.timeout(120)
+def test_the_chart_gives_the_service_and_the_workers_no_more_than_they_need(
+    control: ControlService,
+    desks: dict[str, Desk],
+    ns: str,
+    chart: str,
+    api_client: client.ApiClient,
+) -> None:
+    """The service reads pools, their Secrets, pods and Events and writes Events, in its
+    namespaces only; a worker may create one kind of Event: CallEnded, about its own pod."""
+    authz = client.AuthorizationV1Api(api_client)
+    user = f"system:serviceaccount:{ns}:{chart}-control"
+    allowed = [
+        ("list", "voicepool.dev/voiceagentpools", ns),
+        ("get", "/secrets", ns),
+        ("list", "/pods", ns),
+        ("list", "events.k8s.io/events", ns),
+        ("create", "events.k8s.io/events", ns),
+    ]
+    denied = [
+        ("get", "/secrets", "default"),
+        ("list", "/pods", ""),
+        ("create", "/pods", ns),
+        ("patch", "/pods", ns),
+        ("delete", "/pods", ns),
+        ("patch", "voicepool.dev/voiceagentpools", ns),
+        ("list", "/secrets", ns),
+    ]
+    for verb, resource, where in allowed:
+        assert _may(authz, user, verb, resource, where), (verb, resource, where)
+    for verb, resource, where in denied:
+        assert not _may(authz, user, verb, resource, where), (verb, resource, where)
+
+    desk = desks["receptionist"]
+    cfg = client.Configuration()
+    kconfig.load_kube_config(config_file=desk.kubeconfig, client_configuration=cfg)
+    with client.ApiClient(cfg) as worker_api:
+        events = client.EventsV1Api(worker_api)
+        record = {"v": 1, "pool": f"{ns}/{desk.pool}", "state": "ended"}
+
+        def event(**change: Any) -> dict[str, Any]:
+            body = records.event_body("room-x", record, pod=desk.pod, namespace=ns, pool=desk.pool)
+            for key, value in change.items():
+                if key == "annotations":
+                    body["metadata"]["annotations"].update(value)
+                else:
+                    body[key] = value
+            return body
+
+        def refused(body: dict[str, Any]) -> str:
+            try:
+                events.create_namespaced_event(ns, body)
+            except client.ApiException as e:
+                assert e.status in (403, 422), e
+                return str(e.body)
+            return ""
+
+        other = {"apiVersion": "v1", "kind": "Pod", "name": "someone-else", "namespace": ns}
+        wait_for(lambda: refused(event(regarding=other)), timeout=30, what="the events policy")
+        assert "worker-events-own-pod" in refused(event(regarding=other))
+        assert "worker-events-call-ended" in refused(event(reason="Killing"))
+        assert "worker-events-record-only" in refused(event(annotations={"evil": "x"}))
+        too_big = {names.ANN_CALL_RECORD: "x" * 20000}
+        assert "worker-events-record-only" in refused(event(annotations=too_big))
+        assert refused(event()) == "", "a CallEnded Event about its own pod is allowed"
 
 
 # -- a WebRTC call: every voice verb, listen, take over, follow, refuse ---------------------------

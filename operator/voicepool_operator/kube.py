@@ -276,6 +276,34 @@ class Kube:
                     out += (await self._request("GET", path)).get("items") or []
         return out
 
+    async def get_pool(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One VoiceAgentPool straight from the API; None when it does not exist."""
+        path = api_path("apis", GROUP, VERSION, "namespaces", namespace, PLURAL, name)
+        try:
+            async for attempt in _retrying():
+                with attempt:
+                    return await self._request("GET", path)
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+        raise AssertionError("unreachable")
+
+    async def list_objects(
+        self, namespace: str, kind: str, *, labels: str = "", fields: str = ""
+    ) -> list[dict[str, Any]]:
+        """Pods (``kind="pods"``) or Events (``"events"``, events.k8s.io/v1) of one namespace,
+        by label and field selector."""
+        prefix = ("api", "v1") if kind == "pods" else ("apis", "events.k8s.io", "v1")
+        if kind not in ("pods", "events"):
+            raise ValueError(f"list_objects: {kind!r} is not pods or events")
+        params = {k: v for k, v in (("labelSelector", labels), ("fieldSelector", fields)) if v}
+        path = api_path(*prefix, "namespaces", namespace, kind)
+        async for attempt in _retrying():
+            with attempt:
+                return (await self._request("GET", path, params=params)).get("items") or []
+        raise AssertionError("unreachable")
+
     async def patch_pool_annotations(
         self, namespace: str, name: str, annotations: Mapping[str, str | None]
     ) -> bool:

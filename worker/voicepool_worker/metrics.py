@@ -101,6 +101,11 @@ PROVIDER_ERRORS = Counter(
 DIALOG_ACTIONS = Counter(
     "voicepool_worker_dialog_actions", "Hang-ups and transfers the dialog asked for", ["action"]
 )
+CONTROL_MESSAGES = Counter(
+    "voicepool_worker_control_messages",
+    "Control messages from the control service, by verb and result",
+    ["verb", "result"],
+)  # result: ok | accepted | refused (not the control service) | 400 | 404 | 409 | 413
 TURN_VERDICTS = Counter(
     "voicepool_worker_turn_verdicts",
     "End-of-turn model verdicts at a caller's pause: complete (short wait) or unfinished",

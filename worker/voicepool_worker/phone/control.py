@@ -2,18 +2,24 @@
 
 Every trigger goes through this one class: the keypad (``callflow.Keypad`` effects), the dialog
 (``dialog_actions``: the scripted receptionist's reply actions, or an LLM's ``end_call`` and
-``transfer_call`` tools) and, later, the session control API. What a key
+``transfer_call`` tools) and the session control service. What a key
 or a sentence means is decided in ``callflow`` (pure); this module speaks, asks the dialog, or
 asks LiveKit to REFER, to place a call or to delete the room. Deleting the room is how a call
 ends: livekit-sip then sends the phone its BYE, and the job's session closes.
+
+The control service's verbs (``runtime/control.py``: say, instruct, mute, transfer to a given
+target, end after the reply) are methods here too, and ``listeners`` hear what happens (keys,
+transfers, hang-ups) so the runtime can publish it, whichever trigger caused it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -104,6 +110,28 @@ class CallControl:
         self._caller: str | None = None
         self._colleague: str | None = None  # a warm transfer's second party, once dialled
         self._handed_over = False  # caller and colleague talk; the agent only watches
+        self.muted = False  # the control service muted the agent (or a person took over)
+        #: Called with (kind, fields) for every key, transfer step and hang-up.
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+
+    def _tell(self, kind: str, **fields: Any) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(kind, fields)
+            except Exception as e:  # a listener's bug never breaks the call
+                log.warning("call listener failed", extra={"error": f"{type(e).__name__}: {e}"})
+
+    @property
+    def transferring(self) -> bool:
+        return self._transferring
+
+    @property
+    def handed_over(self) -> bool:
+        return self._handed_over
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -191,6 +219,7 @@ class CallControl:
         if self._cfg.log_transcripts:  # keys can be an account number: logged like words
             extra["digit"] = ev.digit
         log.info("dtmf received", extra=extra)
+        self._tell("keypad", action=kind, menu=extra["menu"], digit=ev.digit)
         self._run(effects)
         if (deadline := self.keypad.deadline()) is not None:
             self._spawn(self._digit_timeout(deadline))
@@ -261,6 +290,7 @@ class CallControl:
                 log.warning("goodbye not spoken", extra={"error": str(e)})
         metrics.HANGUPS.labels(reason.split(" ")[0]).inc()
         log.info("hanging up", extra={"reason": reason})
+        self._tell("hangup", reason=reason)
         await self.end_room(reason)
 
     async def end_room(self, reason: str) -> None:
@@ -305,6 +335,7 @@ class CallControl:
             metrics.TRANSFERS.labels("invalid").inc()
             return self._refused("transfer refused", to, e)
         self._transferring = True
+        self._tell("transfer", stage="started", warm=False, to=phone.mask_numbers_in(to))
         try:
             await self._session.say(HOLD_TEXT, allow_interruptions=False)
             async with self._api(TRANSFER_TIMEOUT_S + 5) as lk:
@@ -319,11 +350,15 @@ class CallControl:
                 )
         except _SIP_ERRORS as e:
             metrics.TRANSFERS.labels("failed").inc()
-            return self._refused("transfer failed", to, e)
+            why = self._refused("transfer failed", to, e)
+            self._transferring = False
+            self._tell("transfer", stage="failed", warm=False, error=why)
+            return why
         finally:
             self._transferring = False
         metrics.TRANSFERS.labels("ok").inc()
         log.info("call transferred", extra={"to": to})
+        self._tell("transfer", stage="done", warm=False)
         self._ended = True
         await self.end_room("call transferred")  # the caller is elsewhere: free the room now
         return None
@@ -394,6 +429,7 @@ class CallControl:
         if caller_track is None:
             return self._refused("warm transfer refused", caller, ValueError("caller has no audio"))
         self._transferring = True
+        self._tell("transfer", stage="started", warm=True, to=phone.mask_number(number))
         self._colleague = colleague = f"colleague-{uuid.uuid4().hex[:8]}"
         said = [_text(m) for m in self._session.history.items if _said_by_caller(m)]
         briefing = _Briefing(room, caller, colleague)
@@ -436,6 +472,8 @@ class CallControl:
             metrics.TRANSFERS.labels("warm-failed").inc()
             why = self._refused("warm transfer failed", number, e)
             await self._back_from_hold(caller, caller_track, colleague)
+            self._transferring = False
+            self._tell("transfer", stage="failed", warm=True, error=why)
             return why
         finally:
             muted.close()
@@ -445,7 +483,50 @@ class CallControl:
         self._session.output.set_audio_enabled(False)  # the agent is out of the conversation
         metrics.TRANSFERS.labels("warm").inc()
         log.info("warm transfer: handed over", extra={"to": number})
+        self._tell("transfer", stage="handed-over", warm=True)
         return None
+
+    # -- the control service's verbs (runtime/control.py) ---------------------------------------
+
+    async def transfer_caller_to(self, caller: str, target: str, *, warm: bool) -> str | None:
+        """A transfer the control service asked for, to ``target`` (already checked): a REFER,
+        or a warm transfer dialling that number; the caller hears why if it fails."""
+        if warm:
+            why = await self.warm_transfer(caller, target, "asked by the control service")
+            if why is not None and not self._ended:
+                self._session.say(NO_COLLEAGUE_TEXT)
+            return why
+        why = await self.transfer(caller, target)
+        if why is not None and not self._ended:
+            self._session.say(TRANSFER_FAILED_TEXT)
+        return why
+
+    def say(self, text: str) -> None:
+        """Say a sentence now (after what the agent is saying; the caller may interrupt it)."""
+        self._session.say(text, allow_interruptions=True)
+
+    async def instruct(self, text: str, *, respond: bool = False) -> None:
+        """Add an instruction for the LLM for the rest of the call; ``respond``: reply now."""
+        agent = self._session.current_agent
+        await agent.update_instructions(f"{agent.instructions}\n{text}")
+        if respond:
+            self._session.generate_reply()
+
+    def set_muted(self, muted: bool) -> None:
+        """Muted, the agent neither speaks nor listens (so it does not answer either)."""
+        if muted:
+            with contextlib.suppress(RuntimeError):  # a reply that may not be interrupted
+                self._session.interrupt()
+        self._session.output.set_audio_enabled(not muted)
+        self._session.input.set_audio_enabled(not muted)
+        self.muted = muted
+        if not muted:
+            self.caller_spoke()  # the idle clock starts again
+
+    async def end_after_reply(self, reason: str) -> None:
+        """Let the agent finish what it is saying, then end the call."""
+        await self._speech_heard()
+        await self.hangup(reason)
 
     async def _say_and_wait(self, text: str) -> None:
         handle = self._session.say(text, allow_interruptions=False)
@@ -486,7 +567,7 @@ class CallControl:
                 say = None if self._handed_over else MAX_LENGTH_TEXT
                 await self.hangup("maximum call length reached", say)
                 return
-            if self._handed_over or self._transferring:  # the agent is not in the talk
+            if self._handed_over or self._transferring or self.muted:  # not in the talk
                 self.caller_spoke()
             quiet = now - self._last_caller_activity
             if prompted and quiet < self.limits.idle_timeout_s:

@@ -7,6 +7,7 @@ functions (the process executor imports them by name) wrap it:
 - the agent's ``AgentSession`` (the job's primary session, once the agent starts it) is
   watched: each turn is a log line, and its latency record (time to first word and its
   stages) feeds ``/metrics``; the session's close ends the job. No agent code is involved;
+- the call is published for, and steered by, the control service (``control.CallEndpoint``);
 - an entrypoint that raises, or an agent that has not joined the room ``JOIN_TIMEOUT_S`` after
   the call was dispatched, ends its job with one log line and
   ``voicepool_worker_agent_errors_total{kind}``; the main process reports the session ended,
@@ -34,6 +35,7 @@ from ..config import WorkerConfig
 # the main process before livekit-agents resets PROMETHEUS_MULTIPROC_DIR, which would lose it.
 from ..latency import TurnTracker
 from ..sdk import settings
+from .control import CallEndpoint
 from .loader import agent_spec, load_app
 
 log = logging.getLogger("voicepool.worker.agent")
@@ -68,7 +70,7 @@ async def entrypoint(ctx: JobContext) -> None:
     fields: dict[str, Any] = {"room": ctx.job.room.name, "session": ctx.job.id, "participant": None}
     ctx.log_context_fields = fields
     ctx.add_participant_entrypoint(_caller_joined)
-    _spawn(_watch_session(ctx, cfg))
+    _spawn(_watch_session(ctx, cfg, CallEndpoint(ctx, cfg)))
     _spawn(_watch_join(ctx))
     app = load_app(agent_spec())
     try:
@@ -103,7 +105,7 @@ async def _watch_join(ctx: JobContext) -> None:
         ctx.shutdown(reason="agent never joined the room")
 
 
-async def _watch_session(ctx: JobContext, cfg: WorkerConfig) -> None:
+async def _watch_session(ctx: JobContext, cfg: WorkerConfig, endpoint: CallEndpoint) -> None:
     """Find the agent's session when it starts it, and observe it."""
     deadline = time.monotonic() + SESSION_WAIT_S
     while time.monotonic() < deadline:
@@ -113,6 +115,7 @@ async def _watch_session(ctx: JobContext, cfg: WorkerConfig) -> None:
             await asyncio.sleep(_POLL_S)
             continue
         observe(session, ctx, cfg)
+        await endpoint.attach(session)
         return
 
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import config
 from ..config import ConfigError, WorkerConfig
-from . import logs
+from . import logs, records
 from .loader import DEFAULT_AGENT, agent_module, agent_spec, load_app
 from .sessions import PodReport, Sessions, load_threshold
 
@@ -93,6 +93,7 @@ class Runtime:
         self._tasks_keep: set[asyncio.Future[None]] = set()
         self.reporter: PodReporter | None = None
         self.watch: DrainWatch | None = None
+        self.ended: records.EndedCalls | None = None  # CallEnded Events (the retention window)
         self.metrics: ModuleType | None = None  # imported once livekit cleaned the metrics dir
         self.fatal: str | None = None
         self._drain = asyncio.Event()
@@ -201,6 +202,7 @@ class Runtime:
         if job is None or job.job.id not in self.state.active:
             return
         failed = proc.status == JobStatus.FAILED
+        (self.ended.publish if self.ended is not None else records.take)(job.job.id)
         self._apply(self.state.end(job.job.id, _now(), failed=failed))
         if self.server is not None:  # the freed slot is offered now, not at the next 2.5 s tick
             self._tasks_keep.add(task := asyncio.ensure_future(announce_capacity(self.server)))
@@ -307,6 +309,7 @@ class Runtime:
         self.reporter.start()
         self.reporter.submit(PodReport("worker starting", self.state.annotations(_now())))
         self.watch = pod.DrainWatch(self._api, self.cfg.pod_name, namespace, self.request_drain)
+        self.ended = records.EndedCalls(self._api, self.cfg.pod_name, namespace, self.cfg.pool)
         self.watch.start()
 
     async def run(self) -> int:
@@ -413,6 +416,8 @@ class Runtime:
             await self.reporter.aclose()
         if self.watch is not None:
             await self.watch.aclose()
+        if self.ended is not None:
+            await self.ended.flush()
         if self._api is not None:
             await self._api.close()
         if self._http is not None:
@@ -439,6 +444,7 @@ def _metrics_dir() -> None:
 
 def main() -> None:
     _metrics_dir()
+    records.prepare()  # where call processes leave their ended calls' records
     try:
         cfg = config.load(os.environ)
         agent = agent_spec()

@@ -13,15 +13,16 @@ from dataclasses import dataclass
 
 from voicepool_devstack import sockets
 
-#: (command pattern, why its UDP sockets are bound to the machine's own address): WebRTC
-#: clients whose libraries gather host candidates on every non-loopback interface and let no
-#: caller filter them. Their peer is livekit-server on 127.0.0.1; a peer off loopback is
-#: never excused.
+#: (command pattern, why its unconnected sockets are bound to the machine's own address):
+#: WebRTC clients whose libraries gather host candidates on every non-loopback interface (UDP
+#: sockets, and libwebrtc's passive ICE-TCP listeners) and let no caller filter them. Their
+#: peer is livekit-server on 127.0.0.1; a connected socket off loopback is never excused.
 EXCUSED: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         re.compile(r"python|pytest|voicepool-worker"),
-        "libwebrtc (livekit's Python SDK: the worker, the test caller) takes every interface "
-        "but loopback; the SDK exposes no network filter",
+        "libwebrtc (livekit's Python SDK: the worker, the test caller) gathers host candidates "
+        "(UDP, and passive ICE-TCP listeners) on every interface but loopback; the SDK exposes "
+        "no network filter",
     ),
     (
         re.compile(r"^livekit-sip\b"),
@@ -53,7 +54,7 @@ class Verdict:
 
 def _excuse(finding: sockets.Finding) -> str | None:
     sock = finding.owned.socket
-    if sock.connected or not sock.proto.startswith("udp"):
+    if sock.connected:  # a TCP socket that is not listening, or a connect()ed UDP socket
         return None
     for pattern, why in EXCUSED:
         if pattern.search(finding.owned.command):

@@ -548,7 +548,8 @@ def test_crashing_worker_image_degrades_the_pool_without_a_pod_loop(
 ) -> None:
     cluster = Cluster(real["api"], ns)
     name = "crashy"
-    env = [*_worker_env(real), {"name": "VOICEPOOL_STT", "value": "whisper"}]
+    # a team's agent the image does not carry: the runtime stops at start (exit 2), every time
+    env = [*_worker_env(real), {"name": "VOICEPOOL_AGENT", "value": "no_such_team.agent:app"}]
     cluster.create_pool(
         worker_pool(
             real,

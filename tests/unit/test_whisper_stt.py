@@ -107,3 +107,13 @@ def test_whisper_is_a_provider_choice_loaded_after_the_fork() -> None:
     )
     built = providers.instances_of(providers.build_stt(cfg))
     assert [type(b).__name__ for b in built] == ["WhisperSTT", "PocketsphinxSTT"]
+
+
+def test_a_decode_that_hits_its_token_bound_is_a_runaway() -> None:
+    """Measured on tiny.en with a 2-token prompt: max_length 8 cut "where are you located?"
+    after 4 tokens; max_length 10 let it end (5 tokens and end of text)."""
+    from voicepool_worker.providers.whisper_stt import runaway
+
+    assert runaway(4, 8, 2)
+    assert not runaway(5, 10, 2)
+    assert not runaway(5, 30, 2)

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from voicepool_contract.phone import MenuError, parse_destinations
+from voicepool_contract.phone import PhoneSettingError, parse_destinations
 
 from ..validate import DNS1123_SUBDOMAIN, SECRET_KEY
 
@@ -212,7 +212,7 @@ def parse_route(spec: Mapping[str, Any], namespace: str) -> RouteSpec:
             [str(p) for p in calls.get("allowedDestinations") or ()],
             setting="spec.calls.allowedDestinations",
         )
-    except MenuError as e:
+    except PhoneSettingError as e:
         raise RouteSpecError(str(e)) from None
     return RouteSpec(
         regions=regions,

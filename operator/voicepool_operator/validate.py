@@ -22,12 +22,12 @@ DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z
 SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 
-def local_object_name(value: Any, where: str, what: str = "a Secret") -> str:
-    """A name of an object in the pool's namespace, checked before it reaches any API path."""
+def local_object_name(value: Any, where: str, what: str = "a Secret", owner: str = "pool") -> str:
+    """A name of an object in the ``owner``'s namespace, checked before it reaches any API path."""
     name = str(value or "")
     if len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
         raise SpecError(
-            f"{where}: {name[:80]!r} is not the name of {what} in the pool's namespace "
+            f"{where}: {name[:80]!r} is not the name of {what} in the {owner}'s namespace "
             "(lowercase letters, digits, '-' and '.', at most 253; no '/' or '..')"
         )
     return name

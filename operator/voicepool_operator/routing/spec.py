@@ -17,7 +17,7 @@ from typing import Any
 
 from voicepool_contract.phone import PhoneSettingError, parse_destinations
 
-from ..validate import DNS1123_SUBDOMAIN, SECRET_KEY
+from ..validate import DNS1123_SUBDOMAIN, SpecError, local_object_name, secret_key
 
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_REGIONS = 16
@@ -97,20 +97,17 @@ def _name(value: Any, where: str, pattern: re.Pattern[str] = DNS1123_SUBDOMAIN) 
 
 
 def _secret_name(value: Any, where: str) -> str:
-    name = str(value or "")
-    if len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
-        raise RouteSpecError(
-            f"{where}: {name[:80]!r} is not the name of a Secret in the route's namespace "
-            "(lowercase letters, digits, '-' and '.', at most 253; no '/' or '..')"
-        )
-    return name
+    try:
+        return local_object_name(value, where, owner="route")
+    except SpecError as e:
+        raise RouteSpecError(str(e)) from None
 
 
 def _key(value: Any, default: str, where: str) -> str:
-    key = str(value or default)
-    if len(key) > 253 or not SECRET_KEY.match(key) or key in (".", ".."):
-        raise RouteSpecError(f"{where}: {key[:80]!r} is not a Secret data key")
-    return key
+    try:
+        return secret_key(value, default, where)
+    except SpecError as e:
+        raise RouteSpecError(str(e)) from None
 
 
 def _int(obj: Mapping[str, Any], key: str, default: int, lo: int, hi: int, where: str) -> int:

@@ -129,6 +129,8 @@ def _conformance(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise DevstackError("conformance: give the worker's command after --")
+    if args.capacity < 1:
+        raise DevstackError("conformance: --capacity must be 1 or more")
     opts = conformance.Options(
         command=command,
         capacity=args.capacity,
@@ -191,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         "temporary stack, or VOICEPOOL_KUBECONFIG/VOICEPOOL_LIVEKIT_*)",
     )
     conf.add_argument("--name", type=_stack_name, help="a named stack started with `up`")
-    conf.add_argument("--capacity", type=int, default=1, help="VOICEPOOL_SESSIONS_PER_POD")
+    conf.add_argument(
+        "--capacity",
+        type=int,
+        default=2,
+        help="VOICEPOOL_SESSIONS_PER_POD (2: a slot is free during the drain check)",
+    )
     conf.add_argument(
         "--env",
         type=_env_pair,

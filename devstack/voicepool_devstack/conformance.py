@@ -372,7 +372,9 @@ class Options:
     """What to run and how patient to be (the defaults are the contract's numbers)."""
 
     command: Sequence[str]
-    capacity: int = 1
+    #: 2: during the drain one call is in progress and a slot is free, so only the drain can
+    #: keep a new call away (at capacity 1 a full worker refuses it anyway).
+    capacity: int = 2
     extra_env: Mapping[str, str] = field(default_factory=dict)
     boot_timeout_s: float = 180.0  # to the idle report: models load, LiveKit registers
     #: The "starting" report comes first thing, before any model loads: the operator counts
@@ -402,13 +404,11 @@ class Conformance:
         livekit: LiveKitInfo,
         out: TextIO,
     ) -> None:
-        self.opts, self.core, self.kubeconfig, self.livekit, self.out = (
-            opts,
-            core,
-            kubeconfig,
-            livekit,
-            out,
-        )
+        self.opts = opts
+        self.core = core
+        self.kubeconfig = kubeconfig
+        self.livekit = livekit
+        self.out = out
         self.steps: list[Step] = []
         self.namespace = f"conformance-{uuid.uuid4().hex[:6]}"
         self.agent = f"conformance-{uuid.uuid4().hex[:8]}"
@@ -449,7 +449,8 @@ class Conformance:
             if self.opts.sigterm_run:
                 await self._sigterm_run()
         except StepFailed as e:
-            failed = self.steps[-1].name if self.steps else "setup"
+            last = self.steps[-1] if self.steps else None
+            failed = last.name if last is not None and not last.ok else "setting up the run"
             print(f"conformance: FAILED at {failed!r}: {e}", file=self.out, flush=True)
             if self.worker is not None:
                 print(f"--- worker log ({self.worker.log_path}), last lines ---", file=self.out)
@@ -664,7 +665,8 @@ class Conformance:
                 f"({report.at - t_hangup:.1f} s after the hang-up)"
             )
 
-        await self.step("reports the call's end within 1 s (+ close-down)", end_reported)
+        ended = "the call's end" if cap == 1 else "the calls' end"
+        await self.step(f"reports {ended} within 1 s (+ close-down)", end_reported)
 
     async def _drain(
         self, worker: WorkerUnderTest, watch: PodWatch, calls: _Calls, *, by_annotation: bool
@@ -700,7 +702,8 @@ class Conformance:
 
         async def no_new_calls() -> str:
             if await calls.unanswered(self.opts.refuse_wait_s):
-                return f"no agent joined within {self.opts.refuse_wait_s:.0f} s"
+                note = " (capacity 1: it is full anyway)" if self.opts.capacity == 1 else ""
+                return f"no agent joined within {self.opts.refuse_wait_s:.0f} s{note}"
             raise StepFailed(
                 f"a new call was answered after {how} (missing step: a draining worker takes "
                 "no new call)"

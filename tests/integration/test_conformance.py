@@ -86,7 +86,8 @@ def test_the_receptionist_passes(stack_env: Environment, tmp_path: Path) -> None
     assert steps and all(s.startswith("PASS") for s in steps), steps
     for name in (
         "reports starting at boot",
-        "refuses a call beyond its capacity (1)",
+        "refuses a call beyond its capacity (2)",
+        "takes call 2 of its capacity 2",
         "[the drain annotation] does not cut the call in progress",
         "[SIGTERM] exits 0 once its last call ended",
     ):

@@ -2,6 +2,8 @@
 
 ``up`` leaves the servers running in the background (their process groups are recorded in
 ``<dir>/state.json``) and prints how to use them; ``down`` stops them and removes ``<dir>``.
+``conformance -- CMD...`` checks a worker command against the pool's contract
+(docs/worker-contract.md) on that stack, or on a temporary one when none is up.
 """
 
 from __future__ import annotations
@@ -112,6 +114,37 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _env_pair(value: str) -> tuple[str, str]:
+    key, sep, val = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{value!r} is not KEY=VALUE")
+    return key, val
+
+
+def _conformance(args: argparse.Namespace) -> int:
+    from . import conformance
+
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise DevstackError("conformance: give the worker's command after --")
+    if args.capacity < 1:
+        raise DevstackError("conformance: --capacity must be 1 or more")
+    opts = conformance.Options(
+        command=command,
+        capacity=args.capacity,
+        extra_env=dict(args.env),
+        boot_timeout_s=args.boot_timeout,
+        first_report_within_s=args.first_report_within,
+        sigterm_run=not args.no_sigterm_run,
+        log_dir=Path(args.log_dir).resolve() if args.log_dir else None,
+    )
+    if opts.log_dir is not None:
+        opts.log_dir.mkdir(parents=True, exist_ok=True)
+    return conformance.run(opts, _workdir(args), sys.stdout)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="voicepool-devstack", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -146,6 +179,49 @@ def main(argv: list[str] | None = None) -> int:
         "--no-node", action="store_true", help="skip the real node's kubelet and images"
     )
     build.set_defaults(func=_build)
+    conf = sub.add_parser(
+        "conformance",
+        help="check a worker command against the worker contract (docs/worker-contract.md)",
+        description="Run CMD as a worker pod would run (the operator's environment, a Pod "
+        "object to report on) against the stack's kube-apiserver and livekit-server, place "
+        "calls and drain it; one line per step, exit 1 at the first failure. Commands only: "
+        "to check an image, run its entrypoint here (the kit starts no container).",
+    )
+    conf.add_argument(
+        "--dir",
+        help="a stack started with `up` (default .devstack; else a "
+        "temporary stack, or VOICEPOOL_KUBECONFIG/VOICEPOOL_LIVEKIT_*)",
+    )
+    conf.add_argument("--name", type=_stack_name, help="a named stack started with `up`")
+    conf.add_argument(
+        "--capacity",
+        type=int,
+        default=2,
+        help="VOICEPOOL_SESSIONS_PER_POD (2: a slot is free during the drain check)",
+    )
+    conf.add_argument(
+        "--env",
+        type=_env_pair,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more environment for the worker, as a pool's template env (repeatable)",
+    )
+    conf.add_argument("--boot-timeout", type=float, default=180.0, help="seconds to idle")
+    conf.add_argument(
+        "--first-report-within",
+        type=float,
+        default=20.0,
+        help='seconds from start to the first ("starting") report',
+    )
+    conf.add_argument(
+        "--no-sigterm-run",
+        action="store_true",
+        help="skip the second run that drains a worker by SIGTERM alone",
+    )
+    conf.add_argument("--log-dir", help="where the worker's output goes (default: a temp dir)")
+    conf.add_argument("command", nargs=argparse.REMAINDER, help="-- the worker's command line")
+    conf.set_defaults(func=_conformance)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -52,9 +52,16 @@ def _external_livekit() -> LiveKitInfo | None:
 
 @contextlib.contextmanager
 def environment(
-    nodes: int = 2, node_cpu: str = "8", node_memory: str = "32Gi", node_pods: str = "110"
+    nodes: int = 2,
+    node_cpu: str = "8",
+    node_memory: str = "32Gi",
+    node_pods: str = "110",
+    *,
+    sip: bool = True,
+    prometheus: bool = True,
 ) -> Iterator[Environment]:
-    """Start what the environment does not already provide; always stop what we started."""
+    """Start what the environment does not already provide; always stop what we started.
+    ``sip``/``prometheus`` False: a lighter stack for a run that places no phone call."""
     external_kube = os.environ.get("VOICEPOOL_KUBECONFIG")
     external_lk = _external_livekit()
     need_kube = not external_kube
@@ -72,6 +79,8 @@ def environment(
             node_pods=node_pods,
             kubernetes=need_kube,
             livekit=need_lk,
+            sip=sip,
+            prometheus=prometheus,
         )
     )
     try:

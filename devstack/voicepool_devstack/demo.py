@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,7 @@ from . import demo_node, prometheus
 from . import node as node_mod
 from .errors import DevstackError
 from .livekit import LiveKitInfo
-from .procs import free_port
+from .procs import free_port, kill_group
 from .runner import RUNNER_POD_ANNOTATIONS, PodRunner
 from .sip import SipInfo
 from .stack import LocalStack, StackConfig, StackState
@@ -246,13 +245,7 @@ class Demo:
         try:
             yield
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+            kill_group(proc.pid, proc, grace=20)
             say("operator stopped")
 
     def _operator_running(self) -> bool:

@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from kubernetes import client, config
 from .agents import AgentProcess
 from .errors import DevstackError
 from .livekit import LiveKitInfo
-from .procs import free_port
+from .procs import free_port, kill_group
 from .regions import NamedStack, reader_kubeconfig
 from .testing import create_namespace
 from .versions import KUBERNETES, REPO_ROOT
@@ -95,13 +94,7 @@ def process(name: str, args: list[str], env: dict[str, str], logs: Path) -> Iter
     try:
         yield
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
+        kill_group(proc.pid, proc, grace=20)
 
 
 def operator(kubeconfig: str, name: str, logs: Path) -> contextlib.AbstractContextManager[None]:

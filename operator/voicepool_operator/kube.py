@@ -67,6 +67,14 @@ class ApiError(Exception):
         self.message = message
 
 
+async def answer(resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    """The apiserver's JSON body; ``ApiError`` with its own message for a non-2xx status."""
+    data: dict[str, Any] = await resp.json(content_type=None) if resp.content_length != 0 else {}
+    if resp.status >= 400:
+        raise ApiError(resp.status, str((data or {}).get("message") or resp.reason))
+    return data
+
+
 class Conflict(Exception):
     """The object changed since it was read; re-plan instead of acting on stale data."""
 
@@ -160,12 +168,7 @@ class Kube:
             else params,
             headers={"Content-Type": content_type},
         ) as resp:
-            data: dict[str, Any] = (
-                await resp.json(content_type=None) if resp.content_length != 0 else {}
-            )
-            if resp.status >= 400:
-                raise ApiError(resp.status, str((data or {}).get("message") or resp.reason))
-            return data
+            return await answer(resp)
 
     async def _call(
         self, verb: str, method: str, path: str, body: Any = None, **kw: Any

@@ -25,7 +25,7 @@ import yaml
 import yarl
 
 from ..constants import FIELD_MANAGER
-from ..kube import MERGE_PATCH, ApiError, ssl_context
+from ..kube import MERGE_PATCH, ApiError, answer, ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +131,7 @@ class ClusterClient:
             params=dict(params or {}),
             timeout=aiohttp.ClientTimeout(total=15, connect=5),
         ) as resp:
-            data: dict[str, Any] = (
-                await resp.json(content_type=None) if resp.content_length != 0 else {}
-            )
-            if resp.status >= 400:
-                raise ApiError(resp.status, str((data or {}).get("message") or resp.reason))
-            return data
+            return await answer(resp)
 
     async def patch_status(self, path: str, status: Mapping[str, Any]) -> None:
         """Merge-patch ``{"status": status}`` at ``path`` (a ``.../status`` subresource)."""
@@ -148,8 +143,7 @@ class ClusterClient:
             timeout=aiohttp.ClientTimeout(total=15, connect=5),
         ) as resp:
             if resp.status >= 400:
-                body = await resp.json(content_type=None) if resp.content_length != 0 else {}
-                raise ApiError(resp.status, str((body or {}).get("message") or resp.reason))
+                await answer(resp)  # raises ApiError with the apiserver's message
 
     async def stream(self, path: str, params: Mapping[str, str]) -> AsyncIterator[dict[str, Any]]:
         """The events of one watch request, until the server ends it."""
@@ -167,8 +161,7 @@ class ClusterClient:
             ),
         ) as resp:
             if resp.status >= 400:
-                body = await resp.json(content_type=None) if resp.content_length != 0 else {}
-                raise ApiError(resp.status, str((body or {}).get("message") or resp.reason))
+                await answer(resp)  # raises ApiError with the apiserver's message
             async for line in resp.content:
                 if line.strip():
                     yield json.loads(line)

@@ -65,6 +65,8 @@ ACT_DELAY_S = 0.2
 JOIN_WAIT_S = 60.0
 #: A control message's nonce is remembered this long (its token lives 60 s at most).
 NONCE_TTL_S = 180.0
+#: The call's end is written to the room's metadata within this, or not at all.
+END_PUBLISH_S = 3.0
 
 
 class Refused(Exception):
@@ -451,6 +453,24 @@ class CallEndpoint:
         records.write(self._ctx.job.id, final, self._ctx.job.room.name)
         for task in list(self._tasks):
             task.cancel()
+        await self._publish_end()
         if self._lk is not None:
             with contextlib.suppress(Exception):
                 await self._lk.aclose()
+
+    async def _publish_end(self) -> None:
+        """The end in the room's metadata (through the server API: the agent may have left):
+        a room that outlives its call -- a caller's leg still up, LiveKit's departure timeout --
+        must not stay in the control service's list as a live call."""
+        if self._lk is None or not self._metadata_ours:
+            return
+        from .calls import merged_metadata
+
+        merged = merged_metadata(self._ctx.room.metadata or "", self.record.summary())
+        if merged is None:
+            return
+        request = api.UpdateRoomMetadataRequest(room=self._ctx.job.room.name, metadata=merged)
+        try:
+            await asyncio.wait_for(self._lk.room.update_room_metadata(request), END_PUBLISH_S)
+        except Exception as e:  # the room is gone already: nothing left to list
+            log.info("call end not published in the room's metadata", extra={"error": str(e)})

@@ -7,9 +7,10 @@ Whatever agent the runtime hosts, each call is published for the control service
   other party's number masked) and a ``voicepool.dev/call`` entry in the room's metadata (one
   ListRooms lists every live call), both rewritten at most once a second as the call changes;
   the call's events (turns with their latency stages, keys, transfers, state changes, actions)
-  in a bounded ring the service follows; at the end one ``call ended`` JSON log line with the
-  whole record (the durable record) and a file the main process turns into a ``CallEnded``
-  Event on the pod (``runtime/records.py``: the retention window).
+  in a bounded ring the service follows; at the end the metadata once more (state ended), one
+  ``call ended`` JSON log line with the whole record (the durable record) and a file the main
+  process turns into a ``CallEnded`` Event on the pod (``runtime/records.py``: the retention
+  window).
 * **steered**: an RPC ``voicepool.control`` on the agent participant. A message counts only if it
   carries a LiveKit access token for the identity ``voicepool-control``, signed with this pool's
   API secret, granting admin of this room, unexpired and bound to the message body by its
@@ -472,5 +473,7 @@ class CallEndpoint:
         request = api.UpdateRoomMetadataRequest(room=self._ctx.job.room.name, metadata=merged)
         try:
             await asyncio.wait_for(self._lk.room.update_room_metadata(request), END_PUBLISH_S)
-        except Exception as e:  # the room is gone already: nothing left to list
+        except Exception as e:
+            if getattr(e, "code", None) == "not_found":
+                return  # the room is gone (a hang-up deletes it): nothing left to list
             log.info("call end not published in the room's metadata", extra={"error": str(e)})

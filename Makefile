@@ -93,6 +93,7 @@ bench: build
 	$(BIN)/python bench/phone_latency.py --calls 3
 	$(BIN)/python bench/dialog_score.py --llm-sentences 12 --contention
 	$(BIN)/python bench/routing.py
+	$(BIN)/python bench/control.py
 	@echo "[bench] plots: bench/out/simulate_calls.png (calls, warm capacity, pods per policy)," \
 	  "bench/out/worker_latency.png (time to first word histogram)"
 

@@ -628,6 +628,49 @@ async def test_a_webrtc_call_is_listed_followed_heard_steered_and_kept_after_it_
     ) >= 4
 
 
+@pytest.mark.timeout(180)
+async def test_a_room_that_outlives_its_call_leaves_the_list(
+    control: ControlService, desks: dict[str, Desk], ns: str, stack_env: Environment
+) -> None:
+    """The caller hangs up while someone else stays in the room (as a SIP leg or a listener
+    can): the call has ended, so the list drops it although LiveKit still has the room."""
+    desk = desks["team"]
+    w = desk.worker
+    await asyncio.to_thread(w.wait_available, 60)
+    lk = stack_env.livekit
+    room = f"ctl-{uuid.uuid4().hex[:6]}"
+    c = Call(CallerConfig(lk.url, lk.api_key, lk.api_secret, desk.agent, identity="caller"), room)
+    grant = api.VideoGrants(room_join=True, room=room, can_publish=False)
+    stays = api.AccessToken(lk.api_key, lk.api_secret).with_identity("bystander")
+    try:
+        await c.start(join_within=60)
+        assert await c.wait_greeting(40), "the agent never greeted"
+        row = await listed(control, desk, ns)
+        assert row["room"] == room, row
+        async with joined(lk.url, stays.with_grants(grant).to_jwt()):
+            await c.hangup()
+            await asyncio.to_thread(
+                w.wait_log,
+                lambda x: x.get("msg") == "call ended" and x.get("room") == room,
+                30,
+                "the call's end",
+            )
+
+            async def gone() -> bool:
+                status, body, _ = await req(
+                    control, "GET", f"/v1/pools/{ns}/{desk.pool}/calls", token="read"
+                )
+                assert status == 200, body
+                return not [r for r in body["calls"] if r["room"] == room]
+
+            await until(gone, 10, "the ended call to leave the list")
+            async with lkapi(stack_env) as lk_api:
+                rooms = await lk_api.room.list_rooms(api.ListRoomsRequest(names=[room]))
+            assert rooms.rooms, "the room is still there (the bystander is in it)"
+    finally:
+        await c.hangup()
+
+
 async def _turned(show: Callable[[], Any]) -> dict[str, Any] | None:
     call = await show()
     return call if call.get("turn_latencies") else None

@@ -29,6 +29,7 @@ import os
 import secrets
 import signal
 import socket
+import string
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -118,6 +119,13 @@ class Call:
     @property
     def shown(self) -> str:
         return mask_numbers_in(self.room) if self.room else self.sid
+
+
+def outbound_room() -> str:
+    """A new outbound call's room name: ``out-`` and 12 random letters (56 bits). Letters only,
+    because a run of 7 digits (as a hex name often has) is masked as a phone number wherever
+    the name is shown: the name ``dial`` answers with must be the one the list shows."""
+    return "out-" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(12))
 
 
 def _pool(obj: dict[str, Any]) -> Pool:
@@ -500,7 +508,7 @@ class Control:
             why = "no free session: every pod of the pool is busy, starting or draining"
             await self.audit(who, None, pool, "dial", 503, why)
             raise HttpError(503, why, {"Retry-After": str(self.retry_after_s)})
-        room = f"out-{secrets.token_hex(6)}"
+        room = outbound_room()
         meta = {"phone_number": number, **({"opening": opening} if opening else {})}
         try:
             await lk.dispatch(self.session, server, pool.spec.agent_name, room, json.dumps(meta))

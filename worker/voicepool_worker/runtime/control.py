@@ -7,9 +7,10 @@ Whatever agent the runtime hosts, each call is published for the control service
   other party's number masked) and a ``voicepool.dev/call`` entry in the room's metadata (one
   ListRooms lists every live call), both rewritten at most once a second as the call changes;
   the call's events (turns with their latency stages, keys, transfers, state changes, actions)
-  in a bounded ring the service follows; at the end one ``call ended`` JSON log line with the
-  whole record (the durable record) and a file the main process turns into a ``CallEnded``
-  Event on the pod (``runtime/records.py``: the retention window).
+  in a bounded ring the service follows; at the end the metadata once more (state ended), one
+  ``call ended`` JSON log line with the whole record (the durable record) and a file the main
+  process turns into a ``CallEnded`` Event on the pod (``runtime/records.py``: the retention
+  window).
 * **steered**: an RPC ``voicepool.control`` on the agent participant. A message counts only if it
   carries a LiveKit access token for the identity ``voicepool-control``, signed with this pool's
   API secret, granting admin of this room, unexpired and bound to the message body by its
@@ -65,6 +66,8 @@ ACT_DELAY_S = 0.2
 JOIN_WAIT_S = 60.0
 #: A control message's nonce is remembered this long (its token lives 60 s at most).
 NONCE_TTL_S = 180.0
+#: The call's end is written to the room's metadata within this, or not at all.
+END_PUBLISH_S = 3.0
 
 
 class Refused(Exception):
@@ -451,6 +454,26 @@ class CallEndpoint:
         records.write(self._ctx.job.id, final, self._ctx.job.room.name)
         for task in list(self._tasks):
             task.cancel()
+        await self._publish_end()
         if self._lk is not None:
             with contextlib.suppress(Exception):
                 await self._lk.aclose()
+
+    async def _publish_end(self) -> None:
+        """The end in the room's metadata (through the server API: the agent may have left):
+        a room that outlives its call -- a caller's leg still up, LiveKit's departure timeout --
+        must not stay in the control service's list as a live call."""
+        if self._lk is None or not self._metadata_ours:
+            return
+        from .calls import merged_metadata
+
+        merged = merged_metadata(self._ctx.room.metadata or "", self.record.summary())
+        if merged is None:
+            return
+        request = api.UpdateRoomMetadataRequest(room=self._ctx.job.room.name, metadata=merged)
+        try:
+            await asyncio.wait_for(self._lk.room.update_room_metadata(request), END_PUBLISH_S)
+        except Exception as e:
+            if getattr(e, "code", None) == "not_found":
+                return  # the room is gone (a hang-up deletes it): nothing left to list
+            log.info("call end not published in the room's metadata", extra={"error": str(e)})

@@ -83,8 +83,10 @@ def test_capacity_and_load() -> None:
 def test_load_threshold_is_full_exactly_at_capacity(capacity: int) -> None:
     threshold = s.load_threshold(capacity)
     for active in range(capacity + 2):
-        load = min(1.0, active / capacity)
+        load = s.reported_load(min(1.0, active / capacity))
         assert (load >= threshold) == (active >= capacity)
+        # livekit-server offers a job only below its target load: every free slot is offered
+        assert (load < s.LIVEKIT_TARGET_LOAD) == (active < capacity)
 
 
 def test_invalid_capacity() -> None:

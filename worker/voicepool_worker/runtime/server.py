@@ -33,7 +33,7 @@ from .. import config
 from ..config import ConfigError, WorkerConfig
 from . import logs, records
 from .loader import DEFAULT_AGENT, agent_module, agent_spec, load_app
-from .sessions import PodReport, Sessions, load_threshold
+from .sessions import PodReport, Sessions, load_threshold, reported_load
 
 # Nothing that imports livekit-agents (and so prometheus-client) at the top: main() must point
 # PROMETHEUS_MULTIPROC_DIR at its directory before prometheus-client is first imported.
@@ -141,7 +141,7 @@ class Runtime:
     def load(self) -> float:
         """livekit-agents' ``load_fnc`` (runs in a thread; reads one immutable snapshot)."""
         state = self.state
-        return 1.0 if state.draining or self.unseen else state.load
+        return 1.0 if state.draining or self.unseen else reported_load(state.load)
 
     async def on_request(self, req: JobRequest) -> None:
         """Take a job only while seen, not draining and below capacity; else hand it back."""

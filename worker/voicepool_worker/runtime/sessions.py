@@ -56,15 +56,28 @@ def drain_requested(annotations: dict[str, str] | None) -> bool:
     return (annotations or {}).get(ANN_DRAIN, "").strip().lower() == "true"
 
 
+#: livekit-server offers a job only to a worker whose reported load is below its
+#: ``agents.target_load`` (0.7 unless configured; its job-request affinity is
+#: ``target_load - load``), so a worker reporting its plain fill (calls / capacity) was offered
+#: no call once 70 % full: 3 of 4 sessions, 8 of 10. The runtime reports its fill scaled to it.
+LIVEKIT_TARGET_LOAD = 0.7
+
+
+def reported_load(fill: float) -> float:
+    """The load LiveKit sees for a fill of 0.0 (idle) .. 1.0 (full): below the target until full."""
+    return min(1.0, max(0.0, fill)) * LIVEKIT_TARGET_LOAD
+
+
 def load_threshold(capacity: int) -> float:
     """Threshold for LiveKit's ``load_fnc`` so the worker is FULL exactly at ``capacity``.
 
-    Load is ``active / capacity``. Half a session below the next step keeps the comparison
-    robust against float rounding: ``load >= threshold`` iff ``active >= capacity``.
+    The load is ``reported_load(active / capacity)``. Half a session below the next step keeps
+    the comparison robust against float rounding: ``load >= threshold`` iff ``active >=
+    capacity``.
     """
     if capacity < 1:
         raise ValueError("capacity must be >= 1")
-    return (capacity - 0.5) / capacity
+    return reported_load((capacity - 0.5) / capacity)
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,11 @@ import asyncio
 import shutil
 import struct
 import uuid
-from typing import Any
 
 from livekit.agents import tts
-from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
+from livekit.agents.types import APIConnectOptions
+
+from .inprocess import InProcessTTS
 
 SAMPLE_RATE = 22050  # espeak-ng's native output rate
 
@@ -32,7 +33,7 @@ def espeak_binary() -> str | None:
     return shutil.which("espeak-ng")
 
 
-class EspeakTTS(tts.TTS[Any]):
+class EspeakTTS(InProcessTTS):
     def __init__(self, *, voice: str = "en-us", words_per_minute: int = 175) -> None:
         super().__init__(
             capabilities=tts.TTSCapabilities(streaming=False),
@@ -53,11 +54,6 @@ class EspeakTTS(tts.TTS[Any]):
     @property
     def provider(self) -> str:
         return "espeak-ng"
-
-    def synthesize(
-        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
-    ) -> EspeakStream:
-        return EspeakStream(tts=self, input_text=text, conn_options=conn_options)
 
 
 class EspeakStream(tts.ChunkedStream):
@@ -88,3 +84,6 @@ class EspeakStream(tts.ChunkedStream):
             raise RuntimeError(f"espeak-ng exited with {proc.returncode}")
         output_emitter.push(pcm_from_wav(wav))
         output_emitter.flush()
+
+
+EspeakTTS.stream_type = EspeakStream

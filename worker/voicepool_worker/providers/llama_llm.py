@@ -16,16 +16,11 @@ import os
 import threading
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from livekit.agents import APIConnectionError, APITimeoutError, llm
-from livekit.agents.types import (
-    DEFAULT_API_CONNECT_OPTIONS,
-    NOT_GIVEN,
-    APIConnectOptions,
-    NotGivenOr,
-)
 
+from .inprocess import InProcessLLM
 from .rules_llm import history_of
 
 _DONE = object()
@@ -79,7 +74,7 @@ def _package_gguf(package: str) -> str | None:
     return None
 
 
-class LlamaLLM(llm.LLM[Any]):
+class LlamaLLM(InProcessLLM):
     def __init__(self, *, model_path: str | None = None, threads: int = 2) -> None:
         super().__init__()
         from llama_cpp import Llama  # type: ignore[import-not-found, unused-ignore]
@@ -114,18 +109,6 @@ class LlamaLLM(llm.LLM[Any]):
     def provider(self) -> str:
         return "llama.cpp"
 
-    def chat(
-        self,
-        *,
-        chat_ctx: llm.ChatContext,
-        tools: list[Any] | None = None,
-        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
-        parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
-        tool_choice: NotGivenOr[Any] = NOT_GIVEN,
-        extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
-    ) -> LlamaStream:
-        return LlamaStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
-
 
 def _messages(chat_ctx: llm.ChatContext) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
@@ -137,16 +120,9 @@ def _messages(chat_ctx: llm.ChatContext) -> list[dict[str, str]]:
 
 
 class LlamaStream(llm.LLMStream):
-    def __init__(
-        self,
-        model: LlamaLLM,
-        *,
-        chat_ctx: llm.ChatContext,
-        tools: list[Any],
-        conn_options: APIConnectOptions,
-    ) -> None:
-        super().__init__(model, chat_ctx=chat_ctx, tools=tools, conn_options=conn_options)
-        self._model = model
+    @property
+    def _model(self) -> LlamaLLM:
+        return cast(LlamaLLM, self._llm)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -206,3 +182,6 @@ class LlamaStream(llm.LLMStream):
             )
         finally:
             stop.set()
+
+
+LlamaLLM.stream_type = LlamaStream

@@ -22,7 +22,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from livekit.agents import tts
-from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
+from livekit.agents.types import APIConnectOptions
+
+from .inprocess import InProcessTTS
 
 _DONE = object()
 
@@ -152,7 +154,7 @@ def preload(
     _SHARED[(model_path or _default_model_path(), threads)] = (voice._voice, voice.cache)
 
 
-class PiperTTS(tts.TTS[Any]):
+class PiperTTS(InProcessTTS):
     """``tts.TTS`` (non-streaming, chunked) over a piper voice loaded once per process."""
 
     def __init__(
@@ -254,11 +256,6 @@ class PiperTTS(tts.TTS[Any]):
         with self._lock:
             return b"".join(c.audio_int16_bytes for c in self._voice.synthesize(clause))
 
-    def synthesize(
-        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
-    ) -> PiperStream:
-        return PiperStream(tts=self, input_text=text, conn_options=conn_options)
-
 
 class PiperStream(tts.ChunkedStream):
     def __init__(self, *, tts: PiperTTS, input_text: str, conn_options: APIConnectOptions) -> None:
@@ -328,3 +325,6 @@ class PiperStream(tts.ChunkedStream):
         finally:
             stop.set()
         output_emitter.flush()
+
+
+PiperTTS.stream_type = PiperStream

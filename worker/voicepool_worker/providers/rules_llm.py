@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import cast
 
 from livekit.agents import llm
-from livekit.agents.types import (
-    DEFAULT_API_CONNECT_OPTIONS,
-    NOT_GIVEN,
-    APIConnectOptions,
-    NotGivenOr,
-)
 
 from . import dialog as dialog_mod
 from .dialog import Dialog, Reply
+from .inprocess import InProcessLLM
 
 ActionHandler = Callable[[Reply], None]
 
@@ -51,7 +46,7 @@ def _default() -> Dialog:
     return _DEFAULT[0]
 
 
-class RulesLLM(llm.LLM[Any]):
+class RulesLLM(InProcessLLM):
     """``llm.LLM`` that streams the rule-based answer word by word (like a real model)."""
 
     def __init__(self, dialog: Dialog | None = None) -> None:
@@ -67,18 +62,6 @@ class RulesLLM(llm.LLM[Any]):
     def provider(self) -> str:
         return "voicepool"
 
-    def chat(
-        self,
-        *,
-        chat_ctx: llm.ChatContext,
-        tools: list[Any] | None = None,
-        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
-        parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
-        tool_choice: NotGivenOr[Any] = NOT_GIVEN,
-        extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
-    ) -> RulesStream:
-        return RulesStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
-
 
 def history_of(chat_ctx: llm.ChatContext) -> list[tuple[str, str]]:
     """(role, text) of the chat's user/assistant messages, oldest first."""
@@ -93,16 +76,9 @@ def history_of(chat_ctx: llm.ChatContext) -> list[tuple[str, str]]:
 
 
 class RulesStream(llm.LLMStream):
-    def __init__(
-        self,
-        rules: RulesLLM,
-        *,
-        chat_ctx: llm.ChatContext,
-        tools: list[Any],
-        conn_options: APIConnectOptions,
-    ) -> None:
-        super().__init__(rules, chat_ctx=chat_ctx, tools=tools, conn_options=conn_options)
-        self._rules = rules
+    @property
+    def _rules(self) -> RulesLLM:
+        return cast(RulesLLM, self._llm)
 
     async def _run(self) -> None:
         answer = dialog_mod.respond(self._rules.dialog, history_of(self._chat_ctx))
@@ -125,3 +101,6 @@ class RulesStream(llm.LLMStream):
         )
         if answer.action is not None and self._rules.on_action is not None:
             self._rules.on_action(answer)
+
+
+RulesLLM.stream_type = RulesStream

@@ -222,6 +222,16 @@ async def test_pod_annotations_follow_sessions(
         )
         assert ANN_SAFE_TO_EVICT not in annotations(core, namespace, pod)
     wait_annotations(core, namespace, pod, idle)
+    # the apiserver shows a patch before the worker has its answer and logs it
+    await asyncio.to_thread(
+        w.wait_log,
+        lambda line: (
+            line.get("msg") == "pod annotations reported"
+            and str(line.get("reason", "")).endswith("ended")
+        ),
+        30,
+        "the session's end reported",
+    )
 
     # exactly one merge-patch per report: starting, registered, session start, session end
     reports = w.msgs("pod annotations reported")

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
+
+
+def camel_case(name: str) -> str:
+    """A Python field name as the API spells it: ``session_capacity`` -> ``sessionCapacity``."""
+    head, *rest = name.split("_")
+    return head + "".join(word.capitalize() for word in rest)
 
 
 @dataclass(frozen=True)
@@ -40,24 +46,8 @@ class PoolStatus:
     template_hash: str = ""
 
     def to_status_dict(self) -> dict[str, Any]:
-        return {
-            "replicas": self.replicas,
-            "readyPods": self.ready_pods,
-            "idlePods": self.idle_pods,
-            "busyPods": self.busy_pods,
-            "drainingPods": self.draining_pods,
-            "startingPods": self.starting_pods,
-            "unknownPods": self.unknown_pods,
-            "unreportedPods": self.unreported_pods,
-            "terminatingPods": self.terminating_pods,
-            "updatedPods": self.updated_pods,
-            "activeSessions": self.active_sessions,
-            "sessionCapacity": self.session_capacity,
-            "idleCapacity": self.idle_capacity,
-            "desiredReplicas": self.desired_replicas,
-            "warmTarget": self.warm_target,
-            "templateHash": self.template_hash,
-        }
+        """Every field under its API name (``ready_pods`` is ``readyPods``)."""
+        return {camel_case(f.name): getattr(self, f.name) for f in fields(self)}
 
 
 def iso(t: dt.datetime) -> str:

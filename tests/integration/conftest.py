@@ -15,6 +15,8 @@ import pytest
 from kubernetes import client
 from voicepool_devstack.testing import Environment
 
+from . import booking_llm as booking_llm_server
+from .llm_server import LlamaServer
 from .operator_harness import Cluster, OperatorProcess, install_crds, running_operator
 
 #: The Secret a test pool's ``livekit.credentialsSecretRef`` names.
@@ -45,3 +47,13 @@ def livekit_secret(cluster: Cluster, stack_env: Environment) -> str:
     """The stack's LiveKit key and secret in the test namespace (``apiKey``/``apiSecret``)."""
     cluster.livekit_secret(stack_env.livekit, LIVEKIT_SECRET)
     return LIVEKIT_SECRET
+
+
+@pytest.fixture(scope="session")
+def booking_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """The booking example agent's model server, once per session (booking_llm.py)."""
+    server = booking_llm_server.start(tmp_path_factory.mktemp("booking-llm"))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -79,15 +79,9 @@ async def entrypoint(ctx: JobContext) -> None:
         vad=ctx.proc.userdata["vad"],
     )
     await session.start(agent=Agent(instructions=INSTRUCTIONS), room=ctx.room)
-    number = sdk.dial_request(ctx.job.metadata or "")
-    if number is not None:  # an outbound call: the public API dials it
-        control = sdk.call_control(ctx, session)
-        if (why := await control.dial(number)) is not None:
-            await control.end_room(f"outbound call failed: {why}")
-            return
-        session.say(sdk.dial_opening(ctx.job.metadata or "") or GREETING)
-        return
-    session.say(GREETING)
+    placed = await sdk.call_control(ctx, session).place_dispatched_call()  # outbound: dialled
+    if not placed.ended:
+        session.say(placed.opening or GREETING)
 
 
 app = sdk.AgentApp(entrypoint=entrypoint, prewarm=prewarm)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,72 +16,22 @@ import pytest
 from voicepool_devstack.testing import Environment
 from voicepool_worker.caller import Call
 
-from .llm_server import ALIAS, LlamaServer
+from .booking_llm import booking_env
+from .llm_server import LlamaServer
 from .test_worker import call, caller_cfg, start_worker, workers
-from .test_worker_providers import model_path
 from .worker_harness import WorkerProcess, agent_name
 
 __all__ = ["workers"]  # the fixture, shared with test_worker
 
 pytestmark = [pytest.mark.livekit]
 
-BOOKING = "booking_agent.agent:app"
 SLOTS_QUESTION = "Which slots are free on Tuesday?"
 #: What the shipped calendar (examples/agents/booking/booking_agent/slots.json) has free then.
 TUESDAY = ("9:30 AM", "2:15 PM")
-#: The tests' model server prefills slowly: 1 thread on 2 cores shared with STT and TTS.
-SLOW_CPU_DEADLINE = "45"
 #: Agents with faults (tests/integration/agents_under_test), importable by the worker.
 FLAWED = Path(__file__).parent / "agents_under_test"
 #: The runtime's wait for an agent that never joins (runtime/jobs.py JOIN_TIMEOUT_S) and slack.
 NEVER_JOINED_WITHIN_S = 30 + 30
-
-
-@pytest.fixture(scope="module")
-def booking_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    """llama.cpp's OpenAI-compatible server with its function-calling chat format, warmed with
-    one named tool call (the first one compiles the arguments' grammar: seconds)."""
-    server = LlamaServer(
-        model_path(),
-        tmp_path_factory.mktemp("llm"),
-        chat_format="chatml-function-calling",
-    )
-    try:
-        server.wait_ready()
-        tool = {
-            "type": "function",
-            "function": {
-                "name": "find_free_slots",
-                "parameters": {
-                    "type": "object",
-                    "properties": {"day": {"type": "string"}},
-                    "required": ["day"],
-                },
-            },
-        }
-        server.chat(
-            {
-                "model": ALIAS,
-                "messages": [{"role": "user", "content": "free on monday?"}],
-                "tools": [tool],
-                "tool_choice": {"type": "function", "function": {"name": "find_free_slots"}},
-            }
-        )
-        yield server
-    finally:
-        server.stop()
-
-
-def booking_env(llm: LlamaServer) -> dict[str, str]:
-    """What a pool running the booking agent sets (examples/agents/booking/pool.yaml)."""
-    return {
-        "VOICEPOOL_AGENT": BOOKING,
-        "VOICEPOOL_LLM": "openai",
-        "VOICEPOOL_LLM_BASE_URL": llm.base_url,
-        "VOICEPOOL_LLM_API_KEY": llm.api_key,
-        "VOICEPOOL_LLM_MODEL": ALIAS,
-        "VOICEPOOL_LLM_FIRST_TOKEN_TIMEOUT": SLOW_CPU_DEADLINE,
-    }
 
 
 # -- the example team agent -------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """Session control on the local stack: ``voicepool-control`` and the runtime's call endpoint.
 
 Real parts only: the stack's apiserver (pools, their LiveKit Secret, the workers' pods, the
-Events), livekit-server and livekit-sip, two ``voicepool-worker`` processes (the built-in
-receptionist and a minimal team agent written on ``voicepool_worker.sdk`` alone,
-``control_agent.py``), the service as a process, the ``voicepool`` CLI, WebRTC callers, the SIP
-test phone and sipp as the callee. No operator runs: each worker's pod object is made here and
-the worker reports on it, as under the operator.
+Events), livekit-server and livekit-sip, three ``voicepool-worker`` processes (the built-in
+receptionist; the example team agent, ``examples/agents/booking``, with llama.cpp's
+OpenAI-compatible server as its LLM; a minimal team agent written on ``voicepool_worker.sdk``
+alone, ``control_agent.py``, whose LLM echoes its instructions), the service as a process, the
+``voicepool`` CLI, WebRTC callers, the SIP test phone and sipp as the callee. No operator
+runs: each worker's pod object is made here and the worker reports on it, as under the
+operator.
 
 Per agent: a WebRTC call is listed, shown, followed, heard (listen), taken over and steered
 (say, instruct, mute, unmute, hang up after the reply); a control message from anyone else is
@@ -51,14 +53,16 @@ from voicepool_operator.telephony.spec import object_name, parse_telephony
 from voicepool_worker.caller import Call, CallerConfig
 from voicepool_worker.runtime import records
 
+from .booking_llm import booking_env
 from .control_harness import CONTROLLER, READER, ControlService, read_events
+from .llm_server import LlamaServer
 from .operator_harness import REPO, Cluster, install_crds, pool_manifest
 from .test_phone_calls import LIVEKIT_SIP_REFER_FLAKE, sipp_callee
 from .worker_harness import WorkerProcess, agent_name
 
 pytestmark = [pytest.mark.livekit, pytest.mark.sip]
 
-KINDS = ("receptionist", "team")
+KINDS = ("receptionist", "booking", "team")
 TOKENS_SECRET = "control-tokens"
 TEAM_AGENT = "tests.integration.control_agent:app"
 CALLER_NUMBER = "+15550100001"  # the test phone's
@@ -194,6 +198,7 @@ def desks(
     ns: str,
     chart: str,
     tmp_path_factory: pytest.TempPathFactory,
+    booking_llm: LlamaServer,
 ) -> Iterator[dict[str, Desk]]:
     """A pool per agent kind (plus ``empty``: no pod), each with its trunks, its pod and its
     worker, which runs as the chart's worker ServiceAccount with a token bound to that pod."""
@@ -241,6 +246,8 @@ def desks(
         }
         if kind == "team":
             env.update(VOICEPOOL_AGENT=TEAM_AGENT, VOICEPOOL_TTS="espeak")
+        elif kind == "booking":
+            env.update(booking_env(booking_llm))
         w = WorkerProcess(stack_env.livekit, logs, agent=agent, env=env, name=kind)
         out[kind] = Desk(kind, pool, agent, number, pod, port, w, token)
     try:
@@ -264,16 +271,23 @@ async def req(control: ControlService, *args: Any, **kw: Any) -> tuple[int, Any,
 
 async def until(probe: Callable[[], Any], within: float, what: str, every: float = 0.3) -> Any:
     """Poll an async-or-sync probe until it is truthy (bounded)."""
-    deadline = time.monotonic() + within
+    started = time.monotonic()
+    deadline = started + within
     last: Any = None
     while time.monotonic() < deadline:
         last = probe()
         if asyncio.iscoroutine(last):
             last = await last
         if last:
+            mark(f"{what} after {time.monotonic() - started:.1f}s")
             return last
         await asyncio.sleep(every)
     raise AssertionError(f"timed out after {within:.0f}s waiting for {what} (last: {last!r})")
+
+
+def mark(step: str) -> None:
+    """A timestamped line in the test's captured output: a timed-out test shows its last step."""
+    print(f"{time.strftime('%H:%M:%S')} {step}", flush=True)
 
 
 async def listed(
@@ -312,11 +326,11 @@ def tone_frames(seconds: float, hz: float = 600.0) -> list[rtc.AudioFrame]:
 @asynccontextmanager
 async def joined(url: str, token: str) -> AsyncIterator[rtc.Room]:
     room = rtc.Room()
-    await room.connect(url, token)
+    await asyncio.wait_for(room.connect(url, token), 30)
     try:
         yield room
     finally:
-        await room.disconnect()
+        await asyncio.wait_for(room.disconnect(), 15)
 
 
 def pool_events(core: client.CoreV1Api, ns: str, pool: str) -> list[dict[str, Any]]:
@@ -490,6 +504,7 @@ async def test_a_webrtc_call_is_listed_followed_heard_steered_and_kept_after_it_
         follower = control.follow(room, tmp_path / "events.jsonl")
 
         # a turn: its latency stages are on the record
+        mark("a turn")
         turn = await c.say("what are your opening hours", answer_timeout=30)
         assert turn.ttfw_ms is not None, "the agent did not answer"
 
@@ -505,6 +520,7 @@ async def test_a_webrtc_call_is_listed_followed_heard_steered_and_kept_after_it_
         assert row["ttfw_last_s"] is not None and row["turns"] >= 1, row
 
         # say
+        mark("say")
         t_say = time.monotonic()
         status, body, _ = await req(
             control, "POST", f"/v1/calls/{room}/say", {"text": SUPERVISOR_SAYS}
@@ -514,7 +530,9 @@ async def test_a_webrtc_call_is_listed_followed_heard_steered_and_kept_after_it_
         await asyncio.to_thread(w.wait_log, lambda x: x.get("reply") == SUPERVISOR_SAYS, 20, "say")
         await c.wait_agent_quiet(quiet=1.0, within=20)
 
-        # instruct: the instruction reaches the LLM (the team agent's echoes it back)
+        # instruct: the agent answers with it in its context (the echoing LLM says it back)
+        mark("instruct")
+        replies = len(w.msgs("agent turn"))
         status, body, _ = await req(
             control, "POST", f"/v1/calls/{room}/instruct", {"text": INSTRUCTION, "respond": True}
         )
@@ -523,15 +541,19 @@ async def test_a_webrtc_call_is_listed_followed_heard_steered_and_kept_after_it_
             await asyncio.to_thread(
                 w.wait_log, lambda x: INSTRUCTION in str(x.get("reply", "")), 30, "the instruction"
             )
+        else:
+            await until(lambda: len(w.msgs("agent turn")) > replies, 60, "the instructed reply")
         await c.wait_agent_quiet(quiet=1.0, within=20)
 
         # listen: a hidden, subscribe-only participant hears the agent
+        mark("listen")
         status, grant, _ = await req(control, "POST", f"/v1/calls/{room}/listen", {})
         assert status == 200 and grant["hidden"] is True, grant
         heard = await _listen_while(control, grant, room, c)
         assert heard > 20, f"the listener heard {heard} loud frames"
 
         # mute: the agent neither speaks nor answers; say is refused while muted
+        mark("mute")
         status, body, _ = await req(control, "POST", f"/v1/calls/{room}/mute", {})
         assert status == 200 and body["call"]["muted"] is True, body
         status, body, _ = await req(control, "POST", f"/v1/calls/{room}/say", {"text": "hello"})
@@ -550,6 +572,7 @@ async def test_a_webrtc_call_is_listed_followed_heard_steered_and_kept_after_it_
         await c.wait_agent_quiet(quiet=1.0, within=20)
 
         # take over: a person speaks (the caller hears them), the agent is muted until they leave
+        mark("take over")
         status, grant, _ = await req(control, "POST", f"/v1/calls/{room}/takeover", {})
         assert status == 200 and grant["hidden"] is False, grant
         assert (await show())["muted"] is True
@@ -565,9 +588,11 @@ async def test_a_webrtc_call_is_listed_followed_heard_steered_and_kept_after_it_
         await until(lambda: _unmuted(show), 15, "the agent back once the person left")
 
         # control messages from anyone but the control service are refused (and logged)
+        mark("control messages from anyone but the control service are refused (and logged)")
         await _refused_from_the_caller(c, w, desk, room)
 
         # hang up after the current reply
+        mark("hang up after the current reply")
         status, _, _ = await req(
             control, "POST", f"/v1/calls/{room}/say", {"text": SUPERVISOR_SAYS}
         )

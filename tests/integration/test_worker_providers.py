@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +21,8 @@ from voicepool_devstack.testing import Environment
 from voicepool_worker.caller import Call
 from voicepool_worker.config import DEFAULT_GREETING
 from voicepool_worker.measure import wer
-from voicepool_worker.providers.llama_llm import find_model
 
+from .booking_llm import SLOW_CPU_DEADLINE, model_path
 from .llm_server import ALIAS, HangingServer, LlamaServer, closed_port_url
 from .speech_servers import PiperSpeechServer, WhisperServer
 from .test_worker import call, caller_cfg, start_worker, workers
@@ -35,23 +34,10 @@ pytestmark = [pytest.mark.livekit]
 
 HOURS = "what are your opening hours"
 ON_TOPIC = ("open", "hour", "monday", "friday", "saturday", "sunday", "9", "6", "am", "pm")
-#: first-token deadline for the tests' model servers: 1 thread on 2 cores shared with the
-#: worker's STT/TTS (and, on a developer machine, everything else) prefills slowly
-SLOW_CPU_DEADLINE = "45"
 #: the caller must hear the apology within this, from its end of speech: the 3 s deadline,
 #: the apology, and slack for a busy 2-core machine (about 1 s is typical for a refused
 #: connection or a 401, and 4 s for the hanging endpoint)
 TURN_BUDGET_S = 12.0
-
-
-def model_path(name: str | None = None) -> str:
-    """The worker's default GGUF (Qwen2.5-0.5B), or ``smollm2`` where speed beats quality."""
-    assert importlib.util.find_spec("llama_cpp") is not None, (
-        "llama-cpp-python is not installed: run `make build`"
-    )
-    path = find_model(name)
-    assert path is not None, f"no GGUF model {name or ''} installed: run `make build`"
-    return path
 
 
 def _serve(tmp_path: Path, model: str | None) -> Iterator[LlamaServer]:

@@ -20,6 +20,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -29,6 +30,7 @@ from livekit.agents import AgentSession, JobContext
 from voicepool_contract import phone
 
 from .. import config
+from . import dispatch
 from . import keypad as callflow
 
 log = logging.getLogger("voicepool.worker.call")
@@ -65,6 +67,15 @@ _KEY_ACTION: dict[type, str] = {
     callflow.Transfer: "transfer",
     callflow.Hangup: "hangup",
 }
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    """What the job's dispatch asked, once acted on (``CallControl.place_dispatched_call``)."""
+
+    number: str | None = None  # an outbound call: the callee (who answered unless ``ended``)
+    opening: str | None = None  # the line the dial request asked the agent to open with
+    ended: bool = False  # the dial was refused or failed: the job is ending, the agent returns
 
 
 #: The call control of each job in this process (one call per process, by job id): the agent's
@@ -398,6 +409,24 @@ class CallControl:
         metrics.OUTBOUND.labels("answered").inc()
         log.info("outbound call answered", extra={"to": number})
         return None
+
+    async def place_dispatched_call(self) -> Dispatched:
+        """An outbound dispatch (the control service's dial): place the call and wait for the
+        answer. One the worker refuses or that fails ends the job (the room, or just the job
+        when nothing was dialled); a dispatch without a number is an inbound call."""
+        metadata = self._ctx.job.metadata or ""
+        try:
+            number = dispatch.dial_request(metadata)
+        except dispatch.TelephonyError as e:
+            log.error("outbound call refused", extra={"error": str(e)})
+            self._ctx.shutdown(reason=str(e))
+            return Dispatched(ended=True)
+        if number is None:
+            return Dispatched()
+        if (why := await self.dial(number)) is not None:
+            await self.end_room(f"outbound call failed: {why}")
+            return Dispatched(number, ended=True)
+        return Dispatched(number, dispatch.dial_opening(metadata))
 
     # -- warm transfer -------------------------------------------------------------------------
 

@@ -34,6 +34,8 @@ INSTRUCTIONS = (
 )
 GREETING = "Hello, this is the booking line of Harbour Dental. Which day would you like to come in?"
 GOODBYE = "Thank you for calling Harbour Dental. Goodbye."
+#: An outbound call (``voicepool calls dial``) that asked for no opening line of its own.
+CALLBACK = "Hello, this is Harbour Dental calling back about your appointment."
 #: A calendar file of your own instead of the shipped one (same shape as ``slots.json``).
 ENV_SLOTS = "BOOKING_SLOTS_FILE"
 #: Set by the operator from the pool's ``conversation`` (only when the pool sets them).
@@ -183,7 +185,8 @@ def _last_words(chat_ctx: llm.ChatContext) -> str:
 
 
 async def entrypoint(ctx: sdk.JobContext) -> None:
-    """One call: join the room, greet, answer until the caller (or ``end_call``) hangs up."""
+    """One call: join the room (and, for an outbound call, dial), greet, answer until the
+    caller (or ``end_call``) hangs up."""
     cfg = sdk.settings()
     userdata: dict[str, Any] = ctx.proc.userdata
     audio = sdk.CallerAudio(cfg)  # echo cancellation, noise suppression, early barge-in
@@ -210,9 +213,14 @@ async def entrypoint(ctx: sdk.JobContext) -> None:
         record=False,
     )
     audio.attach(session)
+    placed = await phone.place_dispatched_call()  # `voicepool calls dial`: call the number
+    if placed.ended:  # refused or unanswered: the call is over
+        return
     participant = await ctx.wait_for_participant()
     phone.start(participant)
     greeting = os.environ.get(ENV_GREETING, GREETING)  # the pool's conversation.greeting
+    if placed.number is not None:
+        greeting = placed.opening or CALLBACK
     if greeting:  # "": the agent waits for the caller to speak first
         session.say(greeting)
 

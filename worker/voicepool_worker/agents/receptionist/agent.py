@@ -111,21 +111,15 @@ async def entrypoint(ctx: JobContext) -> None:
         record=False,
     )
     audio.attach(session)
-    try:
-        number = sdk.dial_request(ctx.job.metadata or "")
-    except sdk.DialError as e:
-        log.error("outbound call refused", extra={"error": str(e)})
-        ctx.shutdown(reason=str(e))
-        return
-    if number is not None and (why := await phone.dial(number)) is not None:
-        await phone.end_room(f"outbound call failed: {why}")
+    placed = await phone.place_dispatched_call()  # an outbound dispatch: dialled, answered
+    if placed.ended:
         return
     participant = await ctx.wait_for_participant()
     phone.start(participant)
     opening = cfg.greeting
-    if number is not None:  # an outbound call opens with what the request asked, if anything
-        opening = sdk.dial_opening(ctx.job.metadata or "") or cfg.outbound_greeting
-    if opening and cfg.hang_up_after_greeting and number is None:
+    if placed.number is not None:  # an outbound call opens with what the request asked, if any
+        opening = placed.opening or cfg.outbound_greeting
+    if opening and cfg.hang_up_after_greeting and placed.number is None:
         # an announcement line (e.g. a catch-all pool for numbers nobody declared): the
         # caller hears the greeting, then the call ends (a phone gets its BYE)
         await phone.hangup("announcement", say=opening)

@@ -171,6 +171,24 @@ class Demo:
             "TEMPLATE:.metadata.labels.voicepool\\.dev/template-hash",
         )
 
+    def save_pod_logs(self, why: str) -> None:
+        """Keep every pool pod's log now (a missed step's evidence: the pod may soon be gone).
+        Workers run as processes (no real node) already log into the work dir."""
+        if self.real is None:
+            return
+        out = self.workdir / "pod-logs"
+        out.mkdir(exist_ok=True)
+        sel = f"{LABEL_POOL}={POOL}"
+        for p in self.core.list_namespaced_pod(NS, label_selector=sel).items:  # terminating too
+            name = p.metadata.name
+            try:
+                text = self.core.read_namespaced_pod_log(name, NS)
+            except client.ApiException as e:
+                text = f"(no log: {e.status} {e.reason})"
+            with (out / f"{name}.log").open("a") as f:
+                f.write(f"--- saved because: {why}\n{text}\n")
+        say(f"saved the pool's pod logs in {out}")
+
     # -- setup ------------------------------------------------------------------------------
 
     def install(self) -> None:
@@ -482,7 +500,7 @@ def main() -> int:
             kubectl(kc, "get", "nodes", "-o", "wide")
             real = stack.state if reason is None else None
             demo = Demo(kc, lk, workdir, stack.state.prometheus, stack.state.sip, real)
-            story = Story(say)
+            story = Story(say, on_missed=demo.save_pod_logs)
             demo.install()
             runner = PodRunner(
                 demo.api,

@@ -18,6 +18,8 @@ EXIT_MISSED = 1
 class Story:
     say: Callable[[str], None]
     missed_steps: list[str] = field(default_factory=list)
+    #: Called with each missed step (the demo saves the workers' logs while the pods exist).
+    on_missed: Callable[[str], None] | None = None
 
     def done(self, what: str) -> None:
         self.say(what)
@@ -26,6 +28,8 @@ class Story:
         """A step that did not happen: said now, and counted against the exit code."""
         self.missed_steps.append(what)
         self.say(f"NOT AS NARRATED: {what}")
+        if self.on_missed is not None:
+            self.on_missed(what)
 
     def check(self, ok: bool, done: str, missed: str) -> bool:
         (self.done if ok else self.missed)(done if ok else missed)

@@ -179,6 +179,12 @@ async def test_inbound_call_is_greeted_answered_logged_and_ends_with_a_bye(
     assert any("opening" in t or "hours" in t for t in turns), turns
     replies = [str(x.get("reply", "")) for x in w.msgs("agent turn")]
     assert any("Monday" in r for r in replies), replies
+    # the goodbye is said, then the call ends (an action decided while the reply was being
+    # written, preemptively, once deleted the room before a word of it was spoken)
+    said = [x for x in w.msgs("agent turn") if "goodbye" in str(x.get("reply", "")).lower()]
+    hung = w.msgs("hanging up")
+    assert said and hung and said[0]["ts"] <= hung[0]["ts"], (said, hung)
+    assert not said[0]["interrupted"], said[0]
     w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
     assert w.metric("voicepool_worker_active_sessions") == 0.0
     assert await rooms(sip_stack) == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -305,6 +307,22 @@ class Recorder:
         self.done.append(("transfer", reason))
 
 
+class Chat:
+    """The session's ``conversation_item_added`` events, as plain data."""
+
+    def __init__(self) -> None:
+        self.handlers: list[Any] = []
+
+    def on(self, event: str, handler: Any) -> None:
+        assert event == "conversation_item_added"
+        self.handlers.append(handler)
+
+    def said(self, role: str, text: str) -> None:
+        item = SimpleNamespace(role=role, text_content=text)
+        for handler in self.handlers:
+            handler(SimpleNamespace(item=item))
+
+
 async def _chat(model: object, text: str) -> str:
     from livekit.agents import llm
 
@@ -324,13 +342,24 @@ async def test_the_scripted_dialogs_actions_reach_call_control() -> None:
     from voicepool_worker.agents.receptionist import dialog_actions
     from voicepool_worker.providers.rules_llm import RulesLLM
 
-    rules, actions = RulesLLM(D), Recorder()
-    dialog_actions.connect(rules, actions)
-    assert "Goodbye" in await _chat(rules, "that's all, bye")
-    assert "colleague" in await _chat(rules, "can i talk to a person")
+    rules, actions, session = RulesLLM(D), Recorder(), Chat()
+    dialog_actions.connect(rules, actions, session)
+    goodbye = await _chat(rules, "that's all, bye")
+    person = await _chat(rules, "can i talk to a person")
+    assert "Goodbye" in goodbye and "colleague" in person
     assert "Monday" in await _chat(rules, "thanks, what are your opening hours")
     await asyncio.sleep(0.05)
-    assert actions.done == [("hangup", "goodbye"), ("transfer", "human")]
+    assert actions.done == [], "nothing happens before the reply is said"
+    session.said("user", goodbye)  # a caller's words that match do nothing
+    session.said("assistant", person[: len(person) // 2])  # cut short by the caller
+    await asyncio.sleep(0.05)
+    assert actions.done == []
+    session.said("assistant", f"  {goodbye.upper()} ")
+    await asyncio.sleep(0.05)
+    assert actions.done == [("hangup", "goodbye")]
+    session.said("assistant", goodbye)  # said again: acted on once
+    await asyncio.sleep(0.05)
+    assert actions.done == [("hangup", "goodbye")]
 
 
 async def test_the_llm_tools_reach_call_control() -> None:

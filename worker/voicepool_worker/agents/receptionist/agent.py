@@ -95,7 +95,7 @@ async def entrypoint(ctx: JobContext) -> None:
     )
     resilience.attach(session, ctx.proc.userdata.get("apology"))
     phone = sdk.call_control(ctx, session, cfg)  # keypad, dialog actions and limits
-    dialog_actions.connect(ctx.proc.userdata["llm"], phone)
+    dialog_actions.connect(ctx.proc.userdata["llm"], phone, session)
     agent = VoiceAgent(instructions=cfg.system_prompt)
     if any(name != "rules" for name in cfg.llm_chain):  # a model: the actions as tools
         await agent.update_tools(dialog_actions.tools(phone))

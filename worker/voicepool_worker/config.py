@@ -91,6 +91,9 @@ class WorkerConfig:
     allowed_destinations: tuple[str, ...] = ()
     warm_transfer_to: str | None = None  # a colleague's number: transfers become warm
     tts_cache: int = 64  # clauses of synthesised audio the embedded TTS keeps (0: off)
+    #: Where the embedded TTS keeps its known phrases' audio across starts (None: the
+    #: default folder, "": not kept); see ``providers.clause_store``.
+    tts_cache_dir: str | None = None
     dtmf_inter_digit_timeout_s: float = 5.0  # a pause this long ends a multi-digit entry
     idle_timeout_s: float = 0.0  # caller silence before "are you still there?" (0: off)
     max_call_s: float = 0.0  # longest call before the agent says goodbye (0: no limit)
@@ -333,6 +336,7 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         sip_outbound_trunk=(env.get(contract.ENV_SIP_OUTBOUND_TRUNK) or "").strip() or None,
         allowed_destinations=destinations,
         tts_cache=_int(env, "VOICEPOOL_TTS_CACHE", 64, 0),
+        tts_cache_dir=env.get("VOICEPOOL_TTS_CACHE_DIR"),
         dtmf_inter_digit_timeout_s=_float(env, contract.ENV_DTMF_INTER_DIGIT_TIMEOUT, 5.0),
         idle_timeout_s=_float(env, contract.ENV_IDLE_TIMEOUT, 0.0),
         max_call_s=_float(env, contract.ENV_MAX_CALL, 0.0),

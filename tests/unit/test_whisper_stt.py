@@ -128,3 +128,22 @@ def test_a_decode_that_hits_its_token_bound_is_a_runaway() -> None:
     assert runaway(4, 8, 2)
     assert not runaway(5, 10, 2)
     assert not runaway(5, 30, 2)
+
+
+def test_prewarm_decodes_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """livekit-agents calls ``prewarm`` again at every session start, on the call's loop: only
+    the first call may decode (a second one stalled the loop ~0.6 s as the call began)."""
+    import os
+
+    from voicepool_worker.providers import whisper_stt
+
+    decodes: list[int] = []
+    monkeypatch.setattr(whisper_stt, "transcribe", lambda engine, samples: decodes.append(1))
+    w = whisper_stt.WhisperSTT(threads=1)
+    monkeypatch.setattr(w, "engine", lambda: None)
+    w.prewarm()
+    w.prewarm()
+    assert decodes == [1]
+    monkeypatch.setattr(os, "getpid", lambda: -1)  # as in a process forked after it ran
+    w.prewarm()
+    assert decodes == [1, 1]

@@ -148,3 +148,22 @@ def test_cache_fill_waits_while_a_caller_is_being_answered() -> None:
         assert filling.is_alive() and piper.cache.get("Hello there.") is None
     filling.join(timeout=60)
     assert not filling.is_alive() and piper.cache.get("Hello there.") is not None
+
+
+def test_piper_prewarms_once_per_process() -> None:
+    """The session start's ``prewarm`` (on the call's loop) must not synthesise again."""
+    piper = PiperTTS(cache_size=0, store_dir="")
+    said: list[str] = []
+    real = piper._voice.synthesize
+
+    def counting(text: str, *args: object, **kwargs: object) -> object:
+        said.append(text)
+        return real(text, *args, **kwargs)
+
+    piper._voice.synthesize = counting
+    try:
+        piper.prewarm()
+        piper.prewarm()
+    finally:
+        piper._voice.synthesize = real
+    assert said == ["Hello."]

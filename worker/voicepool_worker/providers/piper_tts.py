@@ -212,6 +212,7 @@ class PiperTTS(InProcessTTS):
         self._no_live = threading.Event()  # the background cache fill runs only while set
         self._no_live.set()
         self.rendered = 0  # clauses piper rendered for callers (the cache fill not counted)
+        self._warm_pid: int | None = None  # the process that ran ``prewarm``
         #: Renditions of known phrases kept across starts (None: off, or no cache at all).
         self.store: ClauseStore | None = (
             open_store(store_dir, voice_fingerprint(path, self._voice.config))
@@ -228,9 +229,16 @@ class PiperTTS(InProcessTTS):
         return "piper"
 
     def prewarm(self) -> None:
-        """The first inference initialises onnxruntime kernels; do it before the call."""
+        """The first inference initialises onnxruntime kernels; do it before the call.
+
+        Once per process: livekit-agents calls ``prewarm`` again as every session starts, on
+        the call's event loop, where the synthesis stalled the loop ~0.2 s.
+        """
+        if self._warm_pid == os.getpid():
+            return
         for _ in self._voice.synthesize("Hello."):
             pass
+        self._warm_pid = os.getpid()
 
     def remember(self, phrases: Iterable[str]) -> threading.Thread:
         """Synthesise, into the cache, phrases the agent will say word for word.

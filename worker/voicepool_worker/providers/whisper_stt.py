@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import threading
 import time
 import uuid
@@ -166,6 +167,7 @@ class WhisperSTT(stt.STT[Any]):
         self._threads = threads
         self._engine: _Engine | None = _SHARED.get((self._path, self._threads))
         self._load_lock = threading.Lock()
+        self._warm_pid: int | None = None  # the process that ran ``prewarm``
 
     @property
     def model(self) -> str:
@@ -176,8 +178,16 @@ class WhisperSTT(stt.STT[Any]):
         return "faster-whisper"
 
     def prewarm(self) -> None:
-        """Load the model now (~0.5 s) and decode once, so the first caller does not wait."""
+        """Load the model now (~0.5 s) and decode once, so the first caller does not wait.
+
+        Once per process: livekit-agents calls ``prewarm`` again as every session starts, on
+        the call's own event loop, where a second decode stalled the loop ~0.6 s (audio, VAD
+        and the greeting waited). The pid check redoes it in a process forked after it ran.
+        """
+        if self._warm_pid == os.getpid():
+            return
         transcribe(self.engine(), np.zeros(SAMPLE_RATE, np.float32))
+        self._warm_pid = os.getpid()
 
     def engine(self) -> _Engine:
         with self._load_lock:

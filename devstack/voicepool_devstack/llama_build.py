@@ -31,9 +31,12 @@ from .versions import cache_root
 
 LLAMA_CPP_VERSION = "0.3.16"
 #: Portable x86-64 flags: the native build segfaults on the CI CPUs (see docs/worker.md).
+#: ``LLAVA_BUILD=OFF``: no multimodal library (clip, mtmd); nothing here sends images, and
+#: ``llama_cpp`` imports it only inside the vision chat handlers. It was a large part of the
+#: compile on a cold 2-core machine.
 CMAKE_ARGS = (
     "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF "
-    "-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF"
+    "-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DLLAVA_BUILD=OFF"
 )
 #: What ``llama_cpp.server`` needs at run time (the ``[server]`` extra, installed from PyPI).
 SERVER_EXTRA = "server"

@@ -90,6 +90,7 @@ bench: build
 	$(BIN)/python bench/scale_from_zero.py
 	$(BIN)/python bench/stt_offline.py
 	$(BIN)/python bench/worker_latency.py
+	$(BIN)/python bench/worker_start.py
 	$(BIN)/python bench/phone_latency.py --calls 3
 	$(BIN)/python bench/dialog_score.py --llm-sentences 12 --contention
 	$(BIN)/python bench/routing.py

@@ -54,7 +54,18 @@ def _start(name: str, suites: list[str], extra: list[str]) -> subprocess.Popen[b
     log = (OUT / f"{name}.log").open("wb")
     env = {**os.environ, "VOICEPOOL_SUITE_TIMES": str(OUT / f"{name}.json")}
     return subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra, *suites],
+        # --durations: the lane's log ends with its slowest tests (where to look next)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--durations=20",
+            *extra,
+            *suites,
+        ],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -62,6 +73,9 @@ def _start(name: str, suites: list[str], extra: list[str]) -> subprocess.Popen[b
     )
 
 
+#: A line of pytest's ``--durations`` report: seconds, phase, test id.
+_DURATION_LINE = re.compile(r"^\s*([0-9.]+)s (setup|call|teardown)\s+(\S+)\s*$")
+SLOWEST = 12
 _PROGRESS_LINE = re.compile(r"([.FEsxX]+)( +\[ *\d+%\])?")
 
 
@@ -101,6 +115,20 @@ def _table(names: list[str], walls: dict[str, float]) -> None:
         print(f"  {suite:<{width}}  {lane:<7}  {seconds:7.1f} s  {tests:4d} tests{flag}")
     for name in names:
         print(f"  lane {name}: {walls.get(name, 0.0) / 60:.1f} min wall")
+    slowest = sorted(
+        (
+            (float(m.group(1)), m.group(2), m.group(3))
+            for name in names
+            if (OUT / f"{name}.log").exists()
+            for line in (OUT / f"{name}.log").read_text(errors="replace").splitlines()
+            if (m := _DURATION_LINE.match(line))
+        ),
+        reverse=True,
+    )[:SLOWEST]
+    if slowest:
+        print(f"[test] the {len(slowest)} slowest steps (pytest --durations)")
+        for seconds, when, test in slowest:
+            print(f"  {seconds:7.1f} s  {when:<8}  {test}")
 
 
 def main(argv: list[str]) -> int:

@@ -86,3 +86,51 @@ def test_a_second_start_reads_the_known_phrases_back_instead_of_rendering(
 def test_without_a_cache_nothing_is_kept(tmp_path: Path) -> None:
     PiperTTS(cache_size=0, store_dir=str(tmp_path)).remember([GREETING]).join(timeout=10)
     assert not list(tmp_path.iterdir())
+
+
+def test_renditions_shipped_with_the_install_are_read_but_never_written(
+    tmp_path: Path,
+) -> None:
+    shipped, writable = tmp_path / "shipped", tmp_path / "writable"
+    ClauseStore(shipped, "v").save("Hello.", b"\x01\x00")
+    store = ClauseStore(writable, "v", seeds=(shipped,))
+    assert store.load("Hello.") == b"\x01\x00"
+    store.save("Goodbye.", b"\x02\x00")
+    assert (writable / store.name("Goodbye.")).exists()
+    assert not (shipped / store.name("Goodbye.")).exists()
+    store.save("Hello.", b"\x03\x00")  # a newer rendition in the writable folder wins
+    assert store.load("Hello.") == b"\x03\x00"
+
+
+def test_the_shipped_folder_is_a_seed_of_every_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voicepool_worker.providers import clause_store
+
+    monkeypatch.setattr(clause_store, "shipped_dir", lambda: tmp_path / "absent")
+    plain = open_store(str(tmp_path / "cache"), "v")
+    assert plain is not None and plain.seeds == ()
+    (tmp_path / "shipped").mkdir()
+    monkeypatch.setattr(clause_store, "shipped_dir", lambda: tmp_path / "shipped")
+    seeded = open_store(str(tmp_path / "cache"), "v")
+    assert seeded is not None and seeded.seeds == (tmp_path / "shipped",)
+    own = open_store(str(tmp_path / "shipped"), "v")  # the image build writes into it
+    assert own is not None and own.seeds == ()
+    assert open_store("", "v") is None
+
+
+def test_the_image_build_renders_the_known_phrases_into_a_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from voicepool_worker.agents.receptionist import seed_phrases
+    from voicepool_worker.providers import piper_tts
+
+    # the preload registers its voice and cache for this process: keep them out of other tests
+    monkeypatch.setattr(piper_tts, "_SHARED", {})
+    monkeypatch.setattr(seed_phrases, "known_phrases", lambda cfg: ["Hello there."])
+    assert seed_phrases.main([str(tmp_path)]) == 0
+    assert len(list(tmp_path.glob("*.pcm"))) == 1
+    assert "1 phrases rendered" in capsys.readouterr().out
+    monkeypatch.setenv("VOICEPOOL_TTS_CACHE", "0")
+    assert seed_phrases.main([str(tmp_path / "off")]) == 0  # nothing to render
+    assert not (tmp_path / "off").exists()

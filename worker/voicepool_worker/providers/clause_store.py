@@ -11,6 +11,11 @@ by the voice's fingerprint and the clause, and later starts read it back in mill
 ``~/.cache/voicepool/tts``; an empty value turns the store off). A folder that cannot be written
 (a read-only root filesystem) or a damaged file only costs the render: the store then says so
 once and the clause is rendered as before.
+
+The worker image ships the default receptionist's phrases already rendered (``shipped_dir``,
+written at image build by ``agents.receptionist.seed_phrases``): a new pod reads them there,
+and only a pool's own phrases (its greeting, its dialog's answers) are rendered and kept in the
+writable folder.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -35,6 +41,11 @@ def default_dir(env: dict[str, str] | None = None) -> str:
     return str(Path(base) / "voicepool" / "tts")
 
 
+def shipped_dir() -> Path:
+    """Renditions installed with the worker (the image's build renders them here)."""
+    return Path(sys.prefix) / "share" / "voicepool" / "tts"
+
+
 def clause_key(clause: str) -> str:
     """A clause as the cache sees it: the sentence splitter may keep or drop spaces."""
     return " ".join(clause.split())
@@ -43,24 +54,30 @@ def clause_key(clause: str) -> str:
 class ClauseStore:
     """Files of 16-bit PCM, one per (voice, clause); every failure falls back to rendering."""
 
-    def __init__(self, directory: str | Path, voice: str) -> None:
+    def __init__(self, directory: str | Path, voice: str, seeds: tuple[Path, ...] = ()) -> None:
         self.directory = Path(directory)
         self.voice = voice
+        self.seeds = seeds  # read-only folders looked in after ``directory``
         self._broken = False  # writing failed once: do not try (and log) again
 
-    def path(self, clause: str) -> Path:
+    def name(self, clause: str) -> str:
         digest = hashlib.sha256(f"{self.voice}\0{clause_key(clause)}".encode()).hexdigest()
-        return self.directory / f"{digest[:32]}.pcm"
+        return f"{digest[:32]}.pcm"
+
+    def path(self, clause: str) -> Path:
+        return self.directory / self.name(clause)
 
     def load(self, clause: str) -> bytes | None:
         """The kept rendition, or None (absent or damaged: the caller renders it)."""
-        try:
-            audio = self.path(clause).read_bytes()
-        except OSError:
-            return None
-        if not audio or len(audio) % _SAMPLE_BYTES:
-            return None
-        return audio
+        name = self.name(clause)
+        for folder in (self.directory, *self.seeds):
+            try:
+                audio = (folder / name).read_bytes()
+            except OSError:
+                continue
+            if audio and not len(audio) % _SAMPLE_BYTES:
+                return audio
+        return None
 
     def save(self, clause: str, audio: bytes) -> None:
         """Keep a rendition; written whole or not at all (two workers may write at once)."""
@@ -83,8 +100,11 @@ class ClauseStore:
 
 
 def open_store(setting: str | None, voice: str) -> ClauseStore | None:
-    """The store a ``VOICEPOOL_TTS_CACHE_DIR`` value names (None: the default; "": off)."""
-    if setting is None:
-        return ClauseStore(default_dir(), voice)
-    setting = setting.strip()
-    return ClauseStore(setting, voice) if setting else None
+    """The store a ``VOICEPOOL_TTS_CACHE_DIR`` value names (None: the default; "": off),
+    reading the renditions shipped with the installation too."""
+    folder = default_dir() if setting is None else setting.strip()
+    if not folder:
+        return None
+    shipped = shipped_dir()
+    seeds = (shipped,) if shipped.is_dir() and shipped != Path(folder) else ()
+    return ClauseStore(folder, voice, seeds)

@@ -342,6 +342,10 @@ def test_pinned_worker_gets_one_exclusive_cpu_and_ready_waits_for_livekit(
     assert pinned.isdigit(), f"one exclusive CPU, got {pinned!r}"
     assert pinned not in _expand(shared), f"pinned CPU {pinned} also in shared pool {shared}"
     print(f"\npinned worker Cpus_allowed_list={pinned}; operator (shared pool)={shared}")
+    # the image carries the receptionist's phrases rendered at its build (seed_phrases): the
+    # pod read them instead of rendering them before it registered
+    shipped = _exec(real, ns, pod.metadata.name, "ls", "/venv/share/voicepool/tts").split()
+    assert len([f for f in shipped if f.endswith(".pcm")]) >= 10, shipped
     cluster.delete_pool(name)
     wait_for(
         lambda: not cluster.pods(name, include_terminating=True), timeout=120, what="pods gone"

@@ -62,20 +62,33 @@ def spurious_turns(
 
 
 async def echo_call(
-    c: Call, w: WorkerProcess, *, seconds: float = 30.0, max_s: float = 90.0
+    c: Call,
+    w: WorkerProcess,
+    *,
+    seconds: float = 30.0,
+    max_s: float = 90.0,
+    until_spurious: bool = False,
 ) -> EchoOutcome:
     """The caller's speakerphone plays the agent back into its microphone; it only asks
-    questions (and waits for each answer) until the agent has talked for ``seconds``."""
+    questions (and waits for each answer) until the agent has talked for ``seconds``.
+
+    ``until_spurious``: hang up at the first spurious turn instead (a test that wants one to
+    happen; the count taken then can only grow by the end of the call, so it stands)."""
     out = EchoOutcome(c.room_name)
     await c.start(join_within=60)
     await c.wait_greeting(within=30)
     deadline = time.monotonic() + max_s  # an agent that answers itself never falls quiet
     i = 0
+    found = False
     while c.agent_talk_s() < seconds and time.monotonic() < deadline:
         q = ECHO_QUESTIONS[i % len(ECHO_QUESTIONS)]
         out.asked.append(await c.say(q, answer_timeout=15, quiet=1.5))
         i += 1
-    await c.wait_agent_quiet(quiet=3.0, within=max(1.0, deadline - time.monotonic()))
+        if until_spurious and spurious_turns(w, out.room, out.asked, until=time.time()) > 0:
+            found = True
+            break
+    if not found:
+        await c.wait_agent_quiet(quiet=3.0, within=max(1.0, deadline - time.monotonic()))
     out.agent_talk_s = c.agent_talk_s()
     left = time.time()
     await c.hangup()

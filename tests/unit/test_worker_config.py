@@ -25,6 +25,10 @@ def test_defaults_are_the_embedded_offline_providers() -> None:
     assert cfg.interruption_min_duration_s == 0.05 and cfg.vad_activation == 0.5
     assert not cfg.sync_transcription
     assert cfg.early_barge_in and cfg.early_barge_in_hold_s == 0.3
+    assert cfg.agent_join_timeout_s == 30.0 and cfg.tts_cache_dir is None
+    late = config.load({**BASE, "VOICEPOOL_AGENT_JOIN_TIMEOUT": "90"})
+    assert late.agent_join_timeout_s == 90.0
+    assert config.load({**BASE, "VOICEPOOL_AGENT_JOIN_TIMEOUT": "0"}).agent_join_timeout_s == 1.0
     assert (
         preload_modules(cfg, receptionist.app, DEFAULT_AGENT)[-1]
         == "voicepool_worker.agents.receptionist.preload_models"

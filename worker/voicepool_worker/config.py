@@ -97,6 +97,9 @@ class WorkerConfig:
     dtmf_inter_digit_timeout_s: float = 5.0  # a pause this long ends a multi-digit entry
     idle_timeout_s: float = 0.0  # caller silence before "are you still there?" (0: off)
     max_call_s: float = 0.0  # longest call before the agent says goodbye (0: no limit)
+    #: How long after a call is dispatched the hosted agent must have joined its room; a
+    #: later one ends that call (the caller is not left ringing an agent that hangs).
+    agent_join_timeout_s: float = 30.0
     mask_phone_numbers: bool = True  # +1555…0001 in logs
     log_transcripts: bool = False  # what callers and the agent say, in the log lines
     outbound_greeting: str = DEFAULT_OUTBOUND_GREETING  # when the dispatch sets no opening
@@ -340,6 +343,7 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         dtmf_inter_digit_timeout_s=_float(env, contract.ENV_DTMF_INTER_DIGIT_TIMEOUT, 5.0),
         idle_timeout_s=_float(env, contract.ENV_IDLE_TIMEOUT, 0.0),
         max_call_s=_float(env, contract.ENV_MAX_CALL, 0.0),
+        agent_join_timeout_s=max(1.0, _float(env, "VOICEPOOL_AGENT_JOIN_TIMEOUT", 30.0)),
         mask_phone_numbers=_bool(env, contract.ENV_MASK_PHONE_NUMBERS, True),
         log_transcripts=_bool(env, contract.ENV_LOG_TRANSCRIPTS, False),
         outbound_greeting=env.get(contract.ENV_OUTBOUND_GREETING, DEFAULT_OUTBOUND_GREETING),

@@ -8,10 +8,10 @@ functions (the process executor imports them by name) wrap it:
   watched: each turn is a log line, and its latency record (time to first word and its
   stages) feeds ``/metrics``; the session's close ends the job. No agent code is involved;
 - the call is published for, and steered by, the control service (``control.CallEndpoint``);
-- an entrypoint that raises, or an agent that has not joined the room ``JOIN_TIMEOUT_S`` after
-  the call was dispatched, ends its job with one log line and
-  ``voicepool_worker_agent_errors_total{kind}``; the main process reports the session ended,
-  and the next caller gets a fresh warm process.
+- an entrypoint that raises, or an agent that has not joined the room
+  ``VOICEPOOL_AGENT_JOIN_TIMEOUT`` (30 s) after the call was dispatched, ends its job with one
+  log line and ``voicepool_worker_agent_errors_total{kind}``; the main process reports the
+  session ended, and the next caller gets a fresh warm process.
 
 ``voicepool_worker.metrics`` is imported inside the functions, never at the top: the main
 process imports this module before livekit-agents empties the Prometheus multiprocess directory,
@@ -40,8 +40,6 @@ from .loader import agent_spec, load_app
 
 log = logging.getLogger("voicepool.worker.agent")
 
-#: The agent must have joined the call's room this long after the job started.
-JOIN_TIMEOUT_S = 30.0
 #: How long to look for the agent's session (it starts it when it is ready to talk).
 SESSION_WAIT_S = 120.0
 _POLL_S = 0.05
@@ -71,7 +69,7 @@ async def entrypoint(ctx: JobContext) -> None:
     ctx.log_context_fields = fields
     ctx.add_participant_entrypoint(_caller_joined)
     _spawn(_watch_session(ctx, cfg, CallEndpoint(ctx, cfg)))
-    _spawn(_watch_join(ctx))
+    _spawn(_watch_join(ctx, cfg.agent_join_timeout_s))
     app = load_app(agent_spec())
     try:
         await app.entrypoint(ctx)
@@ -95,13 +93,13 @@ async def _caller_joined(ctx: JobContext, participant: rtc.RemoteParticipant) ->
         log.info("caller joined", extra={"kind": int(participant.kind)})
 
 
-async def _watch_join(ctx: JobContext) -> None:
-    await asyncio.sleep(JOIN_TIMEOUT_S)
+async def _watch_join(ctx: JobContext, timeout_s: float) -> None:
+    await asyncio.sleep(timeout_s)
     if not ctx.room.isconnected():
         from .. import metrics  # job process only (module docstring)
 
         metrics.AGENT_ERRORS.labels("never-joined").inc()
-        log.error("agent never joined the room", extra={"timeout_s": JOIN_TIMEOUT_S})
+        log.error("agent never joined the room", extra={"timeout_s": timeout_s})
         ctx.shutdown(reason="agent never joined the room")
 
 

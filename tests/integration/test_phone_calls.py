@@ -111,6 +111,17 @@ async def rooms(state: StackState) -> list[str]:
         return [r.name for r in (await lk.room.list_rooms(api.ListRoomsRequest())).rooms]
 
 
+async def rooms_left(state: StackState, settle_s: float = 10.0) -> list[str]:
+    """The rooms still there once those being deleted are gone: livekit-server lists a room
+    for a moment after its deletion was asked (a CI run under load saw one)."""
+    for _ in range(max(1, int(settle_s / 0.5))):
+        left = await rooms(state)
+        if not left:
+            break
+        await asyncio.sleep(0.5)
+    return left
+
+
 def phone(state: StackState, to: str, **kw: object) -> Phone:
     assert state.sip is not None
     return Phone(PhoneConfig(server=state.sip.address, to=to, **kw))  # type: ignore[arg-type]
@@ -187,7 +198,7 @@ async def test_inbound_call_is_greeted_answered_logged_and_ends_with_a_bye(
     assert not said[0]["interrupted"], said[0]
     w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
     assert w.metric("voicepool_worker_active_sessions") == 0.0
-    assert await rooms(sip_stack) == []
+    assert await rooms_left(sip_stack) == []
     # The caller's number reached the worker (the room is call-_<caller>_..., the SIP
     # participant's attributes carry it) but no log line: masked everywhere by default,
     # livekit-agents' own records included (privacy.maskPhoneNumbers).
@@ -243,7 +254,7 @@ async def test_keypad_multi_digit_entry_nested_menu_and_hangup_key(
         await p.wait_for("bye", 30)
     w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
     assert w.metric("voicepool_worker_active_sessions") == 0.0
-    assert await rooms(sip_stack) == []
+    assert await rooms_left(sip_stack) == []
 
 
 # livekit-sip v1.8.0 now and then fails its own REFER transaction although the phone answered
@@ -302,7 +313,7 @@ async def test_transfer_by_refer_reports_the_notify(
             assert not p.seen("bye"), "the call goes on after a refused transfer"
     w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
     await asyncio.sleep(0.5)
-    assert await rooms(sip_stack) == []
+    assert await rooms_left(sip_stack) == []
 
 
 @pytest.mark.timeout(240)
@@ -348,7 +359,7 @@ async def test_caller_asking_for_a_person_in_words_is_referred(
     assert w.metric('voicepool_worker_dialog_actions_total{action="transfer"}') == 1.0
     w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
     await asyncio.sleep(0.5)
-    assert await rooms(sip_stack) == []
+    assert await rooms_left(sip_stack) == []
 
 
 @pytest.mark.timeout(240)
@@ -380,7 +391,7 @@ async def test_a_call_when_every_pod_is_full_rings_then_gets_busy_and_leaks_noth
     w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
     assert w.metric("voicepool_worker_active_sessions") == 0.0
     await asyncio.sleep(0.5)
-    assert await rooms(sip_stack) == []
+    assert await rooms_left(sip_stack) == []
 
 
 @pytest.mark.timeout(120)
@@ -436,7 +447,7 @@ async def test_idle_and_length_limits_end_the_call_with_a_bye(
     w.wait_log(lambda x: x.get("msg") == "hanging up", 10, "hang-up")
     w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
     assert w.metric("voicepool_worker_active_sessions") == 0.0
-    assert await rooms(sip_stack) == []
+    assert await rooms_left(sip_stack) == []
 
 
 SIPP_DIR = Path(__file__).with_name("sipp")
@@ -569,7 +580,7 @@ async def test_outbound_calls_report_a_clear_result_and_free_the_pod(
         total = w.metric("voicepool_worker_outbound_calls_total")
         assert total == 1.0, (label, total)
         await asyncio.sleep(0.5)
-        assert await rooms(sip_stack) == []
+        assert await rooms_left(sip_stack) == []
 
 
 COLLEAGUE = "+15550107777"
@@ -662,7 +673,7 @@ async def test_warm_transfer_briefs_a_colleague_privately_then_bridges_the_two(
     w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
     assert w.metric("voicepool_worker_active_sessions") == 0.0
     await asyncio.sleep(0.5)
-    assert await rooms(sip_stack) == []
+    assert await rooms_left(sip_stack) == []
 
 
 @pytest.mark.timeout(240)
@@ -723,4 +734,4 @@ async def test_warm_transfer_to_a_busy_colleague_brings_the_caller_back(
     w.wait_log(lambda x: x.get("msg") == "session ended", 30, "session ended")
     assert w.metric("voicepool_worker_active_sessions") == 0.0
     await asyncio.sleep(0.5)
-    assert await rooms(sip_stack) == []
+    assert await rooms_left(sip_stack) == []

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ from livekit import api, rtc
 
 from .measure import SPEECH_FLOOR_RMS, first_word_at, mix, recent, rms, stopped_at
 
+log = logging.getLogger(__name__)
+
 SAMPLE_RATE = 48000
 FRAME_MS = 10
 SAMPLES_PER_FRAME = SAMPLE_RATE * FRAME_MS // 1000
@@ -41,6 +44,10 @@ LOUD_RMS = SPEECH_FLOOR_RMS
 #: A stretch this long without a loud agent frame means the agent stopped talking (the pauses
 #: piper leaves between words and clauses are shorter).
 SILENT_GAP_S = 0.6
+#: A microphone frame WebRTC has not taken in this long means the native capture stalled
+#: (a 10 ms frame normally goes in at once; livekit/rust-sdks#1289: under heavy load the
+#: source's drain can stop for good). The caller then replaces its microphone track.
+MIC_STALL_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -200,6 +207,9 @@ class Call:
         self._spoken = asyncio.Event()
         self._heard = asyncio.Event()  # the agent has spoken at least once
         self._mic: asyncio.Task[None] | None = None
+        self._mic_track: rtc.LocalTrackPublication | None = None
+        self._utterance: tuple[bytes, ...] = ()  # being spoken, to start over after a stall
+        self.mic_restarts = 0  # microphone tracks replaced after a native capture stall
 
     async def start(self, *, join_within: float = 30.0) -> None:
         """Join, publish the microphone, and wait for the agent to join and subscribe."""
@@ -215,12 +225,32 @@ class Call:
                 joined.set()
 
         await self.room.connect(self.cfg.url, token(self.cfg, self.room_name))
-        track = rtc.LocalAudioTrack.create_audio_track("microphone", self.source)
-        opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        await self.room.local_participant.publish_track(track, opts)
+        await self._publish_microphone()
         self._mic = asyncio.create_task(self._microphone())
         self._tasks.append(self._mic)
         await asyncio.wait_for(joined.wait(), join_within)
+
+    async def _publish_microphone(self) -> None:
+        track = rtc.LocalAudioTrack.create_audio_track("microphone", self.source)
+        opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        self._mic_track = await self.room.local_participant.publish_track(track, opts)
+
+    async def _replace_microphone(self) -> None:
+        """Swap a stalled source for a new track, as a phone whose headset was re-plugged:
+        the stalled source refuses every later frame, so waiting longer cannot help."""
+        self.mic_restarts += 1
+        log.warning(
+            "caller %s: the microphone's capture stalled for %.0f s; publishing a new track",
+            self.cfg.identity, MIC_STALL_S,
+        )  # fmt: skip
+        old = self._mic_track
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    self.room.local_participant.unpublish_track(old.sid), MIC_STALL_S
+                )
+        self.source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=50)
+        await self._publish_microphone()
 
     async def _listen(self, track: rtc.Track) -> None:
         stream = rtc.AudioStream(
@@ -272,7 +302,15 @@ class Call:
                 line = mix(line, next(self.noise))
             frame = rtc.AudioFrame(line, SAMPLE_RATE, 1, SAMPLES_PER_FRAME)
             handed = time.monotonic()
-            await self.source.capture_frame(frame)
+            try:
+                async with asyncio.timeout(MIC_STALL_S):
+                    await self.source.capture_frame(frame)
+            except TimeoutError:
+                await self._replace_microphone()
+                if is_speech:  # the agent heard part of it at most: say all of it again
+                    self._restart_utterance()
+                next_at = time.monotonic()
+                continue
             if is_voiced:
                 self.last_voiced_sent = handed
                 if self.first_voiced_sent is None:
@@ -285,6 +323,13 @@ class Call:
             if delay < -0.2:  # the loop stalled (a busy machine): do not burst to catch up
                 next_at = time.monotonic()
             await asyncio.sleep(max(0.0, delay))
+
+    def _restart_utterance(self) -> None:
+        while not self._speaking.empty():
+            self._speaking.get_nowait()
+        self.first_voiced_sent = self.last_voiced_sent = self.last_speech_sent = None
+        for f in self._utterance:
+            self._speaking.put_nowait(f)
 
     def agent_talk_s(self) -> float:
         """Seconds of loud agent audio received so far."""
@@ -313,12 +358,12 @@ class Call:
         """Queue an utterance and wait until its last frame went out."""
         self.first_voiced_sent = self.last_voiced_sent = self.last_speech_sent = None
         self._spoken.clear()
+        self._utterance = tuple(frames)
         for f in frames:
             self._speaking.put_nowait(f)
-        # real time plus slack: a microphone that stopped is an error, not a hang (under heavy
-        # load livekit's native drain can stall and never complete a capture: livekit/rust-sdks
-        # #1289; a capture with a deadline and a cleared queue left the source dead instead)
-        within = len(frames) * FRAME_MS / 1000 + 30.0
+        # real time plus slack (a stalled capture is replaced within MIC_STALL_S and the
+        # utterance starts over): a microphone that stopped is an error, not a hang
+        within = 2 * len(frames) * FRAME_MS / 1000 + 30.0
         mic = self._mic
         waiting = asyncio.ensure_future(self._spoken.wait())
         try:

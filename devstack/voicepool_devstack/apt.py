@@ -16,6 +16,11 @@ from collections.abc import Sequence
 from .errors import DevstackError
 from .progress import Progress
 
+#: What the workers that the tests, the demo and the benches run on this host need beside
+#: Python: ``espeak-ng`` for ``VOICEPOOL_TTS=espeak`` (the team desk of the control tests) and
+#: the callers' second voice. The worker image installs it itself.
+WORKER_HOST_PACKAGES = ("espeak-ng",)
+
 _lock = threading.Lock()
 _updated = False
 

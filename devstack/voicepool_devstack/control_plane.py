@@ -19,7 +19,7 @@ from typing import Any
 
 from . import kubeconfig
 from . import pki as pki_mod
-from .build import Builders, go_install, run_go
+from .build import GO_BUILD_FLAGS, Builders, go_install, run_go
 from .errors import DevstackError
 from .procs import Processes, free_port, http_get, port_free
 from .progress import Progress
@@ -53,7 +53,7 @@ def build_kubernetes(progress: Progress, component: Component = KUBERNETES) -> N
         run_go(
             [
                 "build",
-                "-trimpath",
+                *GO_BUILD_FLAGS,
                 "-ldflags",
                 ldflags,
                 "-o",
@@ -68,7 +68,7 @@ def build_kubernetes(progress: Progress, component: Component = KUBERNETES) -> N
 
 def _build_etcd(progress: Progress) -> None:
     run_go(
-        ["build", "-trimpath", "-ldflags", "-s -w", "-o", str(ETCD.path("etcd")), "."],
+        ["build", *GO_BUILD_FLAGS, "-ldflags", "-s -w", "-o", str(ETCD.path("etcd")), "."],
         GO_MODULES / "etcd",
         f"building etcd {ETCD.version}",
         progress,

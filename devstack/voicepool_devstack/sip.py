@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from .apt import ensure_packages
-from .build import Builders, run_go
+from .build import GO_BUILD_FLAGS, Builders, run_go
 from .errors import DevstackError
 from .procs import Processes
 from .progress import Progress
@@ -52,7 +52,7 @@ def _build(progress: Progress) -> None:
     run_go(
         [
             "build",
-            "-trimpath",
+            *GO_BUILD_FLAGS,
             "-ldflags",
             f"-s -w -X github.com/livekit/sip/version.Version={LIVEKIT_SIP_VERSION.lstrip('v')}",
             "-o",
@@ -67,7 +67,7 @@ def _build(progress: Progress) -> None:
     run_go(
         [
             "build",
-            "-trimpath",
+            *GO_BUILD_FLAGS,
             "-ldflags",
             "-s -w",
             "-o",

@@ -12,10 +12,16 @@
 Each image is cached as a docker-archive under ``<cache>/images`` named by a hash of everything
 that goes into it (Dockerfile, lock files, sources, base), so an unchanged tree never rebuilds
 and a changed one never reuses a stale image. The node imports the archives into containerd.
+
+They run at normal priority beside the Go builds: under ``nice`` they were starved and became
+the build's last step on a cold 2-core machine (base rootfs 546 s, wheelhouse 174 s, operator
+image 104 s; alone: 57, 24 and 16 s), their downloads and disk writes no longer overlapping
+the compilers' CPU.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -116,9 +122,6 @@ class Builder:
 
     def _buildah(self, *args: str, quiet: bool = True) -> str:
         cmd = [
-            "nice",
-            "-n",
-            "10",
             "buildah",
             "--root",
             str(self.store / "root"),
@@ -149,9 +152,6 @@ class Builder:
             t0 = self._timed(f"building the Debian {SUITE} base rootfs with mmdebstrap (~2 min)")
             tmp = tarball.with_suffix(".tmp.tar")
             cmd = [
-                "nice",
-                "-n",
-                "10",
                 "mmdebstrap",
                 "--variant=minbase",
                 "--mode=root",
@@ -205,7 +205,7 @@ class Builder:
             return out
         t0 = self._timed("collecting the image's Python wheels (pip wheel of the lock files)")
         tmp = Path(tempfile.mkdtemp(prefix="wheels-", dir=self.dir))
-        pip = ["nice", "-n", "10", os.environ.get("VOICEPOOL_PIP", _pip()), "wheel", "-q"]
+        pip = [os.environ.get("VOICEPOOL_PIP", _pip()), "wheel", "-q"]
         # The locks pin every file's sha256 (pip's hash-checking mode); the build backend for
         # the project itself is fetched apart, since hash mode wants every requirement hashed.
         for what in (
@@ -377,4 +377,11 @@ def ensure_images(progress: Progress = stderr_progress) -> NodeImages:
     apt.ensure_packages(BUILD_PACKAGES, "building the real node's images", progress)
     builder = Builder(progress)
     builder.dir.mkdir(parents=True, exist_ok=True)
-    return NodeImages(builder.pause(), builder.app("operator"), builder.app("worker"))
+    # The wheelhouse (pip's cache and PyPI) does not need the base rootfs (Debian's mirror):
+    # on a cold machine the two downloads overlap instead of queueing.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        wheels = pool.submit(builder.wheelhouse)
+        pause = builder.pause()
+        builder.base()
+        wheels.result()
+    return NodeImages(pause, builder.app("operator"), builder.app("worker"))

@@ -29,11 +29,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / ".test-lanes"
-#: Suites bound by CPU and call time: real worker processes, calls, phones.
+#: Suites bound by CPU and call time: real worker processes, calls, phones. In this order: the
+#: echo and barge-in suite does not run first, while the control lane starts its stack and
+#: loads the node's images (the heaviest minutes of the run). It measures what the canceller
+#: does on a worker with its cores to itself; in two cold CI runs it ran in that burst, the
+#: worker's loop stalled 100-175 ms, the echo path swung 390-660 ms, and the agent answered its
+#: own voice.
 VOICE = (
-    "tests/integration/test_voice_loop.py",
     "tests/integration/test_worker.py",
     "tests/integration/test_worker_providers.py",
+    "tests/integration/test_voice_loop.py",
     "tests/integration/test_phone_calls.py",
     "tests/integration/test_loopback.py",
     # worker processes and calls too; here since worker starts got shorter (the control lane

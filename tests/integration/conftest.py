@@ -1,6 +1,7 @@
 """What the integration tests share beyond the stack itself (tests/conftest.py): the real
 operator process for a test module, a ``Cluster`` helper per test namespace, and the LiveKit
-credentials a pool's ``livekit.credentialsSecretRef`` names.
+credentials a pool's ``livekit.credentialsSecretRef`` names, and a livekit-server of a
+module's own for the suites that need no Kubernetes.
 
 A module says what its operator needs with marks: ``operator_webhook`` (it serves
 livekit-server's signed webhook: scale from zero) and ``sip`` (skip without the local
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
+from voicepool_devstack.livekit import LiveKitInfo
+from voicepool_devstack.stack import LocalStack, StackConfig
 from voicepool_devstack.testing import Environment
 
 from . import booking_llm as booking_llm_server
@@ -35,6 +38,20 @@ def operator(
     livekit = stack_env.livekit if webhook else None
     with running_operator(stack_env.kubeconfig, livekit=livekit) as op:
         yield op
+
+
+@pytest.fixture(scope="module")
+def livekit_alone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitInfo]:
+    """A livekit-server of the module's own (no Kubernetes): the voice loop, the caller."""
+    stack = LocalStack(
+        StackConfig(workdir=tmp_path_factory.mktemp("livekit"), kubernetes=False, livekit=True)
+    )
+    try:
+        state = stack.start()
+        assert state.livekit is not None
+        yield state.livekit
+    finally:
+        stack.stop()
 
 
 @pytest.fixture()

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from livekit import api, rtc
 from voicepool_devstack.livekit import LiveKitInfo
-from voicepool_devstack.stack import LocalStack, StackConfig
 from voicepool_worker import caller as caller_mod
 from voicepool_worker.caller import (
     FRAME_MS,
@@ -28,22 +26,14 @@ from voicepool_worker.caller import (
     CallerConfig,
     speech_frames,
 )
-from voicepool_worker.measure import SPEECH_FLOOR_RMS
+from voicepool_worker.measure import SPEECH_FLOOR_RMS, rms
 
 pytestmark = [pytest.mark.livekit]
 
 
 @pytest.fixture(scope="module")
-def livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitInfo]:
-    stack = LocalStack(
-        StackConfig(workdir=tmp_path_factory.mktemp("caller"), kubernetes=False, livekit=True)
-    )
-    try:
-        state = stack.start()
-        assert state.livekit is not None
-        yield state.livekit
-    finally:
-        stack.stop()
+def livekit(livekit_alone: LiveKitInfo) -> LiveKitInfo:
+    return livekit_alone
 
 
 class Ear:
@@ -103,7 +93,7 @@ async def test_a_stalled_microphone_is_replaced_and_the_utterance_said_again(
     await ear.join(livekit, room)
     c = Call(CallerConfig(livekit.url, livekit.api_key, livekit.api_secret, "nobody"), room)
     frames = speech_frames("what are your opening hours")
-    voiced = sum(1 for f in frames if caller_mod.rms(f) >= SPEECH_FLOOR_RMS)
+    voiced = len([f for f in frames if rms(f) >= SPEECH_FLOOR_RMS])
     try:
         await c.start(join_within=20)
         await asyncio.sleep(1.0)  # the ear subscribed to the first track

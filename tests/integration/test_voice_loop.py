@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from voicepool_devstack.livekit import LiveKitInfo
-from voicepool_devstack.stack import LocalStack, StackConfig
 
 from .voice_scenarios import (
     ECHO_DELAY_MS,
@@ -30,17 +29,8 @@ pytestmark = [pytest.mark.livekit]
 
 
 @pytest.fixture(scope="module")
-def livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitInfo]:
-    """A livekit-server of its own (no Kubernetes needed for the voice loop)."""
-    stack = LocalStack(
-        StackConfig(workdir=tmp_path_factory.mktemp("voice-loop"), kubernetes=False, livekit=True)
-    )
-    try:
-        state = stack.start()
-        assert state.livekit is not None
-        yield state.livekit
-    finally:
-        stack.stop()
+def livekit(livekit_alone: LiveKitInfo) -> LiveKitInfo:
+    return livekit_alone
 
 
 @pytest.fixture()

@@ -227,3 +227,47 @@ async def test_a_faulty_agent_costs_one_call_and_the_worker_takes_the_next(
         *(f"{e.get('room')}: {e['msg']} {e.get('error', '')}" for e in errors),
         sep="\n  ",
     )
+
+
+@pytest.mark.timeout(240)
+async def test_an_agent_whose_processes_cannot_start_makes_the_worker_unready_until_one_does(
+    stack_env: Environment, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """livekit-agents retries a failing process start forever; the worker must not stay ready
+    (and be offered calls) meanwhile, and must take calls again once a process starts."""
+    agent = agent_name()
+    fixed = tmp_path / "binary-installed"
+    w = start_worker(
+        stack_env,
+        tmp_path,
+        workers,
+        agent=agent,
+        extra={
+            **flawed_env("unstartable:app"),
+            "UNSTARTABLE_UNTIL": str(fixed),
+            # livekit-agents registers once its first processes started or this (+2 s) passed
+            "VOICEPOOL_PROCESS_START_TIMEOUT": "5",
+        },
+        ready=False,
+    )
+    broken = w.wait_log(
+        lambda line: line.get("msg") == "job processes fail to start: not ready, taking no calls",
+        90,
+        "the unready line",
+    )
+    assert broken["failed_in_a_row"] >= 3, broken
+    status, body = w.get("/readyz")
+    assert status == 503 and "job processes fail to start" in body, (status, body)
+    assert w.get("/healthz")[0] == 200  # alive: a restart would not bring the binary
+    failures = w.metric("voicepool_worker_process_start_failures_total")
+    assert failures is not None and failures >= 3, failures
+    # reported full: LiveKit offers its calls to nobody here
+    await _unanswered(stack_env, agent, f"broken-{uuid.uuid4().hex[:6]}", within=10)
+    assert w.metric("voicepool_worker_sessions_started_total") == 0.0
+
+    fixed.touch()  # the image gets its binary: the next process starts
+    again = "job processes start again: taking calls"
+    w.wait_log(lambda line: line.get("msg") == again, 60, "the recovery line")
+    w.wait_ready(timeout=30)
+    c = await _answered(stack_env, w, agent, f"fixed-{uuid.uuid4().hex[:6]}")
+    await c.hangup()

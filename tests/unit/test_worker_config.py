@@ -29,6 +29,9 @@ def test_defaults_are_the_embedded_offline_providers() -> None:
     late = config.load({**BASE, "VOICEPOOL_AGENT_JOIN_TIMEOUT": "90"})
     assert late.agent_join_timeout_s == 90.0
     assert config.load({**BASE, "VOICEPOOL_AGENT_JOIN_TIMEOUT": "0"}).agent_join_timeout_s == 1.0
+    assert cfg.process_start_timeout_s == 60.0
+    slow = config.load({**BASE, "VOICEPOOL_PROCESS_START_TIMEOUT": "180"})
+    assert slow.process_start_timeout_s == 180.0  # an agent whose prewarm loads a large model
     assert (
         preload_modules(cfg, receptionist.app, DEFAULT_AGENT)[-1]
         == "voicepool_worker.agents.receptionist.preload_models"

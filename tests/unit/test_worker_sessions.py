@@ -172,3 +172,24 @@ def test_invariants_over_any_event_sequence(capacity: int, events: list[tuple[st
         assert state.started_total - state.ended_total == len(state.active)
         if state.draining:
             assert ann[s.ANN_STATE] == "draining" and not state.accepting
+
+
+def test_processes_that_keep_failing_to_start_make_the_worker_unready_until_one_starts() -> None:
+    w, _ = s.Sessions(capacity=2).register(NOW)
+    for n in range(1, s.BROKEN_AFTER_FAILED_STARTS):
+        w = w.process_started(ok=False)
+        assert w.ready and w.accepting and not w.broken, n  # a retry may still start
+    w = w.process_started(ok=False)
+    assert w.broken and not w.ready and not w.accepting
+    n = s.BROKEN_AFTER_FAILED_STARTS
+    assert w.unready_reason == f"job processes fail to start: {n} in a row"
+    assert w.state is s.State.IDLE  # the pod report is unchanged: readiness says it
+    w = w.process_started(ok=True)
+    assert w.ready and w.accepting and w.failed_starts == 0 and w.unready_reason == ""
+
+
+def test_a_started_process_resets_the_count_and_a_ready_one_changes_nothing() -> None:
+    w, _ = s.Sessions(capacity=1).register(NOW)
+    assert w.process_started(ok=True) is w
+    w = w.process_started(ok=False).process_started(ok=True).process_started(ok=False)
+    assert w.failed_starts == 1 and w.ready

@@ -100,6 +100,8 @@ class WorkerConfig:
     #: How long after a call is dispatched the hosted agent must have joined its room; a
     #: later one ends that call (the caller is not left ringing an agent that hangs).
     agent_join_timeout_s: float = 30.0
+    #: how long a call process may take to start (the agent's prewarm: loading its models)
+    process_start_timeout_s: float = 60.0
     mask_phone_numbers: bool = True  # +1555…0001 in logs
     log_transcripts: bool = False  # what callers and the agent say, in the log lines
     outbound_greeting: str = DEFAULT_OUTBOUND_GREETING  # when the dispatch sets no opening
@@ -344,6 +346,7 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         idle_timeout_s=_float(env, contract.ENV_IDLE_TIMEOUT, 0.0),
         max_call_s=_float(env, contract.ENV_MAX_CALL, 0.0),
         agent_join_timeout_s=max(1.0, _float(env, "VOICEPOOL_AGENT_JOIN_TIMEOUT", 30.0)),
+        process_start_timeout_s=max(1.0, _float(env, "VOICEPOOL_PROCESS_START_TIMEOUT", 60.0)),
         mask_phone_numbers=_bool(env, contract.ENV_MASK_PHONE_NUMBERS, True),
         log_transcripts=_bool(env, contract.ENV_LOG_TRANSCRIPTS, False),
         outbound_greeting=env.get(contract.ENV_OUTBOUND_GREETING, DEFAULT_OUTBOUND_GREETING),

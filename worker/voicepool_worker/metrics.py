@@ -67,6 +67,11 @@ AGENT_ERRORS = Counter(
     "Calls the hosted agent failed: its entrypoint raised (crash) or it never joined the room",
     ["kind"],
 )  # kind: crash | never-joined
+PROCESS_START_FAILURES = Counter(
+    "voicepool_worker_process_start_failures",
+    "Job processes that failed to start (the agent's prewarm raised or timed out); "
+    "3 in a row make the worker unready until one starts",
+)
 TTS_CACHE = Counter(
     "voicepool_worker_tts_cache", "Clauses the embedded TTS found in its cache", ["result"]
 )  # result: hit | miss

@@ -65,7 +65,6 @@ EXIT_OK = 0
 EXIT_FORCED = 1  # calls were cut: second signal, drain deadline, or LiveKit gone for good
 EXIT_CONFIG = 2
 CLOSE_TIMEOUT_S = 30.0
-INIT_PROCESS_TIMEOUT_S = 60.0
 
 
 def preload_modules(cfg: WorkerConfig, app: AgentApp, spec: str) -> list[str]:
@@ -103,6 +102,7 @@ class Runtime:
         self._http: web.AppRunner | None = None
         self._api: Any = None
         self._early_patches: list[str] = []
+        self._starting: set[str] = set()  # job processes started, not initialized yet
 
     # -- state transitions (all on the event loop) ----------------------------------------
 
@@ -141,15 +141,23 @@ class Runtime:
     def load(self) -> float:
         """livekit-agents' ``load_fnc`` (runs in a thread; reads one immutable snapshot)."""
         state = self.state
-        return 1.0 if state.draining or self.unseen else reported_load(state.load)
+        if state.draining or state.broken or self.unseen:
+            return 1.0
+        return reported_load(state.load)
 
     async def on_request(self, req: JobRequest) -> None:
         """Take a job only while seen, not draining and below capacity; else hand it back."""
         fields = {"room": req.room.name, "session": req.id, "participant": None}
         full = self.state.count + self.pending >= self.cfg.capacity
-        if self.state.draining or self.unseen or full:
+        if self.state.draining or self.state.broken or self.unseen or full:
             why = (
-                "draining" if self.state.draining else "reports refused" if self.unseen else "full"
+                "draining"
+                if self.state.draining
+                else "job processes fail to start"
+                if self.state.broken
+                else "reports refused"
+                if self.unseen
+                else "full"
             )
             log.info("job request rejected", extra={**fields, "why": why})
             await req.reject(terminate=False)  # LiveKit may give it to another worker
@@ -173,6 +181,53 @@ class Runtime:
         pool = self.server._proc_pool  # the framework emits job lifecycle events only here
         pool.on("process_job_launched", self._on_job_launched)
         pool.on("process_closed", self._on_job_closed)
+        pool.on("process_started", self._on_process_started)
+        pool.on("process_ready", self._on_process_ready)
+        pool.on("process_closed", self._on_process_closed)
+
+    # A job process is started, then initialized (the agent's prewarm); the pool emits
+    # "process_ready" only for one that initialized, and "process_closed" for every one that
+    # ends, so a started process closed without being ready failed to start.
+
+    def _on_process_started(self, proc: Any) -> None:
+        self._starting.add(proc.id)
+
+    def _on_process_ready(self, proc: Any) -> None:
+        if proc.id not in self._starting:
+            return
+        self._starting.discard(proc.id)
+        was_broken = self.state.broken
+        self.state = self.state.process_started(ok=True)
+        if was_broken:
+            log.info("job processes start again: taking calls", extra={"job_process": proc.id})
+            self._announce_capacity()
+
+    def _on_process_closed(self, proc: Any) -> None:
+        if proc.id not in self._starting:
+            return  # ready before (its close is a call's end), or started before we listened
+        self._starting.discard(proc.id)
+        if self.state.draining:
+            return  # closed by the drain, not a failure
+        was_broken = self.state.broken
+        self.state = self.state.process_started(ok=False)
+        if self.metrics is not None:
+            self.metrics.PROCESS_START_FAILURES.inc()
+        if self.state.broken and not was_broken:
+            log.error(
+                "job processes fail to start: not ready, taking no calls",
+                extra={
+                    "failed_in_a_row": self.state.failed_starts,
+                    "agent": self.agent,
+                    "hint": "see the 'error initializing process' lines above",
+                },
+            )
+            self._announce_capacity()
+
+    def _announce_capacity(self) -> None:
+        """The load LiveKit sees changed: say so now, not at the next 2.5 s report."""
+        if self.server is not None:
+            self._tasks_keep.add(task := asyncio.ensure_future(announce_capacity(self.server)))
+            task.add_done_callback(self._tasks_keep.discard)
 
     def _on_registered(self, worker_id: str, _server_info: Any) -> None:
         self._apply(self.state.register(_now()))
@@ -204,9 +259,7 @@ class Runtime:
         failed = proc.status == JobStatus.FAILED
         (self.ended.publish if self.ended is not None else records.take)(job.job.id)
         self._apply(self.state.end(job.job.id, _now(), failed=failed))
-        if self.server is not None:  # the freed slot is offered now, not at the next 2.5 s tick
-            self._tasks_keep.add(task := asyncio.ensure_future(announce_capacity(self.server)))
-            task.add_done_callback(self._tasks_keep.discard)
+        self._announce_capacity()  # the freed slot is offered now, not at the next 2.5 s tick
         if self.metrics is not None:
             self.metrics.SESSIONS_ENDED.inc()
             if failed:
@@ -238,7 +291,7 @@ class Runtime:
                 return web.Response(status=503, text=f"not ready ({why})\n")
             if self.state.ready and not self.fatal:
                 return web.Response(text=f"ready ({self.state.state.value})\n")
-            return web.Response(status=503, text=f"not ready ({self.state.state.value})\n")
+            return web.Response(status=503, text=f"not ready ({self.state.unready_reason})\n")
 
         async def metrics_handler(_: web.Request) -> web.Response:
             if self.metrics is None:
@@ -275,7 +328,7 @@ class Runtime:
             load_fnc=self.load,
             drain_timeout=self.cfg.drain_timeout_s,
             num_idle_processes=self.cfg.capacity,
-            initialize_process_timeout=INIT_PROCESS_TIMEOUT_S,
+            initialize_process_timeout=self.cfg.process_start_timeout_s,
             ws_url=self.cfg.livekit_url,
             api_key=self.cfg.livekit_api_key,
             api_secret=self.cfg.livekit_api_secret,

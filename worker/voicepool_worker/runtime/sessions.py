@@ -80,6 +80,13 @@ def load_threshold(capacity: int) -> float:
     return reported_load((capacity - 0.5) / capacity)
 
 
+#: Job processes that failed to start one after the other before the worker stops taking calls
+#: (unready, reported full): livekit-agents retries a failing start forever while the worker
+#: stays registered, so without this a pod whose agent cannot start (a missing binary, a model
+#: that does not load) would be offered call after call and answer none.
+BROKEN_AFTER_FAILED_STARTS = 3
+
+
 @dataclass(frozen=True)
 class PodReport:
     """One merge-patch worth of annotations, and why it is being written."""
@@ -100,6 +107,8 @@ class Sessions:
     started_total: int = 0
     ended_total: int = 0
     failed_total: int = 0
+    #: job processes that failed to start in a row (one that starts resets it)
+    failed_starts: int = 0
 
     def __post_init__(self) -> None:
         if self.capacity < 1:
@@ -120,9 +129,21 @@ class Sessions:
         return State.BUSY if self.active else State.IDLE
 
     @property
+    def broken(self) -> bool:
+        """Its job processes keep failing to start: no call could be answered here."""
+        return self.failed_starts >= BROKEN_AFTER_FAILED_STARTS
+
+    @property
     def ready(self) -> bool:
         """Readiness: registered with LiveKit and still taking calls (full is still ready)."""
-        return self.registered and not self.draining
+        return self.registered and not self.draining and not self.broken
+
+    @property
+    def unready_reason(self) -> str:
+        """Why ``ready`` is false, in words for ``/readyz`` (empty when ready)."""
+        if self.broken:
+            return f"job processes fail to start: {self.failed_starts} in a row"
+        return "" if self.ready else self.state.value
 
     @property
     def accepting(self) -> bool:
@@ -181,6 +202,13 @@ class Sessions:
         )
         word = "failed" if failed else "ended"
         return nxt, PodReport(f"session {job_id} {word}", nxt.annotations(now))
+
+    def process_started(self, ok: bool) -> Sessions:
+        """A job process finished starting (``ok``) or failed to (its prewarm raised or timed
+        out). No report: readiness and the load LiveKit sees change, the annotations do not."""
+        if ok:
+            return replace(self, failed_starts=0) if self.failed_starts else self
+        return replace(self, failed_starts=self.failed_starts + 1)
 
     def drain(self, reason: str, now: datetime) -> tuple[Sessions, PodReport | None]:
         """SIGTERM and the drain annotation land here alike; only the first one reports."""

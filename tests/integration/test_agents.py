@@ -256,14 +256,22 @@ async def test_an_agent_whose_processes_cannot_start_makes_the_worker_unready_un
         "the unready line",
     )
     assert broken["failed_in_a_row"] >= 3, broken
+    # seen before it registers (livekit-agents waits for its first processes, then gives up)
+    w.wait_log(lambda line: line.get("msg") == "registered with LiveKit", 30, "registration")
     status, body = w.get("/readyz")
     assert status == 503 and "job processes fail to start" in body, (status, body)
     assert w.get("/healthz")[0] == 200  # alive: a restart would not bring the binary
     failures = w.metric("voicepool_worker_process_start_failures_total")
     assert failures is not None and failures >= 3, failures
     # reported full: LiveKit offers its calls to nobody here
+    before = w.metric("voicepool_worker_process_start_failures_total") or 0.0
     await _unanswered(stack_env, agent, f"broken-{uuid.uuid4().hex[:6]}", within=10)
     assert w.metric("voicepool_worker_sessions_started_total") == 0.0
+    # and retried with a backoff (here at most 2.5 s: half the start timeout), not ten starts a
+    # second with a traceback each, as livekit-agents alone does
+    retried = (w.metric("voicepool_worker_process_start_failures_total") or 0.0) - before
+    assert retried <= 8, f"{retried:.0f} failed starts in 10 s"
+    assert w.find(lambda line: line.get("msg", "").startswith("waiting before the agent's"))
 
     fixed.touch()  # the image gets its binary: the next process starts
     again = "job processes start again: taking calls"

@@ -193,3 +193,12 @@ def test_a_started_process_resets_the_count_and_a_ready_one_changes_nothing() ->
     assert w.process_started(ok=True) is w
     w = w.process_started(ok=False).process_started(ok=True).process_started(ok=False)
     assert w.failed_starts == 1 and w.ready
+
+
+def test_the_start_backoff_grows_once_unready_and_stays_within_the_start_timeout() -> None:
+    n = s.BROKEN_AFTER_FAILED_STARTS
+    assert [s.start_backoff_s(f, 60.0) for f in range(n)] == [0.0] * n  # still ready: no wait
+    waits = [s.start_backoff_s(n + k, 60.0) for k in range(8)]
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert s.start_backoff_s(n + 5, 5.0) == 2.5  # half the start timeout at most
+    assert s.start_backoff_s(10**6, 60.0) == s.START_BACKOFF_MAX_S

@@ -59,6 +59,14 @@ def prewarm(proc: JobProcess) -> None:
     proc.userdata["cfg"] = cfg
     app = load_app(agent_spec())
     if app.prewarm is not None:
+        hint = proc.user_arguments if isinstance(proc.user_arguments, dict) else {}
+        backoff = float(hint.get("start_backoff_s", 0.0))
+        if backoff > 0:  # the last starts failed (the main process's ``start_backoff_s``)
+            log.info(
+                "waiting before the agent's prewarm: the last call processes failed to start",
+                extra={"wait_s": backoff, "failed_in_a_row": hint.get("failed_starts")},
+            )
+            time.sleep(backoff)
         app.prewarm(proc)
 
 

@@ -33,7 +33,7 @@ from .. import config
 from ..config import ConfigError, WorkerConfig
 from . import logs, records
 from .loader import DEFAULT_AGENT, agent_module, agent_spec, load_app
-from .sessions import PodReport, Sessions, load_threshold, reported_load
+from .sessions import PodReport, Sessions, load_threshold, reported_load, start_backoff_s
 
 # Nothing that imports livekit-agents (and so prometheus-client) at the top: main() must point
 # PROMETHEUS_MULTIPROC_DIR at its directory before prometheus-client is first imported.
@@ -103,6 +103,7 @@ class Runtime:
         self._api: Any = None
         self._early_patches: list[str] = []
         self._starting: set[str] = set()  # job processes started, not initialized yet
+        self._early_start_failures = 0
 
     # -- state transitions (all on the event loop) ----------------------------------------
 
@@ -177,10 +178,21 @@ class Runtime:
         for result in self._early_patches:
             metrics.POD_PATCHES.labels(result=result).inc()
         self._early_patches.clear()
-        assert self.server is not None
-        pool = self.server._proc_pool  # the framework emits job lifecycle events only here
+        metrics.PROCESS_START_FAILURES.inc(self._early_start_failures)
+
+    async def _watch_pool(self, server: AgentServer) -> None:
+        """Listen to the process pool from the moment ``run()`` creates it: the framework
+        emits job and process lifecycle events only there, and its first processes start (and
+        may fail) a minute before ``worker_started``."""
+        for _ in range(60_000):  # 5 minutes: run() creates it within milliseconds
+            if (pool := getattr(server, "_proc_pool", None)) is not None:  # private: no hook
+                break
+            await asyncio.sleep(0.005)
+        else:
+            return
         pool.on("process_job_launched", self._on_job_launched)
         pool.on("process_closed", self._on_job_closed)
+        pool.on("process_created", self._on_process_created)
         pool.on("process_started", self._on_process_started)
         pool.on("process_ready", self._on_process_ready)
         pool.on("process_closed", self._on_process_closed)
@@ -188,6 +200,14 @@ class Runtime:
     # A job process is started, then initialized (the agent's prewarm); the pool emits
     # "process_ready" only for one that initialized, and "process_closed" for every one that
     # ends, so a started process closed without being ready failed to start.
+
+    def _on_process_created(self, proc: Any) -> None:
+        # what the process reads in its prewarm (``jobs.prewarm``), sent with its start
+        backoff = start_backoff_s(self.state.failed_starts, self.cfg.process_start_timeout_s)
+        proc.user_arguments = {
+            "start_backoff_s": backoff,
+            "failed_starts": self.state.failed_starts,
+        }
 
     def _on_process_started(self, proc: Any) -> None:
         self._starting.add(proc.id)
@@ -212,6 +232,8 @@ class Runtime:
         self.state = self.state.process_started(ok=False)
         if self.metrics is not None:
             self.metrics.PROCESS_START_FAILURES.inc()
+        else:  # before the metrics could be imported: counted at start-up
+            self._early_start_failures += 1
         if self.state.broken and not was_broken:
             log.error(
                 "job processes fail to start: not ready, taking no calls",
@@ -407,6 +429,9 @@ class Runtime:
                 "pod": self.cfg.pod_name,
             },
         )
+        watch_pool = asyncio.create_task(self._watch_pool(server), name="pool-events")
+        self._tasks_keep.add(watch_pool)
+        watch_pool.add_done_callback(self._tasks_keep.discard)
         run_task = asyncio.create_task(server.run(devmode=False), name="agent-server")
         drain_wait = asyncio.create_task(self._drain.wait())
         await asyncio.wait({run_task, drain_wait}, return_when=asyncio.FIRST_COMPLETED)

@@ -87,6 +87,21 @@ def load_threshold(capacity: int) -> float:
 BROKEN_AFTER_FAILED_STARTS = 3
 
 
+#: The longest wait before a call process runs the agent's prewarm once starts keep failing.
+START_BACKOFF_MAX_S = 30.0
+
+
+def start_backoff_s(failed_starts: int, timeout_s: float) -> float:
+    """How long a new call process waits before it runs the agent's prewarm: nothing while
+    starts succeed; once the worker is unready for failed starts, 1, 2, 4 ... 30 s (at most
+    half the start timeout), so a broken agent is retried a few times a minute, not ten times a
+    second with a traceback each."""
+    over = failed_starts - BROKEN_AFTER_FAILED_STARTS
+    if over < 0:
+        return 0.0
+    return float(min(2.0 ** min(over, 16), START_BACKOFF_MAX_S, timeout_s / 2))
+
+
 @dataclass(frozen=True)
 class PodReport:
     """One merge-patch worth of annotations, and why it is being written."""

@@ -202,3 +202,9 @@ def test_the_start_backoff_grows_once_unready_and_stays_within_the_start_timeout
     assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
     assert s.start_backoff_s(n + 5, 5.0) == 2.5  # half the start timeout at most
     assert s.start_backoff_s(10**6, 60.0) == s.START_BACKOFF_MAX_S
+
+
+def test_the_prewarm_keeps_its_whole_timeout_after_the_longest_wait() -> None:
+    for timeout in (5.0, 60.0, 180.0):
+        longest = s.start_backoff_s(10**6, timeout)
+        assert s.start_deadline_s(timeout) - longest == timeout

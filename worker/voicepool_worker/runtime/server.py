@@ -33,7 +33,14 @@ from .. import config
 from ..config import ConfigError, WorkerConfig
 from . import logs, records
 from .loader import DEFAULT_AGENT, agent_module, agent_spec, load_app
-from .sessions import PodReport, Sessions, load_threshold, reported_load, start_backoff_s
+from .sessions import (
+    PodReport,
+    Sessions,
+    load_threshold,
+    reported_load,
+    start_backoff_s,
+    start_deadline_s,
+)
 
 # Nothing that imports livekit-agents (and so prometheus-client) at the top: main() must point
 # PROMETHEUS_MULTIPROC_DIR at its directory before prometheus-client is first imported.
@@ -350,7 +357,7 @@ class Runtime:
             load_fnc=self.load,
             drain_timeout=self.cfg.drain_timeout_s,
             num_idle_processes=self.cfg.capacity,
-            initialize_process_timeout=self.cfg.process_start_timeout_s,
+            initialize_process_timeout=start_deadline_s(self.cfg.process_start_timeout_s),
             ws_url=self.cfg.livekit_url,
             api_key=self.cfg.livekit_api_key,
             api_secret=self.cfg.livekit_api_secret,

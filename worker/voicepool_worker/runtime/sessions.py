@@ -99,7 +99,17 @@ def start_backoff_s(failed_starts: int, timeout_s: float) -> float:
     over = failed_starts - BROKEN_AFTER_FAILED_STARTS
     if over < 0:
         return 0.0
-    return float(min(2.0 ** min(over, 16), START_BACKOFF_MAX_S, timeout_s / 2))
+    return float(min(2.0 ** min(over, 16), _backoff_cap_s(timeout_s)))
+
+
+def _backoff_cap_s(timeout_s: float) -> float:
+    return min(START_BACKOFF_MAX_S, timeout_s / 2)
+
+
+def start_deadline_s(timeout_s: float) -> float:
+    """livekit-agents' limit on a process start: the agent's prewarm gets its whole timeout
+    after the longest backoff wait, so a slow prewarm that failed for a while can still start."""
+    return timeout_s + _backoff_cap_s(timeout_s)
 
 
 @dataclass(frozen=True)

@@ -146,27 +146,28 @@ class Runtime:
         takes none (it may be scaled down as never having served)."""
         return self.reporter is not None and self.reporter.refused is not None
 
+    def _closed_because(self, state: Sessions) -> str | None:
+        """Why the worker takes no call at all right now (None: it takes calls while not full);
+        the one list the load LiveKit sees and the job requests it rejects both read."""
+        if state.draining:
+            return "draining"
+        if state.broken:
+            return "job processes fail to start"
+        if self.unseen:
+            return "reports refused"
+        return None
+
     def load(self) -> float:
         """livekit-agents' ``load_fnc`` (runs in a thread; reads one immutable snapshot)."""
         state = self.state
-        if state.draining or state.broken or self.unseen:
-            return 1.0
-        return reported_load(state.load)
+        return 1.0 if self._closed_because(state) else reported_load(state.load)
 
     async def on_request(self, req: JobRequest) -> None:
         """Take a job only while seen, not draining and below capacity; else hand it back."""
         fields = {"room": req.room.name, "session": req.id, "participant": None}
         full = self.state.count + self.pending >= self.cfg.capacity
-        if self.state.draining or self.state.broken or self.unseen or full:
-            why = (
-                "draining"
-                if self.state.draining
-                else "job processes fail to start"
-                if self.state.broken
-                else "reports refused"
-                if self.unseen
-                else "full"
-            )
+        why = self._closed_because(self.state) or ("full" if full else None)
+        if why is not None:
             log.info("job request rejected", extra={**fields, "why": why})
             await req.reject(terminate=False)  # LiveKit may give it to another worker
             return
@@ -255,8 +256,12 @@ class Runtime:
     def _announce_capacity(self) -> None:
         """The load LiveKit sees changed: say so now, not at the next 2.5 s report."""
         if self.server is not None:
-            self._tasks_keep.add(task := asyncio.ensure_future(announce_capacity(self.server)))
-            task.add_done_callback(self._tasks_keep.discard)
+            self._keep(asyncio.ensure_future(announce_capacity(self.server)))
+
+    def _keep(self, task: asyncio.Future[None]) -> None:
+        """Hold a background task until it ends (the loop keeps only weak references)."""
+        self._tasks_keep.add(task)
+        task.add_done_callback(self._tasks_keep.discard)
 
     def _on_registered(self, worker_id: str, _server_info: Any) -> None:
         self._apply(self.state.register(_now()))
@@ -437,8 +442,7 @@ class Runtime:
             },
         )
         watch_pool = asyncio.create_task(self._watch_pool(server), name="pool-events")
-        self._tasks_keep.add(watch_pool)
-        watch_pool.add_done_callback(self._tasks_keep.discard)
+        self._keep(watch_pool)
         run_task = asyncio.create_task(server.run(devmode=False), name="agent-server")
         drain_wait = asyncio.create_task(self._drain.wait())
         await asyncio.wait({run_task, drain_wait}, return_when=asyncio.FIRST_COMPLETED)

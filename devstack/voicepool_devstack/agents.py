@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import DevstackError
 from .livekit import LiveKitInfo
-from .procs import free_port
+from .ports import free_port
 
 
 class AgentProcess:

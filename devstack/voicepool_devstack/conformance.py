@@ -54,7 +54,7 @@ from voicepool_contract import (
 )
 
 from .livekit import LiveKitInfo
-from .procs import free_port
+from .ports import free_port
 
 if TYPE_CHECKING:
     from kubernetes import client

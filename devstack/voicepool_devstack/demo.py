@@ -42,7 +42,8 @@ from . import demo_node, prometheus
 from . import node as node_mod
 from .errors import DevstackError
 from .livekit import LiveKitInfo
-from .procs import free_port, kill_group
+from .ports import free_port
+from .procs import kill_group
 from .runner import RUNNER_POD_ANNOTATIONS, PodRunner
 from .sip import SipInfo
 from .stack import LocalStack, StackConfig, StackState

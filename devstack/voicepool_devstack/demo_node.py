@@ -15,7 +15,7 @@ from voicepool_contract import LABEL_POOL
 
 from . import node as node_mod
 from . import prometheus as prom
-from .procs import free_port
+from .ports import free_port
 from .stack import StackState
 
 #: Chart operator pod label (the chart's Deployment).

@@ -32,7 +32,8 @@ from kubernetes import client, config
 from .agents import AgentProcess
 from .errors import DevstackError
 from .livekit import LiveKitInfo
-from .procs import free_port, kill_group
+from .ports import free_port
+from .procs import kill_group
 from .regions import NamedStack, reader_kubeconfig
 from .testing import create_namespace
 from .versions import KUBERNETES, REPO_ROOT

@@ -18,11 +18,13 @@ from typing import Any
 import yaml
 
 from .build import Builders, go_install
-from .procs import Processes, free_port, http_get
+from .ports import free_port, free_ports
+from .procs import Processes, http_get
 from .progress import Progress
 from .versions import LIVEKIT
 
 CONFIG_FILE = "livekit.yaml"
+RTC_PORTS = 201  # WebRTC media ports (UDP), one per peer connection
 
 
 @dataclass
@@ -68,7 +70,7 @@ def config(
         "bind_addresses": ["127.0.0.1"],
         "rtc": {
             "port_range_start": udp_start,
-            "port_range_end": udp_start + 200,
+            "port_range_end": udp_start + RTC_PORTS - 1,
             "tcp_port": 0,  # no ICE over TCP: its listener binds every interface
             "use_external_ip": False,  # no STUN lookup of the server's own address
             "node_ip": "127.0.0.1",  # what its candidates say
@@ -87,7 +89,8 @@ def config(
 
 def start(procs: Processes, extra: dict[str, Any] | None = None) -> LiveKitInfo:
     """Start livekit-server with ``extra`` config sections (SIP's redis); wait until it serves."""
-    port, udp_start, stun_port = free_port(), free_port(), free_port()
+    port, stun_port = free_port(), free_port(udp=True)
+    udp_start = free_ports(RTC_PORTS, udp=True)
     api_key = "APIvp" + secrets.token_hex(6)
     api_secret = secrets.token_urlsafe(32)
     settings = {**config(port, udp_start, stun_port, api_key, api_secret), **(extra or {})}

@@ -43,7 +43,8 @@ from .build import Builders
 from .control_plane import build_kubernetes
 from .errors import DevstackError
 from .images import PAUSE_REF, REGISTRY, NodeImages, ensure_images
-from .procs import Processes, alive, free_port
+from .ports import free_port
+from .procs import Processes, alive
 from .progress import Progress, stderr_progress
 from .versions import KUBELET, cache_root
 

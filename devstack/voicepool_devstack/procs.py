@@ -4,7 +4,8 @@
 Every server module (control plane, LiveKit, SIP, Prometheus, the real node) starts its
 processes through one ``Processes``; the stack composes them and stops them all in reverse
 start order (SIGTERM, then SIGKILL), so a failed test never leaves orphans. Also the small
-loopback helpers they share: free ports and a plain HTTP GET for readiness checks.
+loopback helpers they share: is a port free, and a plain HTTP GET for readiness checks
+(ports to hand out come from ``ports``).
 """
 
 from __future__ import annotations
@@ -23,13 +24,6 @@ from pathlib import Path
 
 from .errors import DevstackError
 from .progress import Progress, stderr_progress
-
-
-def free_port() -> int:
-    """A port the kernel says is free on loopback right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_free(port: int) -> bool:

@@ -32,7 +32,8 @@ import yaml
 
 from .apt import ensure_packages
 from .errors import DevstackError
-from .procs import Processes, free_port, http_get
+from .ports import free_port
+from .procs import Processes, http_get
 from .progress import Progress
 from .versions import REPO_ROOT
 

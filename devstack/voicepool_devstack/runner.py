@@ -29,7 +29,7 @@ from voicepool_contract import ANN_DRAIN, ANN_KWOK_REPORT, KWOK_REPORT_STARTING_
 
 from . import prometheus as prom
 from .kubeconfig import service_account_kubeconfig
-from .procs import free_port
+from .ports import free_port
 
 log = logging.getLogger(__name__)
 MANAGED = "app.kubernetes.io/managed-by=voicepool-operator"

@@ -25,6 +25,7 @@ import yaml
 from .apt import ensure_packages
 from .build import GO_BUILD_FLAGS, Builders, run_go
 from .errors import DevstackError
+from .ports import free_port, free_ports
 from .procs import Processes
 from .progress import Progress
 from .versions import GO_MODULES, LIVEKIT_SIP_VERSION, SIP, SIP_DEBIAN_PACKAGES
@@ -86,43 +87,6 @@ def register(builders: Builders) -> None:
     builders.register(SIP, _build, beside=True)
 
 
-def _free_tcp_udp_port() -> int:
-    """A port free for both TCP and UDP on loopback (SIP listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise DevstackError("found no loopback port free for both TCP and UDP")
-
-
-def _free_udp_range(size: int) -> int:
-    """The first port of ``size`` consecutive UDP ports free on every interface right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = int(probe.getsockname()[1])
-        first = min(first, 65535 - size)
-        socks: list[socket.socket] = []
-        try:
-            for port in range(first, first + size):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("0.0.0.0", port))
-            return first
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise DevstackError(f"found no {size} consecutive free UDP ports for livekit-sip's RTP")
-
-
 def _tcp_open(address: str) -> bool:
     host, port = address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=1):
@@ -148,7 +112,7 @@ def start_redis(procs: Processes) -> str:
             "redis-server not found: SIP needs it (run `make build`, which installs it, or "
             "apt-get install -y redis-server); or start the stack with --no-sip"
         )
-    port = _free_tcp_udp_port()
+    port = free_port(udp=True)
     address = f"127.0.0.1:{port}"
     procs.progress(f"starting redis-server on {address} (livekit-server <-> livekit-sip RPC)")
     procs.spawn(
@@ -202,10 +166,12 @@ def sip_config(
 
 def start_sip(procs: Processes, ws_url: str, key: str, secret: str, redis: str) -> SipInfo:
     """Start livekit-sip against the stack's livekit-server; returns where it listens."""
-    port = _free_tcp_udp_port()
+    port = free_port(udp=True)
     cfg_path = procs.workdir / "sip.yaml"
     cfg_path.write_text(
-        yaml.safe_dump(sip_config(key, secret, ws_url, redis, port, _free_udp_range(RTP_PORTS)))
+        yaml.safe_dump(
+            sip_config(key, secret, ws_url, redis, port, free_ports(RTP_PORTS, udp=True))
+        )
     )
     cfg_path.chmod(0o600)
     address = f"127.0.0.1:{port}"

@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from voicepool_devstack.procs import free_port
+from voicepool_devstack.ports import free_port
 
 READER, CONTROLLER = "viewer", "alice"
 

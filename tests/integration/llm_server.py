@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from voicepool_devstack.procs import free_port
+from voicepool_devstack.ports import free_port
 
 ALIAS = "receptionist-gguf"
 

@@ -36,7 +36,7 @@ from voicepool_contract import (
     VERSION,
 )
 from voicepool_devstack.livekit import LiveKitInfo
-from voicepool_devstack.procs import free_port
+from voicepool_devstack.ports import free_port
 from voicepool_devstack.testing import wait_for
 
 REPO = Path(__file__).resolve().parents[2]

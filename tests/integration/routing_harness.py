@@ -21,7 +21,7 @@ from typing import Any
 from kubernetes import client
 from voicepool_contract import GROUP, ROUTE_KIND, ROUTE_PLURAL, VERSION
 from voicepool_devstack.livekit import LiveKitInfo
-from voicepool_devstack.procs import free_port
+from voicepool_devstack.ports import free_port
 from voicepool_devstack.testing import wait_for
 
 

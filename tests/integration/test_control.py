@@ -38,7 +38,7 @@ from voicepool_contract import ANN_KWOK_REPORT, KWOK_REPORT_NONE, LABEL_POOL
 from voicepool_contract import control as names
 from voicepool_devstack.kubeconfig import service_account_kubeconfig
 from voicepool_devstack.phone import Phone, PhoneConfig
-from voicepool_devstack.procs import free_port
+from voicepool_devstack.ports import free_port
 from voicepool_devstack.testing import (
     WORKER_SERVICE_ACCOUNT,
     Environment,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from voicepool_devstack import prometheus
-from voicepool_devstack.procs import free_port
+from voicepool_devstack.ports import free_port
 from voicepool_devstack.stack import LocalStack, StackConfig
 from voicepool_devstack.testing import wait_for
 

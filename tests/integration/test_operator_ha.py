@@ -28,7 +28,7 @@ from kubernetes import client
 from livekit import api as lkapi
 from voicepool_contract import ROOM_AGENT_KEY, WAITING_ROOM_PREFIX
 from voicepool_devstack.livekit import LiveKitInfo
-from voicepool_devstack.procs import free_port
+from voicepool_devstack.ports import free_port
 from voicepool_devstack.testing import Environment, wait_for
 
 from .operator_harness import (

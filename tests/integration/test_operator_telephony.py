@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from livekit import api
 from livekit.protocol import sip as lksip
-from voicepool_devstack.procs import free_port
+from voicepool_devstack.ports import free_port
 from voicepool_devstack.testing import Environment, wait_for
 from voicepool_devstack.versions import KUBERNETES
 

@@ -24,7 +24,7 @@ from livekit import api
 from voicepool_contract.phone import mask_number
 from voicepool_devstack.errors import DevstackError
 from voicepool_devstack.phone import HANGUP_PHRASE, Phone, PhoneConfig, write_speech, write_tone
-from voicepool_devstack.procs import free_port
+from voicepool_devstack.ports import free_port
 from voicepool_devstack.stack import LocalStack, StackConfig, StackState
 from voicepool_operator.telephony import plan as tel
 from voicepool_operator.telephony import sync as op_sip

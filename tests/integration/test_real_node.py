@@ -347,9 +347,35 @@ def test_pinned_worker_gets_one_exclusive_cpu_and_ready_waits_for_livekit(
     shipped = _exec(real, ns, pod.metadata.name, "ls", "/venv/share/voicepool/tts").split()
     assert len([f for f in shipped if f.endswith(".pcm")]) >= 10, shipped
     cluster.delete_pool(name)
-    wait_for(
-        lambda: not cluster.pods(name, include_terminating=True), timeout=120, what="pods gone"
-    )
+    _wait_pods_gone(cluster, name, 120)
+
+
+def _wait_pods_gone(cluster: Cluster, pool: str, within: float) -> None:
+    """Wait for a deleted pool's pods to go; if one stays, say what it was doing (phase,
+    how long since its deletion, its containers' states and its worker's last log lines)."""
+    try:
+        wait_for(
+            lambda: not cluster.pods(pool, include_terminating=True),
+            timeout=within,
+            what=f"pool {pool}'s pods gone",
+        )
+    except TimeoutError as e:
+        lines = [str(e)]
+        for pod in cluster.pods(pool, include_terminating=True):
+            meta, status = pod.metadata, pod.status
+            since = meta.deletion_timestamp
+            age = f"{time.time() - since.timestamp():.0f}s ago" if since else "not deleted"
+            states = [
+                f"{c.name}: {next(k for k, v in c.state.to_dict().items() if v)}"
+                for c in status.container_statuses or []
+            ]
+            lines.append(f"{meta.name}: {status.phase}, deleted {age}, containers {states}")
+            try:
+                log = cluster.core.read_namespaced_pod_log(meta.name, cluster.ns, tail_lines=15)
+            except client.ApiException as err:
+                log = f"(no log: {err.reason})"
+            lines.append("  " + "\n  ".join(str(log).splitlines()))
+        raise AssertionError("\n".join(lines)) from None
 
 
 def _expand(cpus: str) -> set[str]:
@@ -552,7 +578,7 @@ async def test_kubectl_delete_of_a_busy_pod_lets_the_call_finish(
 
     await _poll(gone, 60, "the pod to go once its call ended")
     cluster.delete_pool(name)
-    await _poll(lambda: not cluster.pods(name, include_terminating=True), 120, "pool pods gone")
+    await asyncio.to_thread(_wait_pods_gone, cluster, name, 120)
 
 
 @pytest.mark.timeout(180)

@@ -30,7 +30,7 @@ from voicepool_contract import ANN_KWOK_REPORT, KWOK_REPORT_STARTING_ONLY
 from voicepool_devstack.agents import AgentProcess
 from voicepool_devstack.errors import DevstackError
 from voicepool_devstack.livekit import LiveKitInfo
-from voicepool_devstack.procs import free_port
+from voicepool_devstack.ports import free_port
 from voicepool_devstack.regions import NamedStack, reader_kubeconfig
 from voicepool_devstack.testing import Environment, create_namespace, second_stack, wait_for
 from voicepool_devstack.versions import KUBERNETES

@@ -37,7 +37,7 @@ from aiohttp import web
 from kubernetes import client
 from livekit import api as lkapi
 from voicepool_contract import ANN_KWOK_REPORT, KWOK_REPORT_NONE, ROOM_AGENT_KEY
-from voicepool_devstack.procs import free_port
+from voicepool_devstack.ports import free_port
 from voicepool_devstack.runner import RUNNER_POD_ANNOTATIONS, PodRunner
 from voicepool_devstack.testing import Environment, create_namespace, wait_for
 from voicepool_devstack.versions import HELM

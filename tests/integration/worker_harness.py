@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from voicepool_devstack.livekit import LiveKitInfo
-from voicepool_devstack.procs import free_port
+from voicepool_devstack.ports import free_port
 
 
 def agent_name() -> str:

@@ -8,18 +8,20 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from voicepool_devstack.testing import Environment
+from voicepool_devstack.testing import Environment, wait_for
 from voicepool_worker.caller import Call
 
 from .booking_llm import booking_env
 from .llm_server import LlamaServer
 from .test_worker import call, caller_cfg, start_worker, workers
-from .worker_harness import WorkerProcess, agent_name
+from .worker_harness import WorkerProcess, agent_name, rss_tree
 
 __all__ = ["workers"]  # the fixture, shared with test_worker
 
@@ -226,6 +228,51 @@ async def test_a_faulty_agent_costs_one_call_and_the_worker_takes_the_next(
         "error lines:",
         *(f"{e.get('room')}: {e['msg']} {e.get('error', '')}" for e in errors),
         sep="\n  ",
+    )
+
+
+@pytest.mark.timeout(120)
+async def test_a_worker_stopped_while_its_processes_start_exits_at_once(
+    stack_env: Environment, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """A pod deleted while it starts (scale-down, rollout, node drain) has no call to wait
+    for: SIGTERM ends it at once and leaves no call process behind. (livekit-agents holds its
+    lock while its first processes start, and its drain and close wait for that lock: up to
+    the whole start deadline.)"""
+    until = tmp_path / "model-loaded"
+    w = start_worker(
+        stack_env,
+        tmp_path,
+        workers,
+        agent=agent_name(),
+        extra={
+            **flawed_env("slow_start:app"),
+            "SLOW_START_UNTIL": str(until),
+            "VOICEPOOL_PROCESS_START_TIMEOUT": "60",  # livekit-agents waits up to 92 s
+        },
+        ready=False,
+    )
+    started = Path(f"{until}.started")
+    await asyncio.to_thread(
+        wait_for, started.exists, timeout=60, interval=0.1, what="a call process starting"
+    )
+    processes = set(rss_tree(w.proc.pid)) - {w.proc.pid}
+    assert processes, "no call process under the worker"
+    t0 = time.monotonic()
+    w.signal(signal.SIGTERM)
+    code = await asyncio.to_thread(w.wait_exit, 30)
+    took = time.monotonic() - t0
+    print(f"\nSIGTERM while starting: exit {code} after {took:.1f}s")
+    assert code == 0, w.tail()
+    assert took < 15, f"exited {took:.0f}s after SIGTERM\n{w.tail()}"
+    assert w.find(lambda line: line.get("msg", "").startswith("stopping before")), w.tail()
+    unclean = w.find(lambda line: "did not close cleanly" in line.get("msg", ""))
+    assert not unclean, unclean
+    await asyncio.to_thread(
+        wait_for,
+        lambda: not any(Path(f"/proc/{p}").exists() for p in processes),
+        timeout=10,
+        what=f"its call processes {sorted(processes)} gone",
     )
 
 

@@ -111,6 +111,7 @@ class Runtime:
         self._early_patches: list[str] = []
         self._starting: set[str] = set()  # job processes started, not initialized yet
         self._early_start_failures = 0
+        self._server_started = False  # livekit-agents' run() left its start-up (worker_started)
 
     # -- state transitions (all on the event loop) ----------------------------------------
 
@@ -180,6 +181,7 @@ class Runtime:
     def _on_started(self) -> None:
         from .. import metrics  # after livekit-agents cleaned PROMETHEUS_MULTIPROC_DIR
 
+        self._server_started = True
         self.metrics = metrics
         metrics.CAPACITY.set(self.cfg.capacity)
         metrics.ACTIVE_SESSIONS.set(self.state.count)
@@ -460,6 +462,11 @@ class Runtime:
 
     async def _drain_calls(self, server: AgentServer, run_task: asyncio.Task[None]) -> int:
         """Wait for the calls in progress; a second signal or the deadline cuts them."""
+        if not self._server_started and self.state.count == 0 and self.pending == 0:
+            # livekit-agents' drain waits for the lock its run() holds until the first call
+            # processes started (up to the start deadline); before that no call can exist.
+            log.info("stopping before the call processes started: no call to wait for")
+            return EXIT_OK
         drain_task = asyncio.create_task(server.drain(timeout=None), name="agent-drain")
         force_wait = asyncio.create_task(self._force.wait())
         done, _ = await asyncio.wait(
@@ -490,6 +497,8 @@ class Runtime:
         return EXIT_FORCED
 
     async def _close_server(self, server: AgentServer, run_task: asyncio.Task[None]) -> None:
+        if not self._server_started:
+            await self._abort_start(server, run_task)
         try:
             await asyncio.wait_for(server.aclose(), CLOSE_TIMEOUT_S)
         except Exception as e:
@@ -497,6 +506,21 @@ class Runtime:
         run_task.cancel()
         with contextlib.suppress(BaseException):
             await run_task
+
+    async def _abort_start(self, server: AgentServer, run_task: asyncio.Task[None]) -> None:
+        """End livekit-agents' start-up: its run() holds the lock ``aclose`` needs while the
+        first call processes start, and an ``aclose`` after a cancelled start leaves those
+        processes running, so cancel the start and close its process pool here (processes
+        not yet started are killed at once)."""
+        run_task.cancel()
+        with contextlib.suppress(BaseException):
+            await run_task
+        pool = getattr(server, "_proc_pool", None)  # no public handle; see _watch_pool
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.aclose(), CLOSE_TIMEOUT_S)
+            except Exception as e:
+                log.warning(f"call processes did not close cleanly: {type(e).__name__}: {e}")
 
     async def _cleanup(self) -> None:
         if self.reporter is not None:

@@ -21,8 +21,8 @@ from . import kubeconfig
 from . import pki as pki_mod
 from .build import GO_BUILD_FLAGS, Builders, go_install, run_go
 from .errors import DevstackError
-from .ports import free_port
-from .procs import Processes, http_get, port_free
+from .ports import free_port, port_free
+from .procs import Processes, http_get
 from .progress import Progress
 from .versions import ETCD, GO_MODULES, KUBERNETES, KUBERNETES_VERSION, KWOK, Component
 

@@ -90,12 +90,20 @@ def _release(ports: list[int]) -> None:
             fcntl.lockf(_claims_fd, fcntl.LOCK_UN, 1, port)
 
 
-def _bindable(port: int, udp: bool) -> bool:
-    """Whether nothing holds ``port`` now: TCP on loopback (no SO_REUSEADDR, so a port in
+def port_free(port: int) -> bool:
+    """Whether a listener could bind ``port`` on loopback now (SO_REUSEADDR, like Go's:
+    TIME_WAIT is ok): for a fixed port a server wants (the apiserver on 443)."""
+    return _bindable(port, udp=False, reuse=True)
+
+
+def _bindable(port: int, udp: bool, reuse: bool = False) -> bool:
+    """Whether nothing holds ``port`` now: TCP on loopback (without ``reuse`` a port in
     TIME_WAIT counts as taken), and UDP on every interface when ``udp``."""
     kinds = [(socket.SOCK_STREAM, "127.0.0.1")] + ([(socket.SOCK_DGRAM, "0.0.0.0")] if udp else [])
     for kind, host in kinds:
         with socket.socket(socket.AF_INET, kind) as s:
+            if reuse:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
             except OSError:

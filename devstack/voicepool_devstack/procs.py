@@ -4,8 +4,8 @@
 Every server module (control plane, LiveKit, SIP, Prometheus, the real node) starts its
 processes through one ``Processes``; the stack composes them and stops them all in reverse
 start order (SIGTERM, then SIGKILL), so a failed test never leaves orphans. Also the small
-loopback helpers they share: is a port free, and a plain HTTP GET for readiness checks
-(ports to hand out come from ``ports``).
+loopback helper they share: a plain HTTP GET for readiness checks (ports come from
+``ports``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import threading
@@ -24,17 +23,6 @@ from pathlib import Path
 
 from .errors import DevstackError
 from .progress import Progress, stderr_progress
-
-
-def port_free(port: int) -> bool:
-    """Whether a listener could bind ``port`` now (SO_REUSEADDR, like Go's: TIME_WAIT is ok)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def http_get(url: str, ctx: ssl.SSLContext | None = None) -> bytes:

@@ -111,7 +111,6 @@ class Runtime:
         self._early_patches: list[str] = []
         self._starting: set[str] = set()  # job processes started, not initialized yet
         self._early_start_failures = 0
-        self._server_started = False  # livekit-agents' run() left its start-up (worker_started)
 
     # -- state transitions (all on the event loop) ----------------------------------------
 
@@ -147,6 +146,12 @@ class Runtime:
         takes none (it may be scaled down as never having served)."""
         return self.reporter is not None and self.reporter.refused is not None
 
+    @property
+    def _server_started(self) -> bool:
+        """livekit-agents' ``run()`` left its start-up (``worker_started``: the metrics are
+        imported then, and only then)."""
+        return self.metrics is not None
+
     def _closed_because(self, state: Sessions) -> str | None:
         """Why the worker takes no call at all right now (None: it takes calls while not full);
         the one list the load LiveKit sees and the job requests it rejects both read."""
@@ -181,7 +186,6 @@ class Runtime:
     def _on_started(self) -> None:
         from .. import metrics  # after livekit-agents cleaned PROMETHEUS_MULTIPROC_DIR
 
-        self._server_started = True
         self.metrics = metrics
         metrics.CAPACITY.set(self.cfg.capacity)
         metrics.ACTIVE_SESSIONS.set(self.state.count)
